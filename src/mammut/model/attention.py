@@ -1,0 +1,98 @@
+"""Multi-head self- and cross-attention through ``F.scaled_dot_product_attention``, with a KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class KVCache:
+    """Keys and values of past positions for one self-attention layer, preallocated once.
+
+    Incremental decoding then costs one new token of attention per step instead of a whole
+    re-run of the prefix. ``reorder`` follows beam search as it keeps and drops hypotheses.
+    """
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self.length = 0
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """keys, values: (B, nh, T, hs). Returns all cached positions so far."""
+        end = self.length + keys.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions, asked for {end}")
+        if self.keys is None:
+            # Allocated on first use so that it takes the dtype autocast gives the keys.
+            B, nh, _, hs = keys.shape
+            self.keys = keys.new_empty(B, nh, self.max_length, hs)
+            self.values = values.new_empty(B, nh, self.max_length, hs)
+        self.keys[:, :, self.length:end] = keys
+        self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def reorder(self, batch_indices: Tensor) -> None:
+        if self.keys is None:
+            return
+        self.keys = self.keys.index_select(0, batch_indices)
+        self.values = self.values.index_select(0, batch_indices)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False,
+                cache: KVCache | None = None) -> Tensor:
+        """x: (B, T, C). key_padding_mask: (B, T), True where a token may be attended to."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)
+        mask = None
+        if key_padding_mask is not None:
+            mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+        is_causal = causal and past == 0 and T > 1 and mask is None
+        if causal and not is_causal and T > 1:
+            # A block of new tokens after a cached prefix: each sees the prefix and its own past.
+            causal_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            mask = causal_mask if mask is None else mask & causal_mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class CrossAttention(nn.Module):
+    """Text queries attend to the visual tokens; keys and values may be computed once and reused."""
+
+    def __init__(self, width: int, context_width: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(context_width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def context_keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        B, N, _ = context.shape
+        C = self.q.out_features
+        k, v = self.kv(context).view(B, N, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v  # 2 x (B, nh, N, hs)
+
+    def forward(self, x: Tensor, context: Tensor | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        B, T, C = x.shape
+        k, v = context_kv if context_kv is not None else self.context_keys_values(context)
+        q = self.q(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))

@@ -1,0 +1,101 @@
+"""Architecture of a MaMMUT model as plain data, and the named size presets.
+
+The presets follow the shape of the paper's models (MaMMUT, arXiv 2303.16839, Table 8) at
+the large end, and shrink to sizes that train on a laptop CPU at the small end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass
+class MammutConfig:
+    """Every architectural choice of the encoder-decoder. Token ids come from the tokenizer."""
+
+    # Vision encoder (Sec. 3.1): any timm ViT by name; the fields below override its shape.
+    vision_model: str = "vit_base_patch16_224"
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 256
+    vision_depth: int = 6
+    vision_heads: int = 4
+    # Optional local weights for the ViT (.safetensors or a torch state dict).
+    vision_weights: str | None = None
+
+    # Text decoder (Sec. 3.2), shared by the contrastive and the generative pass.
+    vocab_size: int = 4096
+    context_length: int = 32
+    text_width: int = 256
+    text_depth: int = 6
+    text_heads: int = 4
+    mlp_ratio: float = 4.0
+    # Decoder layers (0-based) that cross-attend to the visual tokens in the generative pass.
+    # The paper's ablation (Sec. 4.5): fewer favour retrieval, more favour VQA. None: every layer.
+    cross_attention_layers: list[int] | None = field(default_factory=lambda: [1, 3, 5])
+    # Tie the output projection to the token embedding.
+    tie_word_embeddings: bool = True
+    dropout: float = 0.0
+
+    # Contrastive embeddings (Sec. 3.3).
+    embed_dim: int = 256
+    # "eos": the hidden state at the end-of-text token; "mean": masked mean over the text.
+    text_pooling: str = "eos"
+    # "mean": average of the patch tokens; "cls": the class token.
+    image_pooling: str = "mean"
+    init_temperature: float = 0.07
+
+    # Special token ids, filled in from the tokenizer by the data module.
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for width, heads, name in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
+            if width % heads:
+                raise ValueError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+        if self.text_pooling not in ("eos", "mean"):
+            raise ValueError(f"text_pooling must be 'eos' or 'mean', got {self.text_pooling!r}")
+        if self.image_pooling not in ("mean", "cls"):
+            raise ValueError(f"image_pooling must be 'mean' or 'cls', got {self.image_pooling!r}")
+        bad = [i for i in self.cross_attention_layer_set if not 0 <= i < self.text_depth]
+        if bad:
+            raise ValueError(f"cross_attention_layers {bad} are outside 0..{self.text_depth - 1}")
+
+    @property
+    def cross_attention_layer_set(self) -> set[int]:
+        if self.cross_attention_layers is None:
+            return set(range(self.text_depth))
+        return set(self.cross_attention_layers)
+
+
+PRESETS: dict[str, MammutConfig] = {
+    # CPU sizes. "tiny" matches the open_clip CoCa used in bench/train_throughput.py.
+    "tiny": MammutConfig(),
+    "small": MammutConfig(
+        image_size=128, patch_size=16, vision_width=384, vision_depth=8, vision_heads=6,
+        text_width=384, text_depth=8, text_heads=6, cross_attention_layers=[1, 3, 5, 7], embed_dim=384,
+    ),
+    # Shaped after the paper (Table 8): ViT-B/16 and ViT-L/16 class encoders with a decoder
+    # of the same width and cross-attention in every other layer.
+    "base": MammutConfig(
+        image_size=224, patch_size=16, vision_width=768, vision_depth=12, vision_heads=12,
+        context_length=64, vocab_size=32000, text_width=768, text_depth=12, text_heads=12,
+        cross_attention_layers=list(range(1, 12, 2)), embed_dim=768,
+    ),
+    "large": MammutConfig(
+        vision_model="vit_large_patch16_224",
+        image_size=224, patch_size=16, vision_width=1024, vision_depth=24, vision_heads=16,
+        context_length=64, vocab_size=32000, text_width=1024, text_depth=12, text_heads=16,
+        cross_attention_layers=list(range(1, 12, 2)), embed_dim=1024,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> MammutConfig:
+    """A named preset, with any field overridden: ``preset("tiny", vocab_size=512)``."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

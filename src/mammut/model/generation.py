@@ -1,0 +1,129 @@
+"""Text generation from the generative pass: greedy and beam search, with or without a KV cache.
+
+Both start from a prompt (the begin-of-text token for captions, or a question prefix) and stop
+a sequence at its end-of-text token. Without the cache every step re-runs the whole prefix;
+the results are the same, which the tests check, and bench/generate.py measures the speed-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .mammut import Mammut
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0  # the end-of-text token is masked out before this many tokens
+    num_beams: int = 1  # 1: greedy
+    length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
+    use_cache: bool = True
+
+
+class _Stepper:
+    """Next-token logits for a batch of growing sequences, incrementally or from scratch."""
+
+    def __init__(self, model: Mammut, visual_tokens: Tensor, max_length: int, use_cache: bool):
+        self.model = model
+        self.visual_tokens = visual_tokens
+        self.state = model.decoder.start_decoding(visual_tokens, max_length) if use_cache else None
+        self.fed = 0  # tokens already in the cache
+
+    def next_logits(self, sequences: Tensor) -> Tensor:
+        if self.state is None:
+            return self.model.decoder.generative(sequences, self.visual_tokens)[:, -1]
+        new = sequences[:, self.fed:]
+        self.fed = sequences.shape[1]
+        return self.model.decoder.decode_step(new, self.state)[:, -1]
+
+    def reorder(self, batch_indices: Tensor) -> None:
+        self.visual_tokens = self.visual_tokens.index_select(0, batch_indices)
+        if self.state is not None:
+            self.state.reorder(batch_indices)
+
+
+def _mask_end(logits: Tensor, step: int, config: GenerationConfig, eos_id: int) -> Tensor:
+    if step < config.min_new_tokens:
+        logits = logits.clone()
+        logits[:, eos_id] = float("-inf")
+    return logits
+
+
+@torch.no_grad()
+def generate(model: Mammut, visual_tokens: Tensor, prompt: Tensor | None = None,
+             config: GenerationConfig | None = None) -> Tensor:
+    """Generated tokens (B, L) after the prompt, ending with eos and right-padded with pad.
+
+    visual_tokens: (B, N, C) from ``model.encode_image``. prompt: (B, P) token ids, all rows of
+    the same length (default: the begin-of-text token alone).
+    """
+    config = config or GenerationConfig()
+    c = model.config
+    B = visual_tokens.shape[0]
+    if prompt is None:
+        prompt = torch.full((B, 1), c.bos_id, dtype=torch.long, device=visual_tokens.device)
+    max_new = min(config.max_new_tokens, c.context_length - prompt.shape[1])
+    if max_new <= 0:
+        raise ValueError(f"a prompt of {prompt.shape[1]} tokens leaves no room in context {c.context_length}")
+    if config.num_beams == 1:
+        return _greedy(model, visual_tokens, prompt, max_new, config)
+    return _beam_search(model, visual_tokens, prompt, max_new, config)
+
+
+def _greedy(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, config: GenerationConfig) -> Tensor:
+    c = model.config
+    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config.use_cache)
+    sequences = prompt
+    finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    for step in range(max_new):
+        logits = _mask_end(stepper.next_logits(sequences), step, config, c.eos_id)
+        next_token = logits.argmax(dim=-1)
+        next_token = torch.where(finished, torch.full_like(next_token, c.pad_id), next_token)
+        sequences = torch.cat([sequences, next_token[:, None]], dim=1)
+        finished |= next_token == c.eos_id
+        if finished.all():
+            break
+    return sequences[:, prompt.shape[1]:]
+
+
+def _beam_search(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, config: GenerationConfig) -> Tensor:
+    """Beam search over B x K hypotheses. A finished hypothesis carries on with padding at no
+    cost, so it competes with unfinished ones on its final score until the search ends."""
+    c = model.config
+    B, K = prompt.shape[0], config.num_beams
+    device = prompt.device
+    # Every beam of an example starts identical: expand, and give all but one -inf score so
+    # the first step does not pick K copies of the same token.
+    visual_tokens = visual_tokens.repeat_interleave(K, dim=0)
+    sequences = prompt.repeat_interleave(K, dim=0)  # (B*K, P)
+    scores = torch.zeros(B, K, device=device)
+    scores[:, 1:] = float("-inf")
+    lengths = torch.zeros(B * K, device=device)
+    finished = torch.zeros(B * K, dtype=torch.bool, device=device)
+    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config.use_cache)
+    for step in range(max_new):
+        logits = _mask_end(stepper.next_logits(sequences), step, config, c.eos_id)
+        log_probs = logits.float().log_softmax(dim=-1)  # (B*K, V)
+        V = log_probs.shape[-1]
+        # Finished hypotheses may only extend with padding, which costs nothing.
+        log_probs[finished] = float("-inf")
+        log_probs[finished, c.pad_id] = 0.0
+        candidates = (scores.view(B * K, 1) + log_probs).view(B, K * V)
+        scores, flat = candidates.topk(K, dim=1)  # (B, K)
+        beam = flat // V
+        token = flat % V
+        source = (beam + torch.arange(B, device=device)[:, None] * K).view(-1)  # rows of (B*K)
+        stepper.reorder(source)
+        sequences = torch.cat([sequences.index_select(0, source), token.view(-1, 1)], dim=1)
+        finished = finished.index_select(0, source)
+        lengths = lengths.index_select(0, source) + (~finished).float()
+        finished |= token.view(-1) == c.eos_id
+        if finished.all():
+            break
+    normalised = scores / lengths.view(B, K).clamp(min=1) ** config.length_penalty
+    best = normalised.argmax(dim=1) + torch.arange(B, device=device) * K
+    return sequences.index_select(0, best)[:, prompt.shape[1]:]

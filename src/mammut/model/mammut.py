@@ -1,0 +1,82 @@
+"""MaMMUT: a simple architecture for joint learning for multimodal tasks (arXiv 2303.16839).
+
+One image encoder and one text decoder. The decoder runs twice per image-text pair
+(Sec. 3.2): a contrastive pass without the image gives the text embedding, and a generative
+pass with cross-attention to the visual tokens predicts the caption.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MammutConfig
+from .text_decoder import TextDecoder
+from .vision import VisionEncoder
+
+
+@dataclass
+class MammutOutput:
+    image_embedding: Tensor  # (B, E), unit norm
+    text_embedding: Tensor   # (B, E), unit norm
+    caption_logits: Tensor   # (B, T-1, V): predicts tokens[:, 1:] from tokens[:, :-1]
+    logit_scale: Tensor      # scalar: 1 / temperature
+
+
+class Mammut(nn.Module):
+    def __init__(self, config: MammutConfig):
+        super().__init__()
+        self.config = config
+        self.vision = VisionEncoder(config)
+        self.decoder = TextDecoder(config)
+        self.image_projection = nn.Linear(config.vision_width, config.embed_dim, bias=False)
+        self.text_projection = nn.Linear(config.text_width, config.embed_dim, bias=False)
+        nn.init.normal_(self.image_projection.weight, std=config.vision_width ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=config.text_width ** -0.5)
+        # Learnable temperature, stored as log(1 / tau) as in CLIP.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Visual tokens (B, N, vision_width)."""
+        return self.vision(images)
+
+    def image_embedding(self, visual_tokens: Tensor) -> Tensor:
+        return F.normalize(self.image_projection(self.vision.pool(visual_tokens)), dim=-1)
+
+    def text_embedding(self, tokens: Tensor) -> Tensor:
+        """Contrastive pass (Sec. 3.2): the image is never seen."""
+        hidden = self.decoder.contrastive(tokens)  # (B, T, C)
+        not_pad = tokens != self.config.pad_id
+        if self.config.text_pooling == "eos":
+            # The end-of-text token is the last non-padding one.
+            last = not_pad.sum(dim=1) - 1
+            pooled = hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
+        else:
+            weights = not_pad.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+    def caption_logits(self, tokens: Tensor, visual_tokens: Tensor) -> Tensor:
+        """Generative pass (Sec. 3.2): causal, cross-attending to the visual tokens."""
+        return self.decoder.generative(tokens, visual_tokens)
+
+    def scale(self) -> Tensor:
+        # Clamped as in CLIP so the temperature cannot fall below 1/100.
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def forward(self, images: Tensor, tokens: Tensor) -> MammutOutput:
+        visual_tokens = self.encode_image(images)
+        return MammutOutput(
+            image_embedding=self.image_embedding(visual_tokens),
+            text_embedding=self.text_embedding(tokens),
+            caption_logits=self.caption_logits(tokens[:, :-1], visual_tokens),
+            logit_scale=self.scale(),
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vision.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable

@@ -1,0 +1,137 @@
+"""The MaMMUT text decoder: one stack of layers used in two passes (arXiv 2303.16839, Sec. 3.2).
+
+- Generative pass: causal self-attention, plus cross-attention to the visual tokens in the
+  layers named by ``cross_attention_layers``. It predicts the next token.
+- Contrastive pass: the same weights with cross-attention switched off and bidirectional
+  self-attention over the non-padding tokens. It is pooled into a text embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.layers import Mlp
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import CrossAttention, KVCache, SelfAttention
+from .config import MammutConfig
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding keeps between steps: self-attention caches and the visual keys."""
+
+    self_attention: list[KVCache]
+    visual_keys_values: dict[int, tuple[Tensor, Tensor]]
+
+    @property
+    def length(self) -> int:
+        return self.self_attention[0].length
+
+    def reorder(self, batch_indices: Tensor) -> None:
+        for cache in self.self_attention:
+            cache.reorder(batch_indices)
+        self.visual_keys_values = {
+            i: (k.index_select(0, batch_indices), v.index_select(0, batch_indices))
+            for i, (k, v) in self.visual_keys_values.items()
+        }
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, visual_width: int | None, dropout: float):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(width)
+        self.self_attention = SelfAttention(width, heads, dropout)
+        # Only some layers can look at the image; in the contrastive pass none do.
+        self.norm_cross = nn.LayerNorm(width) if visual_width else None
+        self.cross_attention = CrossAttention(width, visual_width, heads, dropout) if visual_width else None
+        self.norm_mlp = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU, drop=dropout)
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False,
+                visual_tokens: Tensor | None = None, cache: KVCache | None = None,
+                visual_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.self_attention(self.norm_self(x), key_padding_mask, causal, cache)
+        if self.cross_attention is not None and (visual_tokens is not None or visual_kv is not None):
+            x = x + self.cross_attention(self.norm_cross(x), visual_tokens, visual_kv)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, config: MammutConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.token_embedding = nn.Embedding(c.vocab_size, c.text_width)
+        self.position_embedding = nn.Parameter(torch.zeros(c.context_length, c.text_width))
+        self.dropout = nn.Dropout(c.dropout)
+        cross = c.cross_attention_layer_set
+        self.layers = nn.ModuleList(
+            DecoderLayer(c.text_width, c.text_heads, c.mlp_ratio, c.vision_width if i in cross else None, c.dropout)
+            for i in range(c.text_depth)
+        )
+        self.norm = nn.LayerNorm(c.text_width)
+        self.lm_head = nn.Linear(c.text_width, c.vocab_size, bias=False)
+        self.grad_checkpointing = False
+        self._init_weights()
+        if c.tie_word_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+
+    def _init_weights(self) -> None:
+        std = self.config.text_width ** -0.5
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding, std=0.01)
+        nn.init.normal_(self.lm_head.weight, std=std)
+        residual_std = 0.02 / (2 * self.config.text_depth) ** 0.5
+        for name, module in self.layers.named_modules():
+            if isinstance(module, nn.Linear):
+                # Output projections of residual branches start small (GPT-2 scaling).
+                is_residual = name.endswith(("proj", "fc2"))
+                nn.init.normal_(module.weight, std=residual_std if is_residual else 0.02)
+                nn.init.zeros_(module.bias)
+
+    def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
+        T = tokens.shape[1]
+        if start + T > self.config.context_length:
+            raise ValueError(f"{start + T} tokens exceed the context length {self.config.context_length}")
+        return self.dropout(self.token_embedding(tokens) + self.position_embedding[start:start + T])
+
+    def _run_layer(self, layer: DecoderLayer, x: Tensor, **kwargs) -> Tensor:
+        if self.grad_checkpointing and self.training:
+            return checkpoint(layer, x, use_reentrant=False, **kwargs)
+        return layer(x, **kwargs)
+
+    def contrastive(self, tokens: Tensor) -> Tensor:
+        """Contrastive pass: bidirectional attention over non-padding tokens, no image. (B, T, C)"""
+        key_padding_mask = tokens != self.config.pad_id
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = self._run_layer(layer, x, key_padding_mask=key_padding_mask)
+        return self.norm(x)
+
+    def generative(self, tokens: Tensor, visual_tokens: Tensor) -> Tensor:
+        """Generative pass: causal self-attention and cross-attention to the image. Logits (B, T, V).
+
+        Padding sits after the end of each text, so the causal mask alone keeps real tokens
+        from seeing it; positions after the end are ignored by the loss.
+        """
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = self._run_layer(layer, x, causal=True, visual_tokens=visual_tokens)
+        return self.lm_head(self.norm(x))
+
+    def start_decoding(self, visual_tokens: Tensor, max_length: int) -> DecoderState:
+        """Fresh caches for incremental decoding; the visual keys and values are computed once."""
+        caches = [KVCache(max_length) for _ in self.layers]
+        visual_kv = {i: layer.cross_attention.context_keys_values(visual_tokens)
+                     for i, layer in enumerate(self.layers) if layer.cross_attention is not None}
+        return DecoderState(caches, visual_kv)
+
+    def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
+        """Logits (B, T, V) for new tokens that follow the cached ones."""
+        x = self.embed(tokens, start=state.length)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, causal=True, cache=state.self_attention[i], visual_kv=state.visual_keys_values.get(i))
+        return self.lm_head(self.norm(x))

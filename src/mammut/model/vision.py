@@ -1,0 +1,48 @@
+"""The image encoder: a timm Vision Transformer that returns visual tokens (MaMMUT Sec. 3.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import Tensor, nn
+
+from .config import MammutConfig
+
+
+class VisionEncoder(nn.Module):
+    """Any timm ViT by name, reshaped by the config, from random init or a local weights file."""
+
+    def __init__(self, config: MammutConfig):
+        super().__init__()
+        shape = dict(
+            img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.vision_width,
+            depth=config.vision_depth, num_heads=config.vision_heads,
+            num_classes=0, global_pool="", drop_rate=config.dropout,
+        )
+        weights = config.vision_weights
+        if weights is not None:
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f"vision_weights: no such file {weights}")
+            # timm loads .safetensors or a torch state dict and resamples the position
+            # embedding when the image or patch size differs from the file's.
+            self.vit = timm.create_model(config.vision_model, pretrained=True,
+                                         pretrained_cfg_overlay={"file": str(weights)}, **shape)
+        else:
+            self.vit = timm.create_model(config.vision_model, pretrained=False, **shape)
+        self.num_prefix_tokens = self.vit.num_prefix_tokens
+        self.pooling = config.image_pooling
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width)."""
+        return self.vit.forward_features(images)
+
+    def pool(self, visual_tokens: Tensor) -> Tensor:
+        if self.pooling == "cls":
+            if self.num_prefix_tokens == 0:
+                raise ValueError("image_pooling='cls' needs a ViT with a class token")
+            return visual_tokens[:, 0]
+        return visual_tokens[:, self.num_prefix_tokens:].mean(dim=1)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vit.set_grad_checkpointing(enable)
