@@ -1,0 +1,59 @@
+"""Data: readers of public formats, image decoding, the caption tokenizer, transforms,
+datasets and batch types. Knows nothing of models or Lightning.
+
+Names are imported on first use, so ``import mammut.data`` stays cheap and
+``python -m mammut.data.tokenizer`` runs without its module being imported twice.
+The ``demo`` subpackage (the demo-world generator) is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "DataFormatError": "errors",
+    "BadSampleError": "errors",
+    "CaptionTokenizer": "tokenizer",
+    "DEFAULT_SPECIAL_TOKENS": "tokenizer",
+    "CaptionRecord": "coco",
+    "read_coco_captions": "coco",
+    "load_rgb_image": "images",
+    "image_transform": "transforms",
+    "CLIP_MEAN": "transforms",
+    "CLIP_STD": "transforms",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "ImageTextBatch": "batch",
+    "ImageCaptionsBatch": "batch",
+    "CaptionDataset": "captions_dataset",
+    "TrainSample": "captions_dataset",
+    "EvalSample": "captions_dataset",
+    "collate_train": "captions_dataset",
+    "collate_eval": "captions_dataset",
+    "ResumableRandomSampler": "sampling",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
+    from mammut.data.captions_dataset import CaptionDataset, EvalSample, TrainSample, collate_eval, collate_train
+    from mammut.data.coco import CaptionRecord, read_coco_captions
+    from mammut.data.errors import BadSampleError, DataFormatError
+    from mammut.data.images import load_rgb_image
+    from mammut.data.sampling import ResumableRandomSampler
+    from mammut.data.tokenizer import DEFAULT_SPECIAL_TOKENS, CaptionTokenizer
+    from mammut.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, image_transform
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,56 @@
+"""Named batch types for image-text tasks.
+
+They are dataclasses, so Lightning moves their tensors to the device, and ``pin_memory``
+makes ``DataLoader(pin_memory=True)`` pin them too. ``len(batch)`` is the number of images.
+
+A batch whose every sample was bad has zero images and ``num_skipped > 0``; its tensors
+are empty, ``images`` of shape (0, 3, 0, 0) and token tensors of shape (0, 0). A training
+step should skip it (and log ``num_skipped``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+def _pinned(batch):
+    """A copy of a dataclass batch with every tensor field in pinned memory."""
+    values = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+    return type(batch)(**{name: v.pin_memory() if isinstance(v, Tensor) else v for name, v in values.items()})
+
+
+@dataclass
+class ImageTextBatch:
+    """Training: one caption per image."""
+
+    images: Tensor  # (B, 3, H, W) float
+    tokens: Tensor  # (B, T) long: [bos] caption [eos] pad ...
+    image_ids: Tensor  # (B,) long
+    num_skipped: int = 0  # samples of this batch dropped as bad
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def pin_memory(self) -> ImageTextBatch:
+        return _pinned(self)
+
+
+@dataclass
+class ImageCaptionsBatch:
+    """Evaluation: all captions of each image, flattened over the batch."""
+
+    images: Tensor  # (B, 3, H, W) float
+    image_ids: Tensor  # (B,) long
+    caption_tokens: Tensor  # (M, T) long, every caption of the batch
+    caption_image_ids: Tensor  # (M,) long, the image id of each caption
+    references: list[list[str]]  # raw captions per image, for CIDEr/BLEU
+    num_skipped: int = 0
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def pin_memory(self) -> ImageCaptionsBatch:
+        return _pinned(self)

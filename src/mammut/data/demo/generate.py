@@ -1,0 +1,159 @@
+"""Generating the demo world: scenes per split, images in parallel, JSON per task.
+
+Scenes and captions are drawn in this process, in order, from one random stream
+per split (uniqueness checks need the whole split). Images are then rendered by
+worker processes, each from its own seed (seed, split, index), so the files are
+identical whatever the number of workers.
+"""
+
+import multiprocessing
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .formats import captions_document, instances_document, vqa_documents
+from .layout import (
+    MANIFEST,
+    captions_path,
+    image_dir,
+    instances_path,
+    task_paths,
+    vqa_annotations_path,
+    vqa_questions_path,
+)
+from .render import render
+from .scene import Scene
+from .split import ImageRecord, build_split
+from .writer import GENERATOR_VERSION, write_jpeg, write_json
+from .world import SPLITS
+
+TASKS = ("captions", "vqa", "detection")
+DEFAULT_SIZES = {"train": 20_000, "val": 1_000, "test": 1_000}
+TINY_SIZES = {"train": 48, "val": 24, "test": 24}
+MIN_IMAGE_SIZE = 32  # below this, small shapes shrink under 5 px
+
+# Starting workers costs more than drawing a few hundred images.
+PARALLEL_MIN_IMAGES = 500
+RENDER_CHUNK = 256
+
+_IMAGE_NAME = re.compile(r"\d{12}\.jpg")
+
+
+def _render_to_file(job: tuple[str, Scene, tuple[int, int, int]]) -> None:
+    path, scene, entropy = job
+    write_jpeg(Path(path), render(scene, np.random.default_rng(entropy)))
+
+
+def _render_jobs(root: Path, split: str, seed: int, records: list[ImageRecord]) -> list[tuple]:
+    folder = image_dir(root, split)
+    split_index = SPLITS.index(split)
+    return [(str(folder / r.file_name), r.scene, (seed, split_index, r.index)) for r in records]
+
+
+def _remove_stale_images(root: Path, split: str, records: list[ImageRecord]) -> None:
+    """Delete images a previous, larger run left behind, so the folder matches the JSON."""
+    folder = image_dir(root, split)
+    if not folder.is_dir():
+        return
+    current = {r.file_name for r in records}
+    for path in folder.iterdir():
+        if _IMAGE_NAME.fullmatch(path.name) and path.name not in current:
+            path.unlink()
+
+
+def _resolve_sizes(sizes: Mapping[str, int] | None, tiny: bool) -> dict[str, int]:
+    resolved = dict(TINY_SIZES if tiny else DEFAULT_SIZES)
+    unknown = set(sizes or {}) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)} in sizes; expected {SPLITS}")
+    resolved.update(sizes or {})
+    return resolved
+
+
+def _resolve_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
+    chosen = set(tasks) | {"captions"}  # captions always: every other task reuses its images
+    unknown = chosen - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)}; expected some of {TASKS}")
+    return tuple(t for t in TASKS if t in chosen)
+
+
+def _write_task_files(
+    root: Path, split: str, seed: int, image_size: int, records: list[ImageRecord], tasks: tuple[str, ...]
+) -> None:
+    write_json(captions_path(root, split), captions_document(records, split, seed, image_size))
+    if "vqa" in tasks:
+        questions, annotations = vqa_documents(records, split, seed, image_size)
+        write_json(vqa_questions_path(root, split), questions)
+        write_json(vqa_annotations_path(root, split), annotations)
+    if "detection" in tasks:
+        write_json(instances_path(root, split), instances_document(records, split, seed, image_size))
+    # Files of unselected tasks from an earlier run would disagree with these images.
+    for task in TASKS:
+        if task not in tasks:
+            for path in task_paths(root, split, task):
+                path.unlink(missing_ok=True)
+
+
+def generate(
+    out_dir: str | Path,
+    seed: int = 0,
+    sizes: Mapping[str, int] | None = None,
+    image_size: int = 64,
+    tasks: Iterable[str] = TASKS,
+    tiny: bool = False,
+    workers: int = 2,
+) -> dict:
+    """Write the demo world under `out_dir` and return its manifest.
+
+    `sizes` maps split name to image count and overrides the defaults (or the tiny
+    sizes when `tiny`); `tasks` picks among "captions", "vqa", "detection"
+    (captions are always written). The same arguments give byte-identical files.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+    root = Path(out_dir)
+    split_sizes = _resolve_sizes(sizes, tiny)
+    chosen_tasks = _resolve_tasks(tasks)
+    total = sum(split_sizes.values())
+    parallel = workers > 1 and total >= PARALLEL_MIN_IMAGES
+
+    pool = multiprocessing.get_context().Pool(workers) if parallel else None
+    try:
+        pending = []
+        for split in SPLITS:
+            records = build_split(split, split_sizes[split], seed, image_size)
+            image_dir(root, split).mkdir(parents=True, exist_ok=True)
+            _remove_stale_images(root, split, records)
+            jobs = _render_jobs(root, split, seed, records)
+            if pool is None:
+                for job in jobs:
+                    _render_to_file(job)
+            else:
+                # Workers draw this split's images while this process writes its JSON.
+                pending.append(pool.map_async(_render_to_file, jobs, chunksize=RENDER_CHUNK))
+            _write_task_files(root, split, seed, image_size, records, chosen_tasks)
+        for result in pending:
+            result.get()  # re-raises any worker error here
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
+
+    manifest = {
+        "generator": "mammut.data.demo",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "sizes": split_sizes,
+        "tasks": list(chosen_tasks),
+    }
+    write_json(root / MANIFEST, manifest)
+    return manifest

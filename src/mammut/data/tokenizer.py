@@ -1,0 +1,203 @@
+"""The caption tokenizer: byte-level BPE from the HF ``tokenizers`` library.
+
+Normalisation is NFKC, lower-case, runs of whitespace collapsed to one space, and the ends
+stripped; pre-tokenisation is byte-level (GPT-2 style). Byte-level BPE never produces an
+unknown token, whatever the script or emoji in a user's captions, and decoding is exact:
+``decode(encode(text))`` gives back the normalised text, punctuation attached where it
+was, which is what captioning metrics and logged samples should show.
+
+The special tokens live here and nowhere else. A trained tokenizer places them first:
+``[PAD]`` = 0, ``[BOS]`` = 1, ``[EOS]`` = 2, ``[SEP]`` = 3, ``[UNK]`` = 4. A sequence is
+``[BOS] tokens [EOS]``, right-padded with ``[PAD]``.
+
+Train one from COCO-captions files::
+
+    python -m mammut.data.tokenizer --captions train.json --vocab-size 4096 --out tokenizer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from mammut.data.coco import read_coco_captions
+from mammut.data.errors import DataFormatError
+
+DEFAULT_SPECIAL_TOKENS: dict[str, str] = {
+    "pad": "[PAD]",
+    "bos": "[BOS]",
+    "eos": "[EOS]",
+    "sep": "[SEP]",
+    "unk": "[UNK]",
+}
+# The model needs these four; a byte-level vocabulary may have no unknown token at all.
+REQUIRED_SPECIAL_TOKENS = ("pad", "bos", "eos", "sep")
+
+
+class CaptionTokenizer:
+    """Text <-> fixed-length token ids, with the special tokens handled in one place."""
+
+    def __init__(self, tokenizer: Tokenizer, special_tokens: Mapping[str, str] | None = None, source: str = "tokenizer"):
+        unknown_roles = set(special_tokens or {}) - set(DEFAULT_SPECIAL_TOKENS)
+        if unknown_roles:
+            raise ValueError(f"unknown special token roles {sorted(unknown_roles)}; expected {list(DEFAULT_SPECIAL_TOKENS)}")
+        self._tokenizer = tokenizer
+        self.special_tokens = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
+        ids = {role: tokenizer.token_to_id(token) for role, token in self.special_tokens.items()}
+        missing = [f"{role} {self.special_tokens[role]!r}" for role in REQUIRED_SPECIAL_TOKENS if ids[role] is None]
+        if missing:
+            raise DataFormatError(
+                f"{source}: special tokens missing from the vocabulary: {', '.join(missing)}; "
+                "pass special_tokens={role: token} to map them to tokens the vocabulary has"
+            )
+        self._ids: dict[str, int | None] = ids
+        # Ids that decode drops: every special token the vocabulary has.
+        self._special_id_set = frozenset(i for i in ids.values() if i is not None)
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> CaptionTokenizer:
+        """Train a byte-level BPE on ``texts``; the special tokens take ids 0 to 4."""
+        tokenizer = Tokenizer(models.BPE(unk_token=DEFAULT_SPECIAL_TOKENS["unk"]))
+        tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(DEFAULT_SPECIAL_TOKENS.values()),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        return cls(tokenizer, source="trained tokenizer")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, special_tokens: dict[str, str] | None = None) -> CaptionTokenizer:
+        """Load any ``tokenizer.json``.
+
+        ``special_tokens`` maps roles ("pad", "bos", "eos", "sep", "unk") to the token
+        strings this file uses, e.g. ``{"bos": "<s>", "eos": "</s>"}``; roles not given
+        keep the defaults ("[PAD]", ...). pad, bos, eos and sep must be in the vocabulary;
+        the same token may serve several roles (GPT-2 uses one for all).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: tokenizer file not found")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # the Rust side raises a plain Exception
+            raise DataFormatError(f"{path}: not a valid tokenizer.json ({error})") from error
+        return cls(tokenizer, special_tokens, source=str(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``tokenizer.json``. Special-token overrides are not stored in it."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._tokenizer.save(str(path))
+
+    # ----------------------------------------------------------------- special tokens
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_id(self) -> int:
+        return self._ids["pad"]
+
+    @property
+    def bos_id(self) -> int:
+        return self._ids["bos"]
+
+    @property
+    def eos_id(self) -> int:
+        return self._ids["eos"]
+
+    @property
+    def sep_id(self) -> int:
+        return self._ids["sep"]
+
+    @property
+    def unk_id(self) -> int | None:
+        """None for a user vocabulary without an unknown token (byte-level BPE needs none)."""
+        return self._ids["unk"]
+
+    @property
+    def special_token_ids(self) -> dict[str, int]:
+        return {role: self._ids[role] for role in REQUIRED_SPECIAL_TOKENS}
+
+    # ----------------------------------------------------------------- encoding
+
+    def encode(self, text: str, context_length: int) -> list[int]:
+        """``[bos] tokens [eos]``, at most ``context_length`` ids; truncation keeps eos last."""
+        if context_length < 2:
+            raise ValueError(f"context_length must be at least 2 (bos and eos), got {context_length}")
+        # The file's own post-processor (e.g. BERT's [CLS] ... [SEP]) is bypassed: bos and
+        # eos are added here, so every tokenizer gives the same layout.
+        tokens = self._tokenizer.encode(text, add_special_tokens=False).ids[: context_length - 2]
+        return [self.bos_id, *tokens, self.eos_id]
+
+    def pad(self, ids: Sequence[int], context_length: int) -> list[int]:
+        """Right-pad ``ids`` with pad_id to ``context_length``."""
+        return [*ids, *[self.pad_id] * (context_length - len(ids))]
+
+    def encode_batch(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
+        """LongTensor (N, context_length): each text encoded, then right-padded."""
+        # One text at a time on purpose: the library's parallel batch encoding, used before
+        # DataLoader workers fork, disables it in them and prints a warning in each.
+        rows = [self.pad(self.encode(text, context_length), context_length) for text in texts]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
+
+    # ----------------------------------------------------------------- decoding
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Text of one sequence: stops at the first eos and drops all special tokens."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if ids and ids[0] == self.bos_id:
+            ids = ids[1:]  # before looking for eos, which may be the same token as bos
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        ids = [i for i in ids if i not in self._special_id_set]
+        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+        return " ".join(text.split())
+
+    def decode_batch(self, batch: torch.Tensor | Iterable[Sequence[int]]) -> list[str]:
+        """``decode`` for each row of a (N, T) tensor or each list of ids."""
+        return [self.decode(row) for row in batch]
+
+    def __repr__(self) -> str:
+        return f"CaptionTokenizer(vocab_size={self.vocab_size}, special_token_ids={self.special_token_ids})"
+
+
+def _captions_of(files: Iterable[Path]) -> Iterable[str]:
+    for file in files:
+        # Images are not opened here, so the image root does not matter.
+        records, _ = read_coco_captions(file, image_root=file.parent)
+        for record in records:
+            yield from record.captions
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mammut.data.tokenizer", description="Train the caption tokenizer on COCO-captions files."
+    )
+    parser.add_argument("--captions", type=Path, action="append", required=True, help="COCO captions JSON; repeatable")
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--min-frequency", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True, help="where to write tokenizer.json")
+    args = parser.parse_args(argv)
+    tokenizer = CaptionTokenizer.train(_captions_of(args.captions), args.vocab_size, args.min_frequency)
+    tokenizer.save(args.out)
+    print(f"wrote {args.out}: {tokenizer}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""CaptionTokenizer with the real tokenizers library: layout, round trip, user files, CLI."""
+
+import subprocess
+import sys
+import unicodedata
+
+import pytest
+import torch
+from coco_files import CAPTIONS, coco_captions, write_coco
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from mammut.data import CaptionTokenizer, DataFormatError
+
+TRAINING_TEXTS = [caption for captions in CAPTIONS.values() for caption in captions] * 10
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return CaptionTokenizer.train(TRAINING_TEXTS, vocab_size=400, min_frequency=2)
+
+
+def normalised(text):
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def test_special_token_ids_are_fixed(tokenizer):
+    assert tokenizer.special_token_ids == {"pad": 0, "bos": 1, "eos": 2, "sep": 3}
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.sep_id, tokenizer.unk_id) == (0, 1, 2, 3, 4)
+    # 256 bytes + 5 special tokens + merges, up to the requested size (these texts are few).
+    assert 261 < tokenizer.vocab_size <= 400
+
+
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "A large red circle.",
+        "  a small   BLUE square\tto the left of a red star ",
+        "two shapes: a green triangle, and a yellow hexagon!",
+        "a zebra's ﬁne café 🦓 (unseen words)",
+    ],
+)
+def test_decode_of_encode_is_the_normalised_caption(tokenizer, caption):
+    ids = tokenizer.encode(caption, context_length=128)
+
+    assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
+    assert tokenizer.decode(ids) == normalised(caption)
+
+
+def test_truncation_keeps_eos_last(tokenizer):
+    caption = "a green triangle left of a star " * 10
+
+    ids = tokenizer.encode(caption, context_length=8)
+
+    assert len(ids) == 8
+    assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
+    assert tokenizer.eos_id not in ids[:-1]
+    assert normalised(caption).startswith(tokenizer.decode(ids))
+
+
+def test_encode_batch_right_pads_after_eos(tokenizer):
+    texts = ["red circle", "a green triangle left of a star and a yellow star"]
+
+    tokens = tokenizer.encode_batch(texts, context_length=10)
+
+    assert tokens.dtype == torch.long and tokens.shape == (2, 10)
+    short = tokenizer.encode("red circle", 10)
+    assert tokens[0, : len(short)].tolist() == short
+    assert (tokens[0, len(short) :] == tokenizer.pad_id).all()
+    assert tokens[1, -1] == tokenizer.eos_id  # truncated, not padded
+    assert tokenizer.decode_batch(tokens) == [normalised(texts[0]), tokenizer.decode(tokens[1])]
+    assert tokenizer.decode_batch(tokens.tolist()) == tokenizer.decode_batch(tokens)
+
+
+def test_encode_batch_of_nothing_has_the_right_shape(tokenizer):
+    assert tokenizer.encode_batch([], context_length=6).shape == (0, 6)
+
+
+def test_decode_stops_at_the_first_eos_and_drops_special_tokens(tokenizer):
+    first, second = tokenizer.encode("red circle", 16), tokenizer.encode("blue square", 16)
+    with_sep = [first[0], *first[1:-1], tokenizer.sep_id, *second[1:]]
+
+    assert tokenizer.decode(first + second[1:]) == "red circle"
+    assert tokenizer.decode(with_sep) == "red circle blue square"
+    assert tokenizer.decode([tokenizer.bos_id, tokenizer.eos_id, *first]) == ""
+
+
+def test_context_length_below_two_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="context_length"):
+        tokenizer.encode("red", 1)
+
+
+def test_save_and_load_give_the_same_tokenizer(tokenizer, tmp_path):
+    tokenizer.save(tmp_path / "sub" / "tokenizer.json")
+
+    loaded = CaptionTokenizer.from_file(tmp_path / "sub" / "tokenizer.json")
+
+    caption = "a large red circle, left of a blue square"
+    assert loaded.encode(caption, 32) == tokenizer.encode(caption, 32)
+    assert loaded.special_token_ids == tokenizer.special_token_ids
+    assert loaded.vocab_size == tokenizer.vocab_size
+
+
+def write_bert_style_tokenizer(path):
+    """A WordPiece tokenizer.json with BERT's special tokens and post-processor."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tokenizer.train_from_iterator(TRAINING_TEXTS, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer.save(str(path))
+    return tokenizer
+
+
+def test_user_tokenizer_without_our_special_tokens_names_the_missing_ones(tmp_path):
+    path = tmp_path / "bert.json"
+    write_bert_style_tokenizer(path)
+
+    with pytest.raises(DataFormatError) as error:
+        CaptionTokenizer.from_file(path)
+
+    message = str(error.value)
+    assert str(path) in message
+    assert "bos '[BOS]'" in message and "eos '[EOS]'" in message
+    assert "pad" not in message.split("vocabulary:")[1].split(";")[0]  # [PAD] and [SEP] exist
+
+
+def test_user_tokenizer_with_mapped_special_tokens(tmp_path):
+    path = tmp_path / "bert.json"
+    raw = write_bert_style_tokenizer(path)
+
+    tokenizer = CaptionTokenizer.from_file(path, special_tokens={"bos": "[CLS]", "eos": "[SEP]", "sep": "[MASK]"})
+
+    ids = tokenizer.encode("A small blue square.", 16)
+    assert tokenizer.bos_id == raw.token_to_id("[CLS]") and tokenizer.eos_id == raw.token_to_id("[SEP]")
+    # The file's own post-processor would add a second [CLS] ... [SEP].
+    assert ids.count(tokenizer.bos_id) == 1 and ids.count(tokenizer.eos_id) == 1
+    assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
+    assert tokenizer.decode(ids) == "a small blue square."
+    # "squares" is split into word pieces; decoding joins them without "##".
+    assert any(piece.startswith("##") for piece in raw.encode("Two blue squares.").tokens)
+    assert tokenizer.decode(tokenizer.encode_batch(["Two blue squares."], 16)[0]) == "two blue squares."
+
+
+def test_user_tokenizer_with_one_token_for_every_role(tmp_path):
+    """GPT-2 style: one <|endoftext|> is bos, eos and pad at once."""
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=350, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    raw.train_from_iterator(TRAINING_TEXTS, trainer=trainer)
+    raw.save(str(tmp_path / "gpt2.json"))
+    roles = {role: "<|endoftext|>" for role in ("pad", "bos", "eos", "sep")}
+
+    tokenizer = CaptionTokenizer.from_file(tmp_path / "gpt2.json", special_tokens=roles)
+
+    assert tokenizer.unk_id is None
+    tokens = tokenizer.encode_batch(["A red circle"], 12)[0]
+    assert tokenizer.decode(tokens) == "A red circle"
+
+
+def test_loading_a_file_that_is_not_a_tokenizer(tokenizer, tmp_path):
+    (tmp_path / "bad.json").write_text('{"not": "a tokenizer"}')
+
+    with pytest.raises(DataFormatError, match="bad.json"):
+        CaptionTokenizer.from_file(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        CaptionTokenizer.from_file(tmp_path / "absent.json")
+    tokenizer.save(tmp_path / "good.json")
+    with pytest.raises(ValueError, match="unknown special token roles"):
+        CaptionTokenizer.from_file(tmp_path / "good.json", special_tokens={"cls": "[CLS]"})
+
+
+def test_cli_trains_on_the_captions_of_every_given_file(tmp_path):
+    zebras = write_coco(tmp_path / "a.json", coco_captions({1: ["a zebra"] * 5, 2: ["one zebra"] * 5}))
+    giraffes = write_coco(tmp_path / "b.json", coco_captions({1: ["a giraffe"] * 5}))
+    out = tmp_path / "tokenizer.json"
+
+    subprocess.run(
+        [sys.executable, "-m", "mammut.data.tokenizer", "--captions", str(zebras), "--captions", str(giraffes),
+         "--vocab-size", "300", "--out", str(out)],
+        check=True, capture_output=True, timeout=60,
+    )
+
+    tokenizer = CaptionTokenizer.from_file(out)
+    # Frequent words of both files became single tokens: [bos] word [eos].
+    assert len(tokenizer.encode("zebra", 8)) == 3
+    assert len(tokenizer.encode("giraffe", 8)) == 3
+    assert len(tokenizer.encode("elephant", 8)) > 3
