@@ -38,19 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in SPLITS if getattr(args, split) is not None}
     tasks = [t for text in args.tasks for t in _task_list(text)]
     start = time.perf_counter()
-    manifest = generate(
-        args.out,
-        seed=args.seed,
-        sizes=sizes,
-        image_size=args.image_size,
-        tasks=tasks,
-        tiny=args.tiny,
-        workers=args.workers,
-    )
+    try:
+        manifest = generate(
+            args.out,
+            seed=args.seed,
+            sizes=sizes,
+            image_size=args.image_size,
+            tasks=tasks,
+            tiny=args.tiny,
+            workers=args.workers,
+        )
+    except ValueError as error:  # bad arguments: a usage message, not a traceback
+        parser.error(str(error))
     elapsed = time.perf_counter() - start
     counts = ", ".join(f"{split} {n}" for split, n in manifest["sizes"].items())
     print(f"demo world in {args.out}: {counts} images; tasks {', '.join(manifest['tasks'])}; {elapsed:.1f} s")

@@ -25,7 +25,7 @@ from .layout import (
 )
 from .render import render
 from .scene import Scene
-from .split import ImageRecord, build_split
+from .split import MAX_SPLIT_SIZE, ImageRecord, build_split
 from .writer import GENERATOR_VERSION, write_jpeg, write_json
 from .world import SPLITS
 
@@ -34,8 +34,8 @@ DEFAULT_SIZES = {"train": 20_000, "val": 1_000, "test": 1_000}
 TINY_SIZES = {"train": 48, "val": 24, "test": 24}
 MIN_IMAGE_SIZE = 32  # below this, small shapes shrink under 5 px
 
-# Starting workers costs more than drawing a few hundred images.
-PARALLEL_MIN_IMAGES = 500
+# Starting workers costs more than drawing a hundred or two images.
+PARALLEL_MIN_IMAGES = 200
 RENDER_CHUNK = 256
 
 _IMAGE_NAME = re.compile(r"\d{12}\.jpg")
@@ -69,6 +69,9 @@ def _resolve_sizes(sizes: Mapping[str, int] | None, tiny: bool) -> dict[str, int
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)} in sizes; expected {SPLITS}")
     resolved.update(sizes or {})
+    for split, size in resolved.items():
+        if not 0 <= size <= MAX_SPLIT_SIZE:
+            raise ValueError(f"split {split!r}: size {size} must be between 0 and {MAX_SPLIT_SIZE}")
     return resolved
 
 
@@ -119,6 +122,7 @@ def generate(
     root = Path(out_dir)
     split_sizes = _resolve_sizes(sizes, tiny)
     chosen_tasks = _resolve_tasks(tasks)
+    (root / MANIFEST).unlink(missing_ok=True)  # present again only once this run completes
     total = sum(split_sizes.values())
     parallel = workers > 1 and total >= PARALLEL_MIN_IMAGES
 

@@ -5,6 +5,8 @@ and comes from the per-image numpy Generator the caller passes in, so an image
 looks the same whichever process draws it.
 """
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -25,12 +27,19 @@ NOISE_FINE_STD = 4.0
 GRADIENT_FINE_STD = 1.5  # a trace of grain keeps gradients from banding after JPEG
 
 
+@lru_cache(maxsize=4)
+def _centred_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates relative to the image centre, (y, x), each (size, size)."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5 - size / 2
+    return ys, xs
+
+
 def _background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     base = rng.uniform(*BACKGROUND_GREY) + rng.uniform(-BACKGROUND_TINT, BACKGROUND_TINT, 3)
     if kind == "gradient":
         other = base + rng.uniform(-GRADIENT_SPAN, GRADIENT_SPAN, 3)
         angle = rng.uniform(0, 2 * np.pi)
-        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5 - size / 2
+        ys, xs = _centred_grid(size)
         # Position along the gradient direction, 0 at one corner and 1 at the other.
         t = (xs * np.cos(angle) + ys * np.sin(angle)) / (size * np.sqrt(2)) + 0.5
         image = base + t[..., None] * (other - base)

@@ -36,22 +36,22 @@ class Question:
         return ANSWER_TYPES[self.question_type]
 
 
-def _matches(obj: SceneObject, attributes: dict[str, str]) -> bool:
-    return all(getattr(obj, name) == value for name, value in attributes.items())
-
-
 def _references(obj: SceneObject, scene: Scene, using: tuple[str, ...]) -> list[dict[str, str]]:
     """Attribute subsets drawn from `using` that pick out `obj` alone in the scene."""
+    others = [o for o in scene.objects if o is not obj]
     found = []
     for mask in product((False, True), repeat=len(using)):
-        attributes = {name: getattr(obj, name) for name, keep in zip(using, mask) if keep}
-        if attributes and sum(_matches(o, attributes) for o in scene.objects) == 1:
-            found.append(attributes)
+        names = [name for name, keep in zip(using, mask) if keep]
+        if not names:
+            continue
+        values = [getattr(obj, name) for name in names]
+        if not any([getattr(o, name) for name in names] == values for o in others):
+            found.append(dict(zip(names, values)))
     return found
 
 
 def _phrase(attributes: dict[str, str], noun: str = "object") -> str:
-    """"large red star", or "red object" when the shape is not part of the reference."""
+    """Noun phrase such as "large red star", or "red object" when the shape is not named."""
     words = [attributes[name] for name in ("size", "colour") if name in attributes]
     return " ".join(words + [attributes.get("shape", noun)])
 
@@ -175,9 +175,12 @@ def noisy_answers(question: Question, rng: random.Random) -> list[dict]:
             if draw < WRONG_PROBABILITY:
                 texts.append(rng.choice(wrong))
                 confidences.append(rng.choice(("maybe", "no")))
+                continue
+            if draw < WRONG_PROBABILITY + VARIANT_PROBABILITY:
+                texts.append(rng.choice(variants))
             else:
-                texts.append(rng.choice(variants) if draw < WRONG_PROBABILITY + VARIANT_PROBABILITY else question.answer)
-                confidences.append("yes" if rng.random() < 0.9 else "maybe")
+                texts.append(question.answer)
+            confidences.append("yes" if rng.random() < 0.9 else "maybe")
         canonical = texts.count(question.answer)
         if all(texts.count(t) < canonical for t in texts if t != question.answer):
             break

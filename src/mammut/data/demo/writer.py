@@ -1,10 +1,11 @@
 """Writing files so that the same inputs always give byte-identical outputs.
 
 JSON is written compactly with a fixed key order and no timestamps; JPEGs with
-fixed encoder settings. Files are written to a temporary name and renamed, so an
-interrupted run never leaves a truncated file that looks complete.
+fixed encoder settings. JSON files are written to a temporary name and renamed, so
+an interrupted run never leaves a truncated JSON file that looks complete.
 """
 
+import io
 import json
 import os
 from pathlib import Path
@@ -43,7 +44,8 @@ def write_json(path: Path, content: dict) -> None:
 
 
 def write_jpeg(path: Path, image: Image.Image) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    image.save(temporary, format="JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING)
-    os.replace(temporary, path)
+    # Images are many and small: encode in memory and write once. A run counts as
+    # complete only when its manifest is written, which happens last.
+    encoded = io.BytesIO()
+    image.save(encoded, format="JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING)
+    path.write_bytes(encoded.getvalue())

@@ -1,0 +1,47 @@
+# mammut: `make help` lists the targets. Each target sets up what it needs on a fresh machine.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DEMO    ?= data/demo
+CONFIG  ?= configs/pretrain.yaml
+ARGS    ?=
+STAMP   := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install data data-tiny pretrain tensorboard test test-fast bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install mammut with its dev extras
+
+$(DEMO)/tokenizer.json: | $(STAMP)
+	$(BIN)/python -m mammut.data.demo --out $(DEMO)
+	$(BIN)/python -m mammut.data.tokenizer --captions $(DEMO)/annotations/captions_train.json --out $(DEMO)/tokenizer.json
+
+data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, detection) and train its tokenizer
+
+pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
+	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)
+
+tensorboard: install  ## serve the training logs in runs/ on http://localhost:6006
+	$(BIN)/tensorboard --logdir runs --port 6006
+
+test: install  ## run the whole test suite, slow end-to-end tests included
+	$(BIN)/python -m pytest -q
+
+test-fast: install  ## run the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install  ## benchmarks against open_clip CoCa; tables are appended to bench/RESULTS.md
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/generate.py
+
+clean:  ## remove the virtual environment, demo data and runs
+	rm -rf $(VENV) data runs

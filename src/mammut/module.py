@@ -1,0 +1,170 @@
+"""MammutModule: the one LightningModule that holds the shared encoder-decoder.
+
+Everything every task needs lives here: building the model, AdamW with warmup and cosine
+decay, freezing by name pattern, loading (partial) weights, the non-finite loss guard and
+the common logging. A task subclasses it and adds its loss, metrics and a light head.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from mammut.model import GenerationConfig, Mammut, MammutConfig
+
+log = logging.getLogger(__name__)
+
+
+class MammutModule(L.LightningModule):
+    def __init__(
+        self,
+        architecture: MammutConfig | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.01,
+        freeze: list[str] | None = None,
+        init_from: str | None = None,
+        init_strict: bool = False,
+        grad_checkpointing: bool = False,
+        generation: GenerationConfig | None = None,
+    ):
+        """
+        Args:
+            architecture: the model's shape (see ``mammut.model.MammutConfig`` and configs/model/).
+            lr: peak learning rate, reached after ``warmup_steps``, then cosine decay.
+            weight_decay: AdamW decay, not applied to norms, biases, embeddings or the temperature.
+            betas: AdamW betas.
+            warmup_steps: linear warmup from 0 to ``lr``.
+            min_lr_ratio: the learning rate at the end of training, as a fraction of ``lr``.
+            freeze: glob patterns of parameter names to freeze, e.g. ``["model.vision.*"]``.
+            init_from: weights to start from: a Lightning checkpoint, a torch state dict or a
+                .safetensors file. Parameters are matched by name and shape.
+            init_strict: fail if any parameter of the model is not found with its shape in
+                ``init_from``; otherwise the missing ones keep their initialisation and are listed.
+            grad_checkpointing: recompute activations in the backward pass to save memory.
+            generation: decoding settings used in evaluation and prediction.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.architecture = architecture or MammutConfig()
+        self.generation = generation or GenerationConfig()
+        self.model = Mammut(self.architecture)
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        if init_from:
+            self.load_weights(init_from, strict=init_strict)
+        if freeze:
+            self.freeze_matching(freeze)
+        self.skipped_samples = 0
+
+    # ---------------------------------------------------------------- weights
+    def load_weights(self, path: str, strict: bool = False) -> None:
+        """Copy matching parameters from a checkpoint; report what did not match."""
+        state = read_state_dict(path)
+        own = self.state_dict()
+        loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        missing = sorted(set(own) - set(loadable))
+        mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+        if strict and missing:
+            raise ValueError(f"{path}: {len(missing)} parameters missing or of another shape, e.g. {missing[:5]}")
+        if not loadable:
+            raise ValueError(f"{path}: no parameter matches this model by name and shape")
+        self.load_state_dict(loadable, strict=False)
+        log.info("loaded %d tensors from %s; %d kept their initialisation%s", len(loadable), path, len(missing),
+                 f"; shapes differ for {mismatched}" if mismatched else "")
+
+    def freeze_matching(self, patterns: list[str]) -> None:
+        frozen = 0
+        for name, parameter in self.named_parameters():
+            if any(fnmatch.fnmatch(name, p) for p in patterns):
+                parameter.requires_grad_(False)
+                frozen += 1
+        if frozen == 0:
+            raise ValueError(f"freeze patterns {patterns} match no parameter")
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total), counting tied weights once."""
+        unique = {id(p): p for p in self.parameters()}.values()
+        return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+    # ------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            # Norm scales, biases, embeddings and the temperature are not weight-decayed.
+            if parameter.ndim < 2 or "embedding" in name or "pos_embed" in name or "cls_token" in name:
+                no_decay.append(parameter)
+            else:
+                decay.append(parameter)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay, "name": "decay"},
+             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}],
+            lr=self.hparams.lr, betas=self.hparams.betas,
+        )
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --------------------------------------------------------------- logging
+    def on_fit_start(self) -> None:
+        trainable, total = self.parameter_counts()
+        log.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+    def count_skipped(self, num_skipped: int) -> None:
+        """Bad samples dropped by the data pipeline are counted and logged, never hidden."""
+        if num_skipped:
+            self.skipped_samples += num_skipped
+            log.warning("skipped %d bad samples so far", self.skipped_samples)
+        self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="max")
+
+    def check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
+        """Stop before a non-finite loss reaches the weights, so the checkpoints stay usable."""
+        if torch.isfinite(loss):
+            return
+        detail = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items())
+        raise FloatingPointError(
+            f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): {detail}. "
+            f"The weights were not updated; resume from the last checkpoint with a lower lr or fix the data.")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["skipped_samples"] = self.skipped_samples
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_samples = checkpoint.get("skipped_samples", 0)
+
+
+def warmup_cosine(step: int, warmup: int, total: int | float, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if not math.isfinite(total) or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def read_state_dict(path: str) -> dict[str, Tensor]:
+    """A state dict from a Lightning checkpoint, a torch state dict or a .safetensors file."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"init_from: no such file {path}")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(file))
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict of tensors")
+    return state

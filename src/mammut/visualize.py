@@ -1,0 +1,26 @@
+"""Pictures for TensorBoard: images with text drawn underneath (TensorBoard has no caption field)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+
+def captioned_images(images: Tensor, texts: list[str], scale: int = 3, lines: int = 4) -> Tensor:
+    """images: (B, 3, H, W) in [0, 1]. Returns (B, 3, H', W') in [0, 1], upscaled, text below."""
+    font = ImageFont.load_default()
+    out = []
+    for image, text in zip(images, texts):
+        array = (image.clamp(0, 1).permute(1, 2, 0).cpu().float().numpy() * 255).astype(np.uint8)
+        picture = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+        width_chars = max(8, picture.width // 6)
+        wrapped = textwrap.wrap(text, width_chars)[:lines]
+        canvas = Image.new("RGB", (picture.width, picture.height + 12 * lines + 4), "white")
+        canvas.paste(picture, (0, 0))
+        ImageDraw.Draw(canvas).multiline_text((2, picture.height + 2), "\n".join(wrapped), fill="black", font=font)
+        out.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)

@@ -1,0 +1,312 @@
+"""Pretraining: contrastive and captioning losses trained jointly (MaMMUT, arXiv 2303.16839, Sec. 3.3).
+
+    mammut fit --config configs/pretrain.yaml
+
+Validation reports zero-shot retrieval R@1/5/10 in both directions and CIDEr-D / BLEU-4 of
+greedy captions, each beside its baseline computed from the same data: chance recall for
+retrieval, and the most frequent training caption for captioning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from mammut.data import CaptionDataset, CaptionTokenizer, collate_eval, collate_train, image_transform, read_coco_captions
+from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
+from mammut.data.images import load_rgb_image
+from mammut.data.sampling import ResumableRandomSampler
+from mammut.data.transforms import denormalize
+from mammut.metrics import CaptionMetrics, RetrievalRecallAtK
+from mammut.metrics.captioning import most_frequent_caption_baseline
+from mammut.metrics.retrieval import chance_recall_at_k
+from mammut.model import ContrastiveLoss, caption_loss, generate
+from mammut.module import MammutModule
+from mammut.visualize import captioned_images
+
+log = logging.getLogger(__name__)
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Image-caption pairs in COCO captions format: the demo world, COCO, or your own files."""
+
+    def __init__(
+        self,
+        root: str = "data/demo",
+        tokenizer: str = "tokenizer.json",
+        train_annotations: str = "annotations/captions_train.json",
+        train_images: str = "images/train",
+        val_annotations: str = "annotations/captions_val.json",
+        val_images: str = "images/val",
+        test_annotations: str | None = "annotations/captions_test.json",
+        test_images: str | None = "images/test",
+        predict_images: list[str] | None = None,
+        image_size: int | None = None,
+        context_length: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 250,
+        num_workers: int = 2,
+        skip_bad_samples: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            root: folder that the relative paths below are resolved against.
+            tokenizer: a tokenizer.json (trained by ``python -m mammut.data.tokenizer`` or your own).
+            train_annotations: COCO captions JSON of the training split; ``*_images`` are image folders.
+            predict_images: image files to caption with ``mammut predict``.
+            image_size: side of the square model input; by default the model's ``architecture.image_size``.
+            context_length: tokens per caption, bos and eos included; by default the model's.
+            batch_size: training images per step and device (also the contrastive batch).
+            eval_batch_size: images per validation step.
+            num_workers: DataLoader worker processes.
+            skip_bad_samples: skip (and count) unreadable images and empty captions instead of failing.
+            seed: shuffling and per-sample caption choice; a resumed run repeats them exactly.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.tokenizer = CaptionTokenizer.from_file(self._path(tokenizer))
+        self.image_size, self.context_length = image_size, context_length
+        self.resume_point = (0, 0)  # (epoch, batches done in it), restored from a checkpoint
+        self.datasets: dict[str, CaptionDataset] = {}
+        self.baseline_caption_scores: dict[str, float] = {}
+
+    def _path(self, relative: str) -> Path:
+        return self.root / relative
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def special_token_ids(self) -> dict[str, int]:
+        return self.tokenizer.special_token_ids
+
+    def _dataset(self, split: str, train: bool) -> CaptionDataset:
+        h = self.hparams
+        annotations, images = h[f"{split}_annotations"], h[f"{split}_images"]
+        records, skipped = read_coco_captions(self._path(annotations), self._path(images), h.skip_bad_samples)
+        if skipped:
+            log.warning("%s: skipped %d bad records", annotations, skipped)
+        if not records:
+            raise ValueError(f"{self._path(annotations)}: no usable image-caption records")
+        return CaptionDataset(records, self.tokenizer, image_transform(self.image_size, train=train),
+                              self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples)
+
+    def _shape_for_model(self) -> None:
+        """Images and token sequences are shaped for the model unless set here explicitly."""
+        architecture = getattr(self.trainer.lightning_module, "architecture", None) if self.trainer else None
+        for name in ("image_size", "context_length"):
+            model_value = getattr(architecture, name, None)
+            if getattr(self, name) is None:
+                if model_value is None:
+                    raise ValueError(f"data.{name} is not set and the model does not define it")
+                setattr(self, name, model_value)
+            elif model_value is not None and getattr(self, name) != model_value:
+                raise ValueError(f"data.{name}={getattr(self, name)} but the model's architecture.{name}={model_value}")
+
+    def setup(self, stage: str) -> None:
+        self._shape_for_model()
+        if stage == "fit" and "train" not in self.datasets:
+            self.datasets["train"] = self._dataset("train", train=True)
+        if stage in ("fit", "validate") and "val" not in self.datasets:
+            self.datasets["val"] = self._dataset("val", train=False)
+        if stage == "test" and "test" not in self.datasets:
+            self.datasets["test"] = self._dataset("test", train=False)
+
+    def train_captions(self) -> list[str]:
+        if "train" not in self.datasets:
+            self._shape_for_model()
+            self.datasets["train"] = self._dataset("train", train=True)
+        return [c for record in self.datasets["train"].records for c in record.captions]
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, on_epoch=dataset.set_epoch)
+        epoch, batches_done = self.resume_point
+        if 0 < batches_done < len(dataset) // self.hparams.batch_size:
+            sampler.resume(epoch, batches_done * self.hparams.batch_size)
+            log.info("resuming epoch %d after %d batches", epoch, batches_done)
+        # drop_last keeps every contrastive batch the same size.
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_train,
+                          persistent_workers=False)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.hparams.eval_batch_size, shuffle=False,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_eval)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        paths = self.hparams.predict_images
+        if not paths:
+            raise ValueError("nothing to predict: set --data.predict_images=[path.jpg, ...]")
+        return DataLoader(ImageFiles(paths, image_transform(self.image_size, train=False)),
+                          batch_size=self.hparams.eval_batch_size)
+
+    # Mid-epoch resume: remember how many batches of this epoch the model has seen.
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_point = (state.get("epoch", 0), state.get("batches_done", 0))
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files given by path, for prediction."""
+
+    def __init__(self, paths: list[str], transform):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.transform(load_rgb_image(self.paths[index])), "path": self.paths[index]}
+
+
+class PretrainModule(MammutModule):
+    """MaMMUT pretraining: contrastive loss on the two embeddings plus captioning loss."""
+
+    def __init__(
+        self,
+        contrastive_weight: float = 1.0,
+        caption_weight: float = 1.0,
+        contrastive_loss: str = "infonce",
+        focal_gamma: float = 2.0,
+        local_loss: bool = False,
+        label_smoothing: float = 0.0,
+        num_logged_images: int = 16,
+        **kwargs,
+    ):
+        """
+        Args:
+            contrastive_weight: weight of the contrastive loss in the sum.
+            caption_weight: weight of the captioning loss in the sum.
+            contrastive_loss: "infonce" (CLIP) or "focal" (RO-ViT's focal contrastive loss).
+            focal_gamma: the focusing exponent of the focal loss.
+            local_loss: under data parallelism, compute only this rank's rows of the logits.
+            label_smoothing: of the captioning cross-entropy.
+            num_logged_images: validation images drawn with their generated captions.
+            **kwargs: the shared settings of ``MammutModule`` (architecture, lr, ...).
+        """
+        super().__init__(**kwargs)
+        self.contrastive_loss = ContrastiveLoss(contrastive_loss, focal_gamma, local_loss)
+        self.metrics = torch.nn.ModuleDict({
+            f"{stage}_{name}": metric
+            for stage in ("val", "test")
+            for name, metric in (("retrieval", RetrievalRecallAtK()), ("captioning", CaptionMetrics()))
+        })
+        self._logged_samples: tuple[torch.Tensor, list[str]] | None = None
+        self._eval_ids: list[torch.Tensor] = []
+        self._eval_caption_image_ids: list[torch.Tensor] = []
+        self._eval_references: list[list[str]] = []
+
+    # --------------------------------------------------------------- training
+    def training_step(self, batch: ImageTextBatch, batch_idx: int):
+        self.count_skipped(batch.num_skipped)
+        if len(batch) == 0:
+            return None  # every sample of this batch was bad and skipped
+        out = self.model(batch.images, batch.tokens)
+        contrastive = self.contrastive_loss(out.image_embedding, out.text_embedding, out.logit_scale)
+        captioning = caption_loss(out.caption_logits, batch.tokens[:, 1:], self.architecture.pad_id,
+                                  self.hparams.label_smoothing)
+        loss = self.hparams.contrastive_weight * contrastive + self.hparams.caption_weight * captioning
+        self.check_finite(loss, {"contrastive": contrastive, "caption": captioning})
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({"train/contrastive_loss": contrastive, "train/caption_loss": captioning,
+                       "train/temperature": 1.0 / out.logit_scale})
+        return loss
+
+    # ------------------------------------------------------------- evaluation
+    def validation_step(self, batch: ImageCaptionsBatch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: ImageCaptionsBatch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: ImageCaptionsBatch, batch_idx: int, stage: str) -> None:
+        if len(batch) == 0:
+            return
+        visual_tokens = self.model.encode_image(batch.images)
+        self.metrics[f"{stage}_retrieval"].update(
+            self.model.image_embedding(visual_tokens), batch.image_ids,
+            self.model.text_embedding(batch.caption_tokens), batch.caption_image_ids)
+        captions = self.tokenizer.decode_batch(generate(self.model, visual_tokens, config=self.generation))
+        self.metrics[f"{stage}_captioning"].update(captions, batch.references, batch.image_ids.tolist())
+        self._eval_ids.append(batch.image_ids.cpu())
+        self._eval_caption_image_ids.append(batch.caption_image_ids.cpu())
+        self._eval_references.extend(batch.references)
+        if batch_idx == 0:
+            n = self.hparams.num_logged_images
+            self._logged_samples = (denormalize(batch.images[:n]), captions[:n])
+
+    @property
+    def tokenizer(self) -> CaptionTokenizer:
+        return self.trainer.datamodule.tokenizer
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def _report(self, stage: str) -> None:
+        if self.trainer.sanity_checking:
+            self._reset_eval(stage)
+            return
+        scores = {**self.metrics[f"{stage}_retrieval"].compute(), **self.metrics[f"{stage}_captioning"].compute()}
+        baselines = chance_recall_at_k(torch.cat(self._eval_ids), torch.cat(self._eval_caption_image_ids))
+        baselines.update(most_frequent_caption_baseline(self.trainer.datamodule.train_captions(),
+                                                        self._eval_references).scores)
+        scores["retrieval/mean_R@1"] = (scores["image_to_text/R@1"] + scores["text_to_image/R@1"]) / 2
+        self.log_dict({f"{stage}/{name}": value for name, value in scores.items()}, sync_dist=False)
+        self.log_dict({f"{stage}_baseline/{name}": float(value) for name, value in baselines.items()})
+        rows = [f"{'metric':<22}{'model':>10}{'baseline':>10}"]
+        for name, value in scores.items():
+            base = baselines.get(name)
+            rows.append(f"{name:<22}{float(value):>10.4f}{'' if base is None else f'{base:>10.4f}'}")
+        if self.trainer.is_global_zero:
+            print(f"\n{stage} (epoch {self.current_epoch}, step {self.global_step}):\n" + "\n".join(rows), flush=True)
+        self._log_samples(stage)
+        self._reset_eval(stage)
+
+    def _log_samples(self, stage: str) -> None:
+        if self._logged_samples is None or self.logger is None:
+            return
+        images, captions = self._logged_samples
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_images"):
+            experiment.add_images(f"{stage}/generated_captions", captioned_images(images, captions), self.global_step)
+            experiment.add_text(f"{stage}/generated_captions", "\n\n".join(captions), self.global_step)
+
+    def _reset_eval(self, stage: str) -> None:
+        self.metrics[f"{stage}_retrieval"].reset()
+        self.metrics[f"{stage}_captioning"].reset()
+        self._eval_ids.clear()
+        self._eval_caption_image_ids.clear()
+        self._eval_references.clear()
+        self._logged_samples = None
+
+    # ------------------------------------------------------------- prediction
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        visual_tokens = self.model.encode_image(batch["image"])
+        captions = self.tokenizer.decode_batch(generate(self.model, visual_tokens, config=self.generation))
+        if self.trainer.is_global_zero:
+            for path, caption in zip(batch["path"], captions):
+                print(f"{path}\t{caption}", flush=True)
+        return [{"path": p, "caption": c} for p, c in zip(batch["path"], captions)]

@@ -1,0 +1,25 @@
+"""Shared fixtures: a tiny demo world with its tokenizer, written once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammut.data.demo import generate
+from mammut.data.tokenizer import main as train_tokenizer
+
+# Tests run on the CPU, with few threads so that parallel processes do not thrash.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """data/demo in miniature: a few dozen images per split, and a tokenizer trained on them."""
+    root = tmp_path_factory.mktemp("demo")
+    generate(root, seed=0, tiny=True)
+    train_tokenizer(["--captions", str(root / "annotations/captions_train.json"), "--out", str(root / "tokenizer.json")])
+    return root

@@ -1,0 +1,71 @@
+"""Run the real `mammut` CLI in-process with a tiny model, and read its TensorBoard logs back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mammut.cli import main
+
+from conftest import REPO
+
+# A model small enough for a few CPU steps per second; everything else is configs/pretrain.yaml.
+TINY_MODEL = [
+    "--model.architecture.vision_width=32", "--model.architecture.vision_depth=2", "--model.architecture.vision_heads=2",
+    "--model.architecture.text_width=32", "--model.architecture.text_depth=2", "--model.architecture.text_heads=2",
+    "--model.architecture.cross_attention_layers=[1]", "--model.architecture.embed_dim=32",
+    "--model.architecture.context_length=24", "--model.generation.max_new_tokens=8",
+]
+
+
+def run(command: str, data_root: Path, out: Path, *overrides: str, config: str = "configs/pretrain.yaml") -> None:
+    main([
+        command, "--config", str(REPO / config), *TINY_MODEL,
+        f"--data.root={data_root}", "--data.batch_size=8", "--data.eval_batch_size=12", "--data.num_workers=0",
+        "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        *overrides,
+    ])
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAtStep(Callback):
+    """Kills the run as a lost node or a pre-empted job would, before step ``step`` starts."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Crash(f"crashed before step {self.step}")
+
+
+def checkpoint_every(folder: Path, steps: int, crash_at: int | None = None) -> list[str]:
+    """Arguments that replace the config's callbacks: last.ckpt every ``steps`` steps, and
+    optionally a crash before step ``crash_at``."""
+    override = folder / f"checkpoint_every_{steps}_crash_{crash_at}.yaml"
+    text = ("trainer:\n  callbacks:\n"
+            "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+            f"      init_args: {{save_last: true, save_top_k: 0, every_n_train_steps: {steps}}}\n")
+    if crash_at is not None:
+        text += f"    - class_path: tiny_run.CrashAtStep\n      init_args: {{step: {crash_at}}}\n"
+    override.write_text(text)
+    return ["--config", str(override)]
+
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the TensorBoard event files under log_dir: tag -> [(step, value)]."""
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def image_tags(log_dir: Path) -> list[str]:
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    events.Reload()
+    return events.Tags()["images"]
