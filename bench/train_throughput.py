@@ -72,7 +72,7 @@ class Trainee:
         return counter.get_total_flops()
 
     @property
-    def parameters(self) -> int:
+    def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
 
@@ -172,7 +172,7 @@ def main() -> None:
         achieved = flops[key] / step
         peak = ceiling.flops_per_second(PRECISIONS[precision])
         rows.append([
-            trainee.name, precision, f"{trainee.parameters / 1e6:.1f}M", f"{step * 1e3:.0f}",
+            trainee.name, precision, f"{trainee.parameter_count / 1e6:.1f}M", f"{step * 1e3:.0f}",
             f"{throughput[key]:.1f}",
             f"{args.batch_size / max(seconds[key]):.1f}–{args.batch_size / min(seconds[key]):.1f}",
             f"{flops[key] / 1e9:.1f}", f"{achieved / 1e9:.1f}", f"{peak / 1e9:.0f}", f"{achieved / peak:.1%}",

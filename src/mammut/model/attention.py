@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``F.scaled_dot_product_attention``, run in fp32 for bf16 inputs on the CPU.
+
+    PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32 at
+    these head sizes (bench/RESULTS.md), so the upcast makes bf16-mixed training faster.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+@contextmanager
+def cpu_bf16_friendly_attention():
+    """For attention code we do not own (timm's ViT): the math backend under CPU bf16 autocast,
+    for the same reason as ``attend``."""
+    bf16_on_cpu = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with sdpa_kernel(SDPBackend.MATH) if bf16_on_cpu else nullcontext():
+        yield
 
 
 class KVCache:
@@ -67,8 +91,7 @@ class SelfAttention(nn.Module):
             # A block of new tokens after a cached prefix: each sees the prefix and its own past.
             causal_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
             mask = causal_mask if mask is None else mask & causal_mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -94,5 +117,5 @@ class CrossAttention(nn.Module):
         B, T, C = x.shape
         k, v = context_kv if context_kv is not None else self.context_keys_values(context)
         q = self.q(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))

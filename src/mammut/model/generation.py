@@ -41,7 +41,7 @@ class _Stepper:
         return self.model.decoder.decode_step(new, self.state)[:, -1]
 
     def reorder(self, batch_indices: Tensor) -> None:
-        self.visual_tokens = self.visual_tokens.index_select(0, batch_indices)
+        """batch_indices only permute rows within each image's group of beams."""
         if self.state is not None:
             self.state.reorder(batch_indices)
 

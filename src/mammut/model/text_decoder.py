@@ -31,12 +31,10 @@ class DecoderState:
         return self.self_attention[0].length
 
     def reorder(self, batch_indices: Tensor) -> None:
+        """Follow beam search. Hypotheses only move among the beams of their own image, whose
+        visual keys and values are identical, so those stay where they are."""
         for cache in self.self_attention:
             cache.reorder(batch_indices)
-        self.visual_keys_values = {
-            i: (k.index_select(0, batch_indices), v.index_select(0, batch_indices))
-            for i, (k, v) in self.visual_keys_values.items()
-        }
 
 
 class DecoderLayer(nn.Module):

@@ -7,6 +7,7 @@ from pathlib import Path
 import timm
 from torch import Tensor, nn
 
+from .attention import cpu_bf16_friendly_attention
 from .config import MammutConfig
 
 
@@ -35,7 +36,8 @@ class VisionEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width)."""
-        return self.vit.forward_features(images)
+        with cpu_bf16_friendly_attention():
+            return self.vit.forward_features(images)
 
     def pool(self, visual_tokens: Tensor) -> Tensor:
         if self.pooling == "cls":
