@@ -48,6 +48,18 @@ def test_no_weight_decay_on_norms_biases_embeddings_and_temperature():
     assert decayed | not_decayed == set(names.values())
 
 
+def test_lr_scales_give_matching_parameters_their_own_learning_rate():
+    module = small_module(lr=1e-3, lr_scales={"model.decoder.layers.1.*": 10.0})
+    module.trainer = L.Trainer(max_steps=100, logger=False, enable_checkpointing=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    names = {id(p): n for n, p in module.named_parameters()}
+    by_group = {group["name"]: (group["initial_lr"], {names[id(p)] for p in group["params"]}) for group in optimizer.param_groups}
+    assert set(by_group) == {"decay", "no_decay", "decay_x10", "no_decay_x10"}
+    assert by_group["decay_x10"][0] == pytest.approx(1e-2) and by_group["decay"][0] == pytest.approx(1e-3)
+    scaled = by_group["decay_x10"][1] | by_group["no_decay_x10"][1]
+    assert scaled == {n for n in names.values() if n.startswith("model.decoder.layers.1.")}
+
+
 def test_freeze_by_name_pattern():
     module = small_module(freeze=["model.vision.*", "model.logit_scale"])
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad}

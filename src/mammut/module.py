@@ -31,6 +31,7 @@ class MammutModule(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.01,
         freeze: list[str] | None = None,
+        lr_scales: dict[str, float] | None = None,
         init_from: str | None = None,
         init_strict: bool = False,
         grad_checkpointing: bool = False,
@@ -45,6 +46,8 @@ class MammutModule(L.LightningModule):
             warmup_steps: linear warmup from 0 to ``lr``.
             min_lr_ratio: the learning rate at the end of training, as a fraction of ``lr``.
             freeze: glob patterns of parameter names to freeze, e.g. ``["model.vision.*"]``.
+            lr_scales: glob pattern of parameter names -> multiplier of ``lr`` for them, e.g.
+                ``{"peft.prompt": 10.0}``; the first matching pattern applies.
             init_from: weights to start from: a Lightning checkpoint, a torch state dict or a
                 .safetensors file. Parameters are matched by name and shape.
             init_strict: fail if any parameter of the model is not found with its shape in
@@ -90,6 +93,12 @@ class MammutModule(L.LightningModule):
         if frozen == 0:
             raise ValueError(f"freeze patterns {patterns} match no parameter")
 
+    def lr_scale(self, name: str) -> float:
+        for pattern, scale in (self.hparams.lr_scales or {}).items():
+            if fnmatch.fnmatch(name, pattern):
+                return scale
+        return 1.0
+
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total), counting tied weights once."""
         unique = {id(p): p for p in self.parameters()}.values()
@@ -97,18 +106,17 @@ class MammutModule(L.LightningModule):
 
     # ------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
             # Norm scales, biases, embeddings and the temperature are not weight-decayed.
-            if parameter.ndim < 2 or "embedding" in name or "pos_embed" in name or "cls_token" in name:
-                no_decay.append(parameter)
-            else:
-                decay.append(parameter)
+            decayed = not (parameter.ndim < 2 or "embedding" in name or "pos_embed" in name or "cls_token" in name)
+            groups.setdefault((decayed, self.lr_scale(name)), []).append(parameter)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay, "name": "decay"},
-             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}],
+            [{"params": params, "weight_decay": self.hparams.weight_decay if decayed else 0.0,
+              "lr": self.hparams.lr * scale, "name": _group_name(decayed, scale)}
+             for (decayed, scale), params in sorted(groups.items(), key=lambda group: (not group[0][0], group[0][1]))],
             lr=self.hparams.lr, betas=self.hparams.betas,
         )
         total = self.trainer.estimated_stepping_batches
@@ -142,6 +150,11 @@ class MammutModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
+
+
+def _group_name(decayed: bool, scale: float) -> str:
+    """``decay`` / ``no_decay``, with the lr multiplier when it is not 1 (LearningRateMonitor tags)."""
+    return ("decay" if decayed else "no_decay") + ("" if scale == 1.0 else f"_x{scale:g}")
 
 
 def warmup_cosine(step: int, warmup: int, total: int | float, min_ratio: float) -> float:
