@@ -60,6 +60,7 @@ class MammutModule(L.LightningModule):
         self.architecture = architecture or MammutConfig()
         self.generation = generation or GenerationConfig()
         self.model = Mammut(self.architecture)
+        self.add_task_modules()
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if init_from:
@@ -67,6 +68,10 @@ class MammutModule(L.LightningModule):
         if freeze:
             self.freeze_matching(freeze)
         self.skipped_samples = 0
+
+    def add_task_modules(self) -> None:
+        """Where a task adds its own modules (a head, a PEFT prefix), so that ``init_from``
+        and ``freeze`` see them. ``self.hparams`` holds the task's arguments already."""
 
     # ---------------------------------------------------------------- weights
     def load_weights(self, path: str, strict: bool = False) -> None:
