@@ -61,7 +61,9 @@ class ImageTextDataModule(L.LightningDataModule):
             predict_images: image files to caption with ``mammut predict``.
             image_size: side of the square model input; by default the model's ``architecture.image_size``.
             context_length: tokens per caption, bos and eos included; by default the model's.
-            batch_size: training images per step and device (also the contrastive batch).
+            batch_size: training images per step and device. The contrastive batch is the
+                batch of all devices together (embeddings are gathered); with
+                ``trainer.accumulate_grad_batches`` it is still one step's, not the accumulated one.
             eval_batch_size: images per validation step.
             num_workers: DataLoader worker processes.
             skip_bad_samples: skip (and count) unreadable images and empty captions instead of failing.
@@ -126,14 +128,16 @@ class ImageTextDataModule(L.LightningDataModule):
         return [c for record in self.datasets["train"].records for c in record.captions]
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, on_epoch=dataset.set_epoch)
-        epoch, batches_done = self.resume_point
-        if 0 < batches_done < len(dataset) // self.hparams.batch_size:
-            sampler.resume(epoch, batches_done * self.hparams.batch_size)
-            log.info("resuming epoch %d after %d batches", epoch, batches_done)
+        dataset, batch_size = self.datasets["train"], self.hparams.batch_size
+        # Each data-parallel rank draws its own shard of every epoch's permutation.
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
+        sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, on_epoch=dataset.set_epoch, **shard)
+        epoch, samples_done = self.resume_point
+        if 0 < samples_done < len(sampler) // batch_size * batch_size * sampler.num_replicas:
+            sampler.resume(epoch, samples_done)
+            log.info("resuming epoch %d after %d samples", epoch, samples_done)
         # drop_last keeps every contrastive batch the same size.
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.hparams.num_workers, collate_fn=collate_train,
                           persistent_workers=False)
 
@@ -154,15 +158,16 @@ class ImageTextDataModule(L.LightningDataModule):
         return DataLoader(ImageFiles(paths, image_transform(self.image_size, train=False)),
                           batch_size=self.hparams.eval_batch_size)
 
-    # Mid-epoch resume: remember how many batches of this epoch the model has seen.
+    # Mid-epoch resume: remember how many samples of this epoch the model has seen, all ranks together.
     def state_dict(self) -> dict:
         if self.trainer is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+        batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        ranks = (self.trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
+        return {"epoch": self.trainer.current_epoch, "samples_done": batches_done * self.hparams.batch_size * ranks}
 
     def load_state_dict(self, state: dict) -> None:
-        self.resume_point = (state.get("epoch", 0), state.get("batches_done", 0))
+        self.resume_point = (state.get("epoch", 0), state.get("samples_done", 0))
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -199,7 +204,8 @@ class PretrainModule(MammutModule):
             caption_weight: weight of the captioning loss in the sum.
             contrastive_loss: "infonce" (CLIP) or "focal" (RO-ViT's focal contrastive loss).
             focal_gamma: the focusing exponent of the focal loss.
-            local_loss: under data parallelism, compute only this rank's rows of the logits.
+            local_loss: under data parallelism, compute only this rank's rows of the logits
+                (less memory, the same gradients); see ``mammut.model.ContrastiveLoss``.
             label_smoothing: of the captioning cross-entropy.
             num_logged_images: validation images drawn with their generated captions.
             **kwargs: the shared settings of ``MammutModule`` (architecture, lr, ...).
@@ -219,12 +225,18 @@ class PretrainModule(MammutModule):
     # --------------------------------------------------------------- training
     def training_step(self, batch: ImageTextBatch, batch_idx: int):
         self.count_skipped(batch.num_skipped)
-        if len(batch) == 0:
-            return None  # every sample of this batch was bad and skipped
-        out = self.model(batch.images, batch.tokens)
+        if len(batch) == 0 and self.trainer.world_size == 1:
+            return None  # every sample of this batch was bad: skip the step
+        # With several ranks a rank whose samples were all bad still runs the model, on zero
+        # rows, so that the others' collectives do not wait for it; it adds zero to the loss.
+        images, tokens = (batch.images, batch.tokens) if len(batch) else self.empty_inputs()
+        out = self.model(images, tokens)
         contrastive = self.contrastive_loss(out.image_embedding, out.text_embedding, out.logit_scale)
-        captioning = caption_loss(out.caption_logits, batch.tokens[:, 1:], self.architecture.pad_id,
-                                  self.hparams.label_smoothing)
+        if len(batch):
+            captioning = caption_loss(out.caption_logits, tokens[:, 1:], self.architecture.pad_id,
+                                      self.hparams.label_smoothing)
+        else:
+            captioning = out.caption_logits.sum()  # zero, and joined to the graph
         loss = self.hparams.contrastive_weight * contrastive + self.hparams.caption_weight * captioning
         self.check_finite(loss, {"contrastive": contrastive, "caption": captioning})
         self.log("train/loss", loss, prog_bar=True)

@@ -8,12 +8,19 @@ model's architecture unless they are set for it.
 Linked arguments (set once, copied to the other side; a value given for the target is replaced):
 - ``data.vocab_size`` and ``data.special_token_ids`` -> ``model.architecture.vocab_size`` and its
   ``pad_id``/``bos_id``/``eos_id``: the model is sized for the tokenizer.
+
+Strategies for several devices or nodes are in configs/strategy/ (add ``--config
+configs/strategy/<name>.yaml``); the DeepSpeed ones are checked before anything is built.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from mammut.module import MammutModule
 
@@ -24,6 +31,41 @@ class MammutCLI(LightningCLI):
         for name in ("pad", "bos", "eos"):
             parser.link_arguments("data.special_token_ids", f"model.init_args.architecture.{name}_id",
                                   compute_fn=lambda ids, name=name: ids[name], apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_deepspeed_can_run(config.trainer.strategy)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        data_parallel_over_every_process(trainer.strategy)
+        return trainer
+
+
+def data_parallel_over_every_process(strategy) -> None:
+    """``ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)`` shards over every process.
+
+    Lightning's "auto" means one data-parallel group per node (tensor parallelism inside the
+    node); mammut uses FSDP2 data parallelism only, so with a tensor-parallel size of 1 the
+    data-parallel size is the world size, known once the Trainer has counted devices and nodes.
+    """
+    if (isinstance(strategy, ModelParallelStrategy) and strategy._data_parallel_size == "auto"
+            and strategy._tensor_parallel_size == 1):
+        strategy._data_parallel_size = strategy.num_nodes * strategy.num_processes
+
+
+def check_deepspeed_can_run(strategy) -> None:
+    """Fail before anything is built, naming the fix, where Lightning's DeepSpeedStrategy cannot run."""
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", "")
+    if "deepspeed" not in str(name).lower():
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"strategy {name}: Lightning's DeepSpeed strategy runs only on CUDA GPUs, and this machine has none. "
+            "On CPUs use --config configs/strategy/fsdp2.yaml (sharded weights, gradients and optimiser "
+            "states, like ZeRO-3) or configs/strategy/ddp.yaml; keep the DeepSpeed configs for GPU machines.")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError(f"strategy {name} needs DeepSpeed, which is not installed: pip install -e '.[deepspeed]'")
 
 
 def main(args=None) -> None:

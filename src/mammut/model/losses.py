@@ -9,15 +9,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """All ranks' rows, concatenated in rank order; gradients flow back to each rank's own rows."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return torch.cat(dist_nn.all_gather(x), dim=0)
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
+    """All ranks' rows of ``x``, concatenated in rank order, and the index where this rank's rows start.
+
+    Ranks may hold different numbers of rows (a batch that lost bad samples, or lost them
+    all): the rows are padded to the longest for the collective and cut back afterwards.
+    In the backward pass each rank receives the gradient of its own rows summed over all
+    ranks' losses (an all-to-all), so data-parallel gradient averaging yields the gradient of
+    the global loss.
+    """
+    if _world_size() == 1:
+        return x, 0
+    count = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.empty_like(count) for _ in range(_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padded = F.pad(x, (0, 0, 0, max(counts) - x.shape[0]))
+    rows = torch.cat([part[:n] for part, n in zip(dist_nn.all_gather(padded), counts)])
+    return rows, sum(counts[:dist.get_rank()])
 
 
 class ContrastiveLoss(nn.Module):
@@ -28,9 +41,12 @@ class ContrastiveLoss(nn.Module):
     Sec. 3.3): a sigmoid per image-text pair, down-weighting easy pairs by (1 - p_t)^gamma.
 
     Under data parallelism the embeddings of every rank are gathered, so each image is
-    contrasted with every text of the global batch. ``local_loss=True`` computes only the
-    rows of this rank's images and texts against all others (open_clip's option), which
-    gives the same gradients at a fraction of the logits' memory.
+    contrasted with every text of the global batch, N pairs in all. With ``local_loss=False``
+    every rank computes the whole N x N loss; with ``local_loss=True`` (open_clip's option) a
+    rank computes only the rows of its own images and texts (n x N logits instead of N x N)
+    and returns its share of the global loss, scaled so that the mean over ranks is the
+    global loss. Either way, after data-parallel gradient averaging (DDP, FSDP) the gradients
+    equal those of one process on the concatenated batch.
     """
 
     def __init__(self, kind: str = "infonce", focal_gamma: float = 2.0, local_loss: bool = False):
@@ -42,29 +58,33 @@ class ContrastiveLoss(nn.Module):
         self.local_loss = local_loss
 
     def forward(self, image_embedding: Tensor, text_embedding: Tensor, logit_scale: Tensor) -> Tensor:
-        all_images = gather_with_grad(image_embedding)
-        all_texts = gather_with_grad(text_embedding)
+        # One collective for both embeddings: they are gathered side by side.
+        pairs, start = gather_with_grad(torch.cat([image_embedding, text_embedding], dim=-1))
+        all_images, all_texts = pairs.split(image_embedding.shape[-1], dim=-1)  # (N, E) each
+        total = max(pairs.shape[0], 1)
         if self.local_loss:
-            offset = _rank() * image_embedding.shape[0]
-            image_logits = logit_scale * image_embedding @ all_texts.T  # (b, B)
-            text_logits = logit_scale * text_embedding @ all_images.T   # (b, B)
+            image_logits = logit_scale * image_embedding @ all_texts.T  # (n, N)
+            text_logits = logit_scale * text_embedding @ all_images.T   # (n, N)
+            labels = torch.arange(start, start + image_embedding.shape[0], device=pairs.device)
+            normaliser = total / _world_size()
         else:
-            offset = 0
-            image_logits = logit_scale * all_images @ all_texts.T  # (B, B)
+            image_logits = logit_scale * all_images @ all_texts.T  # (N, N)
             text_logits = image_logits.T
-        labels = torch.arange(image_logits.shape[0], device=image_logits.device) + offset
-        if self.kind == "infonce":
-            return (F.cross_entropy(image_logits.float(), labels) + F.cross_entropy(text_logits.float(), labels)) / 2
-        return (self._focal(image_logits, labels) + self._focal(text_logits, labels)) / 2
+            labels = torch.arange(pairs.shape[0], device=pairs.device)
+            normaliser = total
+        summed = self._summed_loss(image_logits, labels) + self._summed_loss(text_logits, labels)
+        return summed / (2 * normaliser)
 
-    def _focal(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """RO-ViT Eq. 2: -(1/B) sum_ij (1 - p_t)^gamma log p_t, p_t = sigmoid(+-logit)."""
+    def _summed_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss of each row of ``logits`` (whose positive is at ``labels``), summed over rows."""
         logits = logits.float()
-        targets = torch.zeros_like(logits)
-        targets[torch.arange(logits.shape[0], device=logits.device), labels] = 1.0
-        log_p = F.logsigmoid(torch.where(targets.bool(), logits, -logits))
-        loss = -((1 - log_p.exp()) ** self.focal_gamma) * log_p
-        return loss.sum() / logits.shape[0]
+        if self.kind == "infonce":
+            return F.cross_entropy(logits, labels, reduction="sum")
+        # RO-ViT Eq. 2, before its 1/B: sum_ij (1 - p_t)^gamma (-log p_t), p_t = sigmoid(+-logit).
+        positive = torch.zeros_like(logits, dtype=torch.bool)
+        positive[torch.arange(logits.shape[0], device=logits.device), labels] = True
+        log_p = F.logsigmoid(torch.where(positive, logits, -logits))
+        return (-((1 - log_p.exp()) ** self.focal_gamma) * log_p).sum()
 
 
 def caption_loss(logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: float = 0.0) -> Tensor:

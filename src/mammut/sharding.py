@@ -1,0 +1,77 @@
+"""FSDP2 (torch ``fully_shard``) for a MammutModule under Lightning's ``ModelParallelStrategy``.
+
+Each transformer block becomes one FSDP unit: its weights are all-gathered just before it runs
+and freed after. Then every child of the LightningModule that holds parameters (the model,
+a task's extra modules) is sharded as a root, which covers the remaining weights: the
+embeddings, norms and projections, the tied token embedding and output projection included
+(both sit in the same unit, so they stay one parameter). The LightningModule itself is not
+sharded: its metrics and other state are not parameters and must stay plain tensors.
+
+``fully_shard`` cannot shard 0-dim parameters, such as the learnable temperature; they become
+1-element vectors first, which broadcast the same way. Checkpoints of a sharded run therefore
+hold them with shape (1,); ``MammutModule.load_weights`` accepts either shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+
+
+def shard(module: nn.Module, blocks: list[nn.Module], mesh: DeviceMesh,
+          entry_points: dict[nn.Module, list[str]] | None = None) -> None:
+    """Shard ``blocks``, then the children of ``module`` that hold parameters, over ``mesh``.
+
+    ``entry_points`` names methods other than ``forward`` that evaluation calls first on a
+    root (``encode_image``, ...): FSDP runs its root set-up and gathers the root's weights
+    for them as for ``forward``.
+    """
+    names = [name for name, _ in module.named_parameters(recurse=False)]
+    if names:
+        raise TypeError(f"{type(module).__name__} holds parameters itself ({names}); put them in a child module "
+                        "so that they can be sharded")
+    for sub in module.modules():
+        for name, parameter in list(sub.named_parameters(recurse=False)):
+            if parameter.ndim == 0:
+                setattr(sub, name, nn.Parameter(parameter.detach().reshape(1), parameter.requires_grad))
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    for child in module.children():
+        if next(child.parameters(), None) is not None:
+            fully_shard(child, mesh=mesh)
+    for root, names in (entry_points or {}).items():
+        for name in names:
+            register_fsdp_forward_method(root, name)
+
+
+def hold_full_weights(module: nn.Module, hold: bool) -> None:
+    """Keep every rank's full weights in place (``hold=True``) until released (``hold=False``).
+
+    Evaluation calls methods other than ``forward`` (``encode_image``, incremental decoding),
+    which FSDP's hooks do not see, so for the duration of an evaluation batch every FSDP unit
+    is gathered and kept gathered. Releasing restores the sharding and FSDP's defaults:
+    reshard after forward, except for the roots whose weights backward needs right away.
+    """
+    for unit, is_root in _fsdp_units(module):
+        if hold:
+            unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
+        else:
+            unit.reshard()
+            unit.set_reshard_after_forward(not is_root, recurse=False)
+
+
+def is_sharded(module: nn.Module) -> bool:
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def _fsdp_units(module: nn.Module, under_unit: bool = False) -> Iterator[tuple[FSDPModule, bool]]:
+    """Every FSDP unit below ``module``, with whether it is a root (no unit above it)."""
+    if isinstance(module, FSDPModule):
+        yield module, not under_unit
+        under_unit = True
+    for child in module.children():
+        yield from _fsdp_units(child, under_unit)
