@@ -6,12 +6,14 @@ DEMO    ?= data/demo
 CONFIG  ?= configs/pretrain.yaml
 ARGS    ?=
 STAMP   := $(VENV)/.installed
+# Fine-tuning starts from the newest pretrain checkpoint unless CKPT=path/to.ckpt is given.
+CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data data-tiny pretrain tensorboard test test-fast bench clean
+.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft tensorboard test test-fast bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,14 @@ data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, de
 
 pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
 	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)
+
+finetune-vqa: data  ## fine-tune the pretrained model for VQA (CKPT=... to choose the checkpoint)
+	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
+	$(BIN)/mammut fit --config configs/finetune_vqa.yaml --model.init_from=$(CKPT) $(ARGS)
+
+finetune-vqa-peft: data  ## VQA with eP-ALM-style PEFT: frozen model, trained prefix (<1% of the weights)
+	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
+	$(BIN)/mammut fit --config configs/finetune_vqa_peft.yaml --model.init_from=$(CKPT) $(ARGS)
 
 tensorboard: install  ## serve the training logs in runs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs --port 6006

@@ -32,12 +32,17 @@ _EXPORTS = {
     "collate_train": "captions_dataset",
     "collate_eval": "captions_dataset",
     "ResumableRandomSampler": "sampling",
+    "VQARecord": "vqa",
+    "read_vqa": "vqa",
+    "VQABatch": "batch",
+    "VQADataset": "vqa_dataset",
+    "collate_vqa": "vqa_dataset",
 }
 
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
-    from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
+    from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch, VQABatch
     from mammut.data.captions_dataset import CaptionDataset, EvalSample, TrainSample, collate_eval, collate_train
     from mammut.data.coco import CaptionRecord, read_coco_captions
     from mammut.data.errors import BadSampleError, DataFormatError
@@ -45,6 +50,8 @@ if TYPE_CHECKING:
     from mammut.data.sampling import ResumableRandomSampler
     from mammut.data.tokenizer import DEFAULT_SPECIAL_TOKENS, CaptionTokenizer
     from mammut.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, image_transform
+    from mammut.data.vqa import VQARecord, read_vqa
+    from mammut.data.vqa_dataset import VQADataset, collate_vqa
 
 
 def __getattr__(name: str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -53,4 +54,31 @@ class ImageCaptionsBatch:
         return self.images.shape[0]
 
     def pin_memory(self) -> ImageCaptionsBatch:
+        return _pinned(self)
+
+
+@dataclass
+class VQABatch:
+    """Questions about images. In training ``tokens`` hold ``[bos] question [sep] answer [eos]``;
+    in evaluation and prediction only the prompt ``[bos] question [sep]``. Right-padded."""
+
+    images: Tensor  # (B, 3, H, W) float
+    tokens: Tensor  # (B, T) long
+    answer_start: Tensor  # (B,) long: index of the first answer token = length of the prompt
+    question_ids: Tensor  # (B,) long
+    questions: list[str]
+    answers: list[list[str]]  # the annotators' answers; empty lists when there are none
+    num_skipped: int = 0
+
+    @classmethod
+    def empty(cls, num_skipped: int) -> VQABatch:
+        """A batch whose every sample was bad."""
+        return cls(images=torch.empty(0, 3, 0, 0), tokens=torch.empty(0, 0, dtype=torch.long),
+                   answer_start=torch.empty(0, dtype=torch.long), question_ids=torch.empty(0, dtype=torch.long),
+                   questions=[], answers=[], num_skipped=num_skipped)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def pin_memory(self) -> VQABatch:
         return _pinned(self)

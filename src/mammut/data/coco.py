@@ -8,16 +8,12 @@ dataset) but when a sample is loaded.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mammut.data.errors import DataFormatError
-
-logger = logging.getLogger(__name__)
+from mammut.data.json_records import field, load_json, reject
 
 
 @dataclass(frozen=True)
@@ -50,17 +46,17 @@ def read_coco_captions(
     """
     file = Path(annotations_file)
     image_root = Path(image_root)
-    data = _load_json(file)
+    data = load_json(file)
     if not isinstance(data, dict):
         raise DataFormatError(f"{file}: expected a JSON object with 'images' and 'annotations', got {type(data).__name__}")
-    images = _field(data, "images", list, file, "top level")
-    annotations = _field(data, "annotations", list, file, "top level")
+    images = field(data, "images", list, file, "top level")
+    annotations = field(data, "annotations", list, file, "top level")
 
     paths: dict[int, Path] = {}
     for position, image in enumerate(images):
         where = f"images[{position}]"
-        image_id = _field(image, "id", int, file, where)
-        file_name = _field(image, "file_name", str, file, f"{where} (image id {image_id})")
+        image_id = field(image, "id", int, file, where)
+        file_name = field(image, "file_name", str, file, f"{where} (image id {image_id})")
         if image_id in paths:
             raise DataFormatError(f"{file}: {where}: duplicate image id {image_id}")
         paths[image_id] = image_root / file_name
@@ -68,15 +64,15 @@ def read_coco_captions(
     skipped = 0
     captions: dict[int, list[tuple[int, str]]] = {image_id: [] for image_id in paths}
     for position, annotation in enumerate(annotations):
-        annotation_id = _field(annotation, "id", int, file, f"annotations[{position}]")
+        annotation_id = field(annotation, "id", int, file, f"annotations[{position}]")
         where = f"annotations[{position}] (annotation id {annotation_id})"
-        image_id = _field(annotation, "image_id", int, file, where)
-        caption = _field(annotation, "caption", str, file, where)
+        image_id = field(annotation, "image_id", int, file, where)
+        caption = field(annotation, "caption", str, file, where)
         if image_id not in captions:
             raise DataFormatError(f"{file}: {where}: refers to image id {image_id}, which is not in 'images'")
         if not caption.strip():
             problem = f"{file}: annotation id {annotation_id} (image id {image_id}): empty caption {caption!r}"
-            _reject(problem, skip_bad_samples)
+            reject(problem, skip_bad_samples)
             skipped += 1
             continue
         captions[image_id].append((annotation_id, caption.strip()))
@@ -85,38 +81,8 @@ def read_coco_captions(
     for image_id in sorted(paths):
         texts = tuple(text for _, text in sorted(captions[image_id]))
         if not texts:
-            _reject(f"{file}: image id {image_id} ({paths[image_id].name}): no captions", skip_bad_samples)
+            reject(f"{file}: image id {image_id} ({paths[image_id].name}): no captions", skip_bad_samples)
             skipped += 1
             continue
         records.append(CaptionRecord(image_id=image_id, path=paths[image_id], captions=texts))
     return records, skipped
-
-
-def _load_json(file: Path) -> Any:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataFormatError(f"{file}: not UTF-8 text ({error})") from error
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataFormatError(f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error
-
-
-def _field(record: Any, key: str, kind: type, file: Path, where: str) -> Any:
-    """``record[key]``, checked to be a ``kind``; the error names the file and record."""
-    if not isinstance(record, dict):
-        raise DataFormatError(f"{file}: {where}: expected a JSON object, got {type(record).__name__}")
-    if key not in record:
-        raise DataFormatError(f"{file}: {where}: missing key {key!r}")
-    value = record[key]
-    # bool is an int in Python but never a valid id.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DataFormatError(f"{file}: {where}: {key!r} must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def _reject(problem: str, skip_bad_samples: bool) -> None:
-    if not skip_bad_samples:
-        raise DataFormatError(problem)
-    logger.warning("skipping bad sample: %s", problem)

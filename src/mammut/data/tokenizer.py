@@ -136,14 +136,17 @@ class CaptionTokenizer:
 
     # ----------------------------------------------------------------- encoding
 
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` alone, without special tokens."""
+        # The file's own post-processor (e.g. BERT's [CLS] ... [SEP]) is bypassed: special
+        # tokens are added by the callers, so every tokenizer gives the same layout.
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
     def encode(self, text: str, context_length: int) -> list[int]:
         """``[bos] tokens [eos]``, at most ``context_length`` ids; truncation keeps eos last."""
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (bos and eos), got {context_length}")
-        # The file's own post-processor (e.g. BERT's [CLS] ... [SEP]) is bypassed: bos and
-        # eos are added here, so every tokenizer gives the same layout.
-        tokens = self._tokenizer.encode(text, add_special_tokens=False).ids[: context_length - 2]
-        return [self.bos_id, *tokens, self.eos_id]
+        return [self.bos_id, *self.token_ids(text)[: context_length - 2], self.eos_id]
 
     def pad(self, ids: Sequence[int], context_length: int) -> list[int]:
         """Right-pad ``ids`` with pad_id to ``context_length``."""

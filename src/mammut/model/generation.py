@@ -27,15 +27,17 @@ class GenerationConfig:
 class _Stepper:
     """Next-token logits for a batch of growing sequences, incrementally or from scratch."""
 
-    def __init__(self, model: Mammut, visual_tokens: Tensor, max_length: int, use_cache: bool):
+    def __init__(self, model: Mammut, visual_tokens: Tensor, max_length: int, use_cache: bool,
+                 prefix: Tensor | None):
         self.model = model
         self.visual_tokens = visual_tokens
-        self.state = model.decoder.start_decoding(visual_tokens, max_length) if use_cache else None
+        self.prefix = prefix
+        self.state = model.decoder.start_decoding(visual_tokens, max_length, prefix) if use_cache else None
         self.fed = 0  # tokens already in the cache
 
     def next_logits(self, sequences: Tensor) -> Tensor:
         if self.state is None:
-            return self.model.decoder.generative(sequences, self.visual_tokens)[:, -1]
+            return self.model.decoder.generative(sequences, self.visual_tokens, self.prefix)[:, -1]
         new = sequences[:, self.fed:]
         self.fed = sequences.shape[1]
         return self.model.decoder.decode_step(new, self.state)[:, -1]
@@ -55,11 +57,12 @@ def _mask_end(logits: Tensor, step: int, config: GenerationConfig, eos_id: int) 
 
 @torch.no_grad()
 def generate(model: Mammut, visual_tokens: Tensor, prompt: Tensor | None = None,
-             config: GenerationConfig | None = None) -> Tensor:
+             config: GenerationConfig | None = None, prefix: Tensor | None = None) -> Tensor:
     """Generated tokens (B, L) after the prompt, ending with eos and right-padded with pad.
 
     visual_tokens: (B, N, C) from ``model.encode_image``. prompt: (B, P) token ids, all rows of
-    the same length (default: the begin-of-text token alone).
+    the same length (default: the begin-of-text token alone). prefix: (B, P', text_width)
+    embeddings before the prompt (see ``TextDecoder.generative``).
     """
     config = config or GenerationConfig()
     c = model.config
@@ -70,13 +73,38 @@ def generate(model: Mammut, visual_tokens: Tensor, prompt: Tensor | None = None,
     if max_new <= 0:
         raise ValueError(f"a prompt of {prompt.shape[1]} tokens leaves no room in context {c.context_length}")
     if config.num_beams == 1:
-        return _greedy(model, visual_tokens, prompt, max_new, config)
-    return _beam_search(model, visual_tokens, prompt, max_new, config)
+        return _greedy(model, visual_tokens, prompt, max_new, config, prefix)
+    return _beam_search(model, visual_tokens, prompt, max_new, config, prefix)
 
 
-def _greedy(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, config: GenerationConfig) -> Tensor:
+@torch.no_grad()
+def generate_after_prompts(model: Mammut, visual_tokens: Tensor, prompts: Tensor, prompt_lengths: Tensor,
+                           config: GenerationConfig | None = None, prefix: Tensor | None = None) -> Tensor:
+    """``generate`` for prompts of different lengths, e.g. VQA questions: (B, L) answer tokens.
+
+    prompts: (B, P) right-padded token ids; prompt_lengths: (B,) their real lengths. Rows with
+    equal lengths are generated together, so no row ever attends to another's padding.
+    """
+    config = config or GenerationConfig()
+    pad_id = model.config.pad_id
+    answers: list[Tensor | None] = [None] * prompts.shape[0]
+    for length in prompt_lengths.unique().tolist():
+        rows = (prompt_lengths == length).nonzero().flatten()
+        generated = generate(model, visual_tokens[rows], prompts[rows, :length], config,
+                             None if prefix is None else prefix[rows])
+        for row, tokens in zip(rows.tolist(), generated):
+            answers[row] = tokens
+    width = max(tokens.shape[0] for tokens in answers)
+    out = prompts.new_full((prompts.shape[0], width), pad_id)
+    for row, tokens in enumerate(answers):
+        out[row, :tokens.shape[0]] = tokens
+    return out
+
+
+def _greedy(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, config: GenerationConfig,
+            prefix: Tensor | None) -> Tensor:
     c = model.config
-    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config.use_cache)
+    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config.use_cache, prefix)
     sequences = prompt
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for step in range(max_new):
@@ -90,7 +118,8 @@ def _greedy(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, 
     return sequences[:, prompt.shape[1]:]
 
 
-def _beam_search(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, config: GenerationConfig) -> Tensor:
+def _beam_search(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, config: GenerationConfig,
+                 prefix: Tensor | None) -> Tensor:
     """Beam search over B x K hypotheses. A finished hypothesis carries on with padding at no
     cost, so it competes with unfinished ones on its final score until the search ends."""
     c = model.config
@@ -104,7 +133,8 @@ def _beam_search(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: 
     scores[:, 1:] = float("-inf")
     lengths = torch.zeros(B * K, device=device)
     finished = torch.zeros(B * K, dtype=torch.bool, device=device)
-    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config.use_cache)
+    prefix = None if prefix is None else prefix.repeat_interleave(K, dim=0)
+    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config.use_cache, prefix)
     for step in range(max_new):
         logits = _mask_end(stepper.next_logits(sequences), step, config, c.eos_id)
         log_probs = logits.float().log_softmax(dim=-1)  # (B*K, V)

@@ -60,9 +60,9 @@ class Mammut(nn.Module):
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         return F.normalize(self.text_projection(pooled), dim=-1)
 
-    def caption_logits(self, tokens: Tensor, visual_tokens: Tensor) -> Tensor:
+    def caption_logits(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None) -> Tensor:
         """Generative pass (Sec. 3.2): causal, cross-attending to the visual tokens."""
-        return self.decoder.generative(tokens, visual_tokens)
+        return self.decoder.generative(tokens, visual_tokens, prefix)
 
     def scale(self) -> Tensor:
         # Clamped as in CLIP so the temperature cannot fall below 1/100.

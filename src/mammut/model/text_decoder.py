@@ -25,10 +25,15 @@ class DecoderState:
 
     self_attention: list[KVCache]
     visual_keys_values: dict[int, tuple[Tensor, Tensor]]
+    prefix_length: int = 0  # embeddings before the first token, e.g. PEFT prompts
 
     @property
     def length(self) -> int:
         return self.self_attention[0].length
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.length - self.prefix_length
 
     def reorder(self, batch_indices: Tensor) -> None:
         """Follow beam search. Hypotheses only move among the beams of their own image, whose
@@ -109,27 +114,43 @@ class TextDecoder(nn.Module):
             x = self._run_layer(layer, x, key_padding_mask=key_padding_mask)
         return self.norm(x)
 
-    def generative(self, tokens: Tensor, visual_tokens: Tensor) -> Tensor:
+    def generative(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None) -> Tensor:
         """Generative pass: causal self-attention and cross-attention to the image. Logits (B, T, V).
 
         Padding sits after the end of each text, so the causal mask alone keeps real tokens
         from seeing it; positions after the end are ignored by the loss.
+
+        ``prefix`` (B, P, text_width): embeddings placed before the first token, without
+        position embeddings (the eP-ALM prompt and visual tokens, see ``VisualPrefix``).
+        Every token attends to them; no logits are returned for them.
         """
         x = self.embed(tokens)
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)
         for layer in self.layers:
             x = self._run_layer(layer, x, causal=True, visual_tokens=visual_tokens)
+        if prefix is not None:
+            x = x[:, prefix.shape[1]:]
         return self.lm_head(self.norm(x))
 
-    def start_decoding(self, visual_tokens: Tensor, max_length: int) -> DecoderState:
-        """Fresh caches for incremental decoding; the visual keys and values are computed once."""
-        caches = [KVCache(max_length) for _ in self.layers]
+    def start_decoding(self, visual_tokens: Tensor, max_length: int, prefix: Tensor | None = None) -> DecoderState:
+        """Fresh caches for incremental decoding of up to ``max_length`` tokens. The visual keys
+        and values are computed once, and the prefix, if any, is run through the layers now."""
+        prefix_length = 0 if prefix is None else prefix.shape[1]
+        caches = [KVCache(prefix_length + max_length) for _ in self.layers]
         visual_kv = {i: layer.cross_attention.context_keys_values(visual_tokens)
                      for i, layer in enumerate(self.layers) if layer.cross_attention is not None}
-        return DecoderState(caches, visual_kv)
+        state = DecoderState(caches, visual_kv)
+        if prefix is not None:
+            self._extend(prefix, state)
+            state.prefix_length = prefix_length
+        return state
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """Logits (B, T, V) for new tokens that follow the cached ones."""
-        x = self.embed(tokens, start=state.length)
+        return self.lm_head(self.norm(self._extend(self.embed(tokens, start=state.tokens_seen), state)))
+
+    def _extend(self, x: Tensor, state: DecoderState) -> Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x, causal=True, cache=state.self_attention[i], visual_kv=state.visual_keys_values.get(i))
-        return self.lm_head(self.norm(x))
+        return x

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+import torch
 from torch import Tensor, nn
 
 from .attention import cpu_bf16_friendly_attention
@@ -38,6 +39,23 @@ class VisionEncoder(nn.Module):
         """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width)."""
         with cpu_bf16_friendly_attention():
             return self.vit.forward_features(images)
+
+    def forward_with_layers(self, images: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
+        """Visual tokens, and the pooled token of each block in ``layers`` (B, len(layers), width),
+        in block order.
+
+        Block indices count from 0 (negative ones from the end); their outputs pass through the
+        encoder's final norm, so every layer's token is on the scale of the last one.
+        """
+        depth = len(self.vit.blocks)
+        if any(not -depth <= i < depth for i in layers) or not layers:
+            raise ValueError(f"visual layers {layers} must be block indices in [-{depth}, {depth})")
+        blocks = sorted({i % depth for i in layers})
+        with cpu_bf16_friendly_attention():
+            tokens, intermediates = self.vit.forward_intermediates(
+                images, indices=blocks, norm=True, output_fmt="NLC", return_prefix_tokens=True)
+        pooled = [self.pool(torch.cat([prefix, patches], dim=1)) for patches, prefix in intermediates]
+        return tokens, torch.stack(pooled, dim=1)
 
     def pool(self, visual_tokens: Tensor) -> Tensor:
         if self.pooling == "cls":
