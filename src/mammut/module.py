@@ -65,8 +65,9 @@ class MammutModule(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.architecture = architecture or MammutConfig()
-        self.generation = generation or GenerationConfig()
+        # Checkpoints written by the CLI store these settings as plain dicts.
+        self.architecture = MammutConfig(**architecture) if isinstance(architecture, dict) else architecture or MammutConfig()
+        self.generation = GenerationConfig(**generation) if isinstance(generation, dict) else generation or GenerationConfig()
         self.model = Mammut(self.architecture)
         self.add_task_modules()
         if grad_checkpointing:

@@ -1,0 +1,48 @@
+"""Two CPU processes joined by gloo, as the ranks of a data-parallel job: a function, or a `mammut fit` run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import REPO
+from tiny_run import TINY_MODEL
+
+
+def on_two_ranks(function, folder: Path, *args) -> list:
+    """``function(rank, *args)`` on ranks 0 and 1 (a picklable, module-level function); returns
+    what each rank returned, in rank order."""
+    mp.spawn(_run_rank, args=(function, str(folder), args), nprocs=2)
+    return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def _run_rank(rank: int, function, folder: str, args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        torch.save(function(rank, *args), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: str, timeout: float = 240) -> None:
+    """``mammut fit`` with a tiny model on two CPU processes, launched by Lightning as a user would
+    launch it, with ``configs/strategy/<strategy>.yaml``; validation is off."""
+    command = [
+        sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / "configs/pretrain.yaml"),
+        "--config", str(REPO / "configs/strategy" / f"{strategy}.yaml"), *TINY_MODEL,
+        f"--data.root={data_root}", "--data.batch_size=4", "--data.num_workers=0", "--trainer.limit_val_batches=0",
+        "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+        "--trainer.accelerator=cpu", "--trainer.devices=2",
+        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *overrides,
+    ]
+    # Each process gets one thread: two of them share the test machine's cores.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]

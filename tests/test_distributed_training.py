@@ -1,0 +1,70 @@
+"""`mammut fit` on two CPU processes: FSDP2 checkpoints and resumes; DDP shards the data and survives a bad batch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mammut.data import read_coco_captions
+from mammut.data.sampling import ResumableRandomSampler
+from mammut.tasks.pretrain import PretrainModule
+
+from distributed import fit_on_two_processes
+from tiny_run import scalars
+
+pytestmark = pytest.mark.slow
+
+
+def keep_checkpoints_every(folder, steps: int) -> list[str]:
+    override = folder / "checkpoints.yaml"
+    override.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                        f"      init_args: {{save_top_k: -1, every_n_train_steps: {steps}, filename: '{{step}}'}}\n")
+    return ["--config", str(override)]
+
+
+def test_fsdp2_checkpoint_resumes_with_the_same_losses_and_consolidates(tiny_demo, tmp_path):
+    """48 images, 2 ranks, batches of 4: 6 steps per epoch, so step 3 is mid-epoch."""
+    common = ["--trainer.max_steps=6", "--model.warmup_steps=2", "--model.grad_checkpointing=true"]
+    fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", *common, *keep_checkpoints_every(tmp_path, 3),
+                         "--trainer.logger.init_args.version=whole")
+    checkpoints = tmp_path / "pretrain" / "whole" / "checkpoints"
+    sharded = checkpoints / "step=3.ckpt"
+    assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2  # one shard per rank
+    fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", *common, f"--ckpt_path={sharded}",
+                         "--trainer.logger.init_args.version=resumed")
+    whole = dict(scalars(tmp_path / "pretrain" / "whole")["train/loss"])
+    resumed = dict(scalars(tmp_path / "pretrain" / "resumed")["train/loss"])
+    assert sorted(resumed) == [3, 4, 5]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-5), step
+
+    # One file from the shards, as the README says, which init_from loads completely.
+    consolidated = tmp_path / "model.ckpt"
+    subprocess.run([sys.executable, "-m", "lightning.fabric.utilities.consolidate_checkpoint",
+                    str(checkpoints / "step=6.ckpt"), "--output_file", str(consolidated)], check=True)
+    saved = torch.load(consolidated, weights_only=False)
+    settings = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")}  # not _class_path
+    module = PretrainModule(**{**settings, "init_from": str(consolidated), "init_strict": True})
+    for name, value in module.state_dict().items():
+        if name.startswith("model."):
+            assert torch.equal(value, saved["state_dict"][name].reshape(value.shape)), name
+
+
+def test_ddp_ranks_draw_their_own_shards_and_a_rank_with_only_bad_samples_does_not_hang(tiny_demo, tmp_path):
+    """Rank 0's first batch is made of corrupt images only: it still joins the collectives."""
+    root = tmp_path / "demo"
+    subprocess.run(["cp", "-r", str(tiny_demo), str(root)], check=True)
+    records, _ = read_coco_captions(root / "annotations/captions_train.json", root / "images/train")
+    first_batch_of_rank_0 = list(ResumableRandomSampler(len(records), seed=0, num_replicas=2, rank=0))[:4]
+    for index in first_batch_of_rank_0:
+        records[index].path.write_bytes(b"not a JPEG")
+    fit_on_two_processes(root, tmp_path, "ddp", "--trainer.max_steps=3", "--data.skip_bad_samples=true",
+                         "--trainer.logger.init_args.version=run", timeout=180)
+    logged = scalars(tmp_path / "pretrain" / "run")
+    # Rank 0 (the logger) met exactly the 4 bad images its shard holds, all in its first batch.
+    assert [value for _, value in logged["data/skipped_samples"]] == [4.0, 4.0, 4.0]
+    assert [step for step, _ in logged["train/loss"]] == [0, 1, 2]
+    assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])

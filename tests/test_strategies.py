@@ -1,0 +1,59 @@
+"""The strategy configs in configs/strategy/ parse, build what they promise, and fail clearly where they cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+from lightning.pytorch.strategies import Strategy
+from timm.models.vision_transformer import Block
+
+from mammut.cli import main
+from mammut.model.text_decoder import DecoderLayer
+
+from conftest import REPO
+
+STRATEGIES = sorted((REPO / "configs" / "strategy").glob("*.yaml"))
+PRETRAIN = str(REPO / "configs" / "pretrain.yaml")
+
+
+def test_every_strategy_named_in_the_issue_is_shipped():
+    assert {p.stem for p in STRATEGIES} >= {"ddp", "fsdp", "fsdp2", "deepspeed_stage_2", "deepspeed_stage_3"}
+
+
+@pytest.mark.parametrize("config", STRATEGIES, ids=lambda p: p.stem)
+def test_strategy_config_parses_with_the_recipe(config, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", "--config", PRETRAIN, "--config", str(config), "--print_config"])
+    assert exit.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = yaml.safe_load(config.read_text())["trainer"]["strategy"]
+    strategy = printed["trainer"]["strategy"]
+    assert strategy["class_path"] == expected["class_path"]
+    for key, value in expected["init_args"].items():  # lists of classes are sets: their order may change
+        parsed = strategy["init_args"][key]
+        assert (sorted(parsed) if isinstance(value, list) else parsed) == (sorted(value) if isinstance(value, list) else value), key
+
+
+def _strategy(name: str) -> Strategy:
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=Strategy)
+    value = yaml.safe_load((REPO / "configs" / "strategy" / f"{name}.yaml").read_text())["trainer"]["strategy"]
+    return parser.instantiate(parser.parse_object({"strategy": value})).strategy
+
+
+def test_fsdp_wraps_and_checkpoints_the_vit_blocks_and_decoder_layers():
+    strategy = _strategy("fsdp")
+    for policy in (strategy.kwargs["auto_wrap_policy"], strategy._activation_checkpointing_kwargs["auto_wrap_policy"]):
+        assert policy._module_classes == {Block, DecoderLayer}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a CUDA GPU")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_without_cuda_stops_with_the_fix(stage, tiny_demo):
+    with pytest.raises(RuntimeError, match=r"only on CUDA GPUs.*configs/strategy/fsdp2\.yaml"):
+        main(["fit", "--config", PRETRAIN, "--config", str(REPO / f"configs/strategy/deepspeed_stage_{stage}.yaml"),
+              f"--data.root={tiny_demo}"])
+    with pytest.raises(RuntimeError, match="only on CUDA GPUs"):
+        main(["fit", "--config", PRETRAIN, f"--trainer.strategy=deepspeed_stage_{stage}", f"--data.root={tiny_demo}"])
