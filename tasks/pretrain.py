@@ -10,10 +10,12 @@ retrieval, and the most frequent training caption for captioning.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from mammut.data import CaptionDataset, CaptionTokenizer, collate_eval, collate_train, image_transform, read_coco_captions
@@ -282,12 +284,14 @@ class PretrainModule(MammutModule):
             self._reset_eval(stage)
             return
         scores = {**self.metrics[f"{stage}_retrieval"].compute(), **self.metrics[f"{stage}_captioning"].compute()}
-        baselines = chance_recall_at_k(torch.cat(self._eval_ids), torch.cat(self._eval_caption_image_ids))
-        baselines.update(most_frequent_caption_baseline(self.trainer.datamodule.train_captions(),
-                                                        self._eval_references).scores)
+        image_ids, caption_image_ids, references = self._whole_eval_set()
+        baselines = chance_recall_at_k(image_ids, caption_image_ids)
+        baselines.update(most_frequent_caption_baseline(self.trainer.datamodule.train_captions(), references).scores)
         scores["retrieval/mean_R@1"] = (scores["image_to_text/R@1"] + scores["text_to_image/R@1"]) / 2
-        self.log_dict({f"{stage}/{name}": value for name, value in scores.items()}, sync_dist=False)
-        self.log_dict({f"{stage}_baseline/{name}": float(value) for name, value in baselines.items()})
+        # Every rank holds the same values (the metrics and the baselines see the whole set);
+        # sync_dist only confirms it, and lets checkpoint monitors read them on every rank.
+        self.log_dict({f"{stage}/{name}": value for name, value in scores.items()}, sync_dist=True)
+        self.log_dict({f"{stage}_baseline/{name}": float(value) for name, value in baselines.items()}, sync_dist=True)
         rows = [f"{'metric':<22}{'model':>10}{'baseline':>10}"]
         for name, value in scores.items():
             base = baselines.get(name)
@@ -296,6 +300,25 @@ class PretrainModule(MammutModule):
             print(f"\n{stage} (epoch {self.current_epoch}, step {self.global_step}):\n" + "\n".join(rows), flush=True)
         self._log_samples(stage)
         self._reset_eval(stage)
+
+    def _whole_eval_set(self) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+        """Image ids, the image id of each caption, and the references of the whole evaluation
+        set: every rank's part, each image once (a distributed sampler repeats a few images to
+        give every rank the same number)."""
+        part = (torch.cat(self._eval_ids).tolist() if self._eval_ids else [],
+                torch.cat(self._eval_caption_image_ids).tolist() if self._eval_caption_image_ids else [],
+                self._eval_references)
+        parts = [part]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, part)
+        num_captions, references = {}, {}
+        for image_ids, caption_image_ids, image_references in parts:
+            counts = Counter(caption_image_ids)
+            for image_id, reference in zip(image_ids, image_references):
+                num_captions[image_id], references[image_id] = counts[image_id], reference
+        caption_image_ids = [image_id for image_id, n in num_captions.items() for _ in range(n)]
+        return torch.tensor(list(num_captions)), torch.tensor(caption_image_ids), list(references.values())
 
     def _log_samples(self, stage: str) -> None:
         if self._logged_samples is None or self.logger is None:

@@ -1,4 +1,5 @@
-"""The strategy configs in configs/strategy/ parse, build what they promise, and fail clearly where they cannot run."""
+"""The strategy configs in configs/strategy/ parse, build what they promise, and fail clearly where they
+cannot run; the compile flag."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from lightning.pytorch.strategies import Strategy
 from timm.models.vision_transformer import Block
 
 from mammut.cli import main
+from mammut.model import MammutConfig
 from mammut.model.text_decoder import DecoderLayer
+from mammut.tasks.pretrain import PretrainModule
 
 from conftest import REPO
 
@@ -57,3 +60,15 @@ def test_deepspeed_without_cuda_stops_with_the_fix(stage, tiny_demo):
               f"--data.root={tiny_demo}"])
     with pytest.raises(RuntimeError, match="only on CUDA GPUs"):
         main(["fit", "--config", PRETRAIN, f"--trainer.strategy=deepspeed_stage_{stage}", f"--data.root={tiny_demo}"])
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_compile_flag_compiles_each_transformer_block_in_configure_model(compile):
+    """Only the wiring: compiling for real takes a minute on a CPU."""
+    architecture = MammutConfig(image_size=32, vision_width=32, vision_depth=2, vision_heads=2, text_width=32,
+                                text_depth=2, text_heads=2, cross_attention_layers=[1], embed_dim=32,
+                                context_length=12, vocab_size=50)
+    module = PretrainModule(architecture=architecture, compile=compile)
+    assert all(block._compiled_call_impl is None for block in module.transformer_blocks())
+    module.configure_model()
+    assert all((block._compiled_call_impl is not None) == compile for block in module.transformer_blocks())

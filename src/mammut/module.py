@@ -230,6 +230,11 @@ class MammutModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
+        # A checkpoint consolidated from FSDP2 shards holds single numbers with shape (1,).
+        own, state = dict(self.named_parameters()), checkpoint.get("state_dict", {})
+        for name, value in state.items():
+            if name in own and own[name].shape != value.shape and own[name].numel() == value.numel() == 1:
+                state[name] = value.reshape(own[name].shape)
 
 
 def _group_name(decayed: bool, scale: float) -> str:
