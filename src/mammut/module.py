@@ -56,8 +56,8 @@ class MammutModule(L.LightningModule):
             init_strict: fail if any parameter of the model is not found with its shape in
                 ``init_from``; otherwise the missing ones keep their initialisation and are listed.
             grad_checkpointing: recompute each transformer block's activations in the backward
-                pass, which saves memory for about a third more compute. Works with every
-                strategy; with ``configs/strategy/fsdp.yaml``, which checkpoints through the
+                pass, which saves memory for about a third more compute. Works under DDP and
+                FSDP2; with ``configs/strategy/fsdp.yaml``, which checkpoints through the
                 strategy instead, leave it off.
             compile: ``torch.compile`` each transformer block (in ``configure_model``, before
                 sharding); the first steps are slow while it compiles.
