@@ -3,8 +3,6 @@ tokenisation, the most-frequent-caption baseline, and gathering across DDP ranks
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
@@ -14,6 +12,8 @@ from mammut.metrics import (
     score_captions,
     tokenize_caption,
 )
+
+from distributed import on_two_ranks
 
 REFERENCES = [
     ["A man riding a wave on top of a surfboard.", "A surfer rides a large wave.", "Man surfing on a big wave."],
@@ -129,22 +129,19 @@ def test_bad_input_is_an_error():
         metric.update(["a"], ["a cat"])
 
 
-def _compute_on_two_ranks(rank, init_file, results):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _compute_on_one_rank(rank):
     metric = CaptionMetrics()
     # Rank 0 scores the first 4 images, rank 1 the last 2, each in two batches; rank 1 also
     # repeats image 0, as DistributedSampler's padding would.
     indices = [[0, 1], [2, 3]] if rank == 0 else [[4], [5, 0]]
     for batch in indices:
         metric.update([PREDICTIONS[i] for i in batch], [REFERENCES[i] for i in batch], sample_ids=batch)
-    results[rank] = as_floats(metric.compute())
-    dist.destroy_process_group()
+    return as_floats(metric.compute())
 
 
 @pytest.mark.slow
 def test_ddp_gathers_every_rank(tmp_path):
-    results = mp.Manager().dict()
-    mp.spawn(_compute_on_two_ranks, args=(str(tmp_path / "init"), results), nprocs=2)
+    results = on_two_ranks(_compute_on_one_rank, tmp_path)
     expected = direct_scores(PREDICTIONS, REFERENCES)
     for rank in (0, 1):
         assert results[rank] == pytest.approx(expected, rel=1e-6)

@@ -5,11 +5,11 @@ import itertools
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalRecall
 
 from mammut.metrics import RetrievalRecallAtK, chance_recall_at_k
+
+from distributed import on_two_ranks
 
 # Similarities of 3 images (rows) to 6 captions (columns); captions 2i and 2i+1 describe image i.
 # Images are the standard basis, so each caption embedding is its column and every
@@ -202,20 +202,17 @@ def test_mismatched_shapes_are_an_error():
         metric.update(IMAGES, IMAGE_IDS, TEXTS[:, :2], TEXT_IMAGE_IDS)
 
 
-def _compute_on_two_ranks(rank, init_file, results):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _compute_on_one_rank(rank):
     metric = RetrievalRecallAtK(top_k=(1, 2, 4))
     # Rank 0 holds images 10 and 11 and captions 0-2; rank 1 the rest.
     images = slice(0, 2) if rank == 0 else slice(2, 3)
     texts = slice(0, 3) if rank == 0 else slice(3, 6)
     metric.update(IMAGES[images], IMAGE_IDS[images], TEXTS[texts], TEXT_IMAGE_IDS[texts])
-    results[rank] = as_floats(metric.compute())
-    dist.destroy_process_group()
+    return as_floats(metric.compute())
 
 
 @pytest.mark.slow
 def test_ddp_gathers_every_rank(tmp_path):
-    results = mp.Manager().dict()
-    mp.spawn(_compute_on_two_ranks, args=(str(tmp_path / "init"), results), nprocs=2)
+    results = on_two_ranks(_compute_on_one_rank, tmp_path)
     for rank in (0, 1):
         assert results[rank] == pytest.approx(EXPECTED, abs=1e-7)
