@@ -26,8 +26,10 @@ def keep_checkpoints_every(folder, steps: int) -> list[str]:
 
 
 def test_fsdp2_checkpoint_resumes_with_the_same_losses_and_consolidates(tiny_demo, tmp_path):
-    """48 images, 2 ranks, batches of 4: 6 steps per epoch, so step 3 is mid-epoch."""
-    common = ["--trainer.max_steps=6", "--model.warmup_steps=2", "--model.grad_checkpointing=true"]
+    """48 images, 2 ranks, batches of 4: 6 steps per epoch, so step 3 is mid-epoch. A validation
+    batch (with generation, on full weights) runs before training and after step 3."""
+    common = ["--trainer.max_steps=6", "--model.warmup_steps=2", "--model.grad_checkpointing=true",
+              "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3"]
     fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", *common, *keep_checkpoints_every(tmp_path, 3),
                          "--trainer.logger.init_args.version=whole")
     checkpoints = tmp_path / "pretrain" / "whole" / "checkpoints"
@@ -35,7 +37,9 @@ def test_fsdp2_checkpoint_resumes_with_the_same_losses_and_consolidates(tiny_dem
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2  # one shard per rank
     fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", *common, f"--ckpt_path={sharded}",
                          "--trainer.logger.init_args.version=resumed")
-    whole = dict(scalars(tmp_path / "pretrain" / "whole")["train/loss"])
+    whole_logs = scalars(tmp_path / "pretrain" / "whole")
+    assert len(whole_logs["val/retrieval/mean_R@1"]) == 2  # after steps 3 and 6
+    whole = dict(whole_logs["train/loss"])
     resumed = dict(scalars(tmp_path / "pretrain" / "resumed")["train/loss"])
     assert sorted(resumed) == [3, 4, 5]
     for step in resumed:
@@ -62,7 +66,7 @@ def test_ddp_ranks_draw_their_own_shards_and_a_rank_with_only_bad_samples_does_n
     for index in first_batch_of_rank_0:
         records[index].path.write_bytes(b"not a JPEG")
     fit_on_two_processes(root, tmp_path, "ddp", "--trainer.max_steps=3", "--data.skip_bad_samples=true",
-                         "--trainer.logger.init_args.version=run", timeout=180)
+                         "--model.grad_checkpointing=true", "--trainer.logger.init_args.version=run", timeout=180)
     logged = scalars(tmp_path / "pretrain" / "run")
     # Rank 0 (the logger) met exactly the 4 bad images its shard holds, all in its first batch.
     assert [value for _, value in logged["data/skipped_samples"]] == [4.0, 4.0, 4.0]
