@@ -10,17 +10,18 @@ import sys
 from pathlib import Path
 
 import torch
-from open_clip.coca_model import CoCa
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def build_coca(config) -> CoCa:
+def build_coca(config):
     """open_clip's CoCa at the size of a MaMMUT config, from random init.
 
     MaMMUT's decoder layers map onto CoCa's text towers: the layers without cross-attention
     become CoCa's unimodal text layers, those with it CoCa's multimodal layers.
     """
+    from open_clip.coca_model import CoCa  # the bench extra; only the CoCa comparisons need it
+
     multimodal_layers = len(config.cross_attention_layer_set)
     text = dict(context_length=config.context_length, vocab_size=config.vocab_size,
                 width=config.text_width, heads=config.text_heads, mlp_ratio=config.mlp_ratio)

@@ -3,8 +3,8 @@
 - Paths resolved against one data root, and the tokenizer the model is sized for
   (``vocab_size`` and ``special_token_ids`` are linked to the model by the CLI).
 - Image size and context length taken from the model's architecture unless set here.
-- A training loader that resumes mid-epoch: the checkpoint records how many batches of
-  the epoch were done, and the sampler skips them.
+- A training loader sharded over data-parallel ranks that resumes mid-epoch: the
+  checkpoint records how many samples of the epoch were done, and the sampler skips them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class TaskDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.tokenizer = CaptionTokenizer.from_file(self.path(tokenizer))
         self.image_size, self.context_length = image_size, context_length
-        self.resume_point = (0, 0)  # (epoch, batches done in it), restored from a checkpoint
+        self.resume_point = (0, 0)  # (epoch, samples done in it by all ranks), restored from a checkpoint
         self.datasets: dict[str, Dataset] = {}
 
     def path(self, relative: str) -> Path:
@@ -58,26 +58,30 @@ class TaskDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name}={getattr(self, name)} but the model's architecture.{name}={model_value}")
 
     def train_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
-        h = self.hparams
-        sampler = ResumableRandomSampler(len(dataset), h.seed, on_epoch=getattr(dataset, "set_epoch", None))
-        epoch, batches_done = self.resume_point
-        if 0 < batches_done < len(dataset) // h.batch_size:
-            sampler.resume(epoch, batches_done * h.batch_size)
-            log.info("resuming epoch %d after %d batches", epoch, batches_done)
+        batch_size = self.hparams.batch_size
+        # Each data-parallel rank draws its own shard of every epoch's permutation.
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
+        sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, on_epoch=getattr(dataset, "set_epoch", None),
+                                         **shard)
+        epoch, samples_done = self.resume_point
+        if 0 < samples_done < len(sampler) // batch_size * batch_size * sampler.num_replicas:
+            sampler.resume(epoch, samples_done)
+            log.info("resuming epoch %d after %d samples", epoch, samples_done)
         # drop_last keeps every batch the same size (for a contrastive loss, the same negatives).
-        return DataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=h.num_workers, collate_fn=collate_fn)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_fn)
 
     def eval_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
         return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=collate_fn)
 
-    # Mid-epoch resume: remember how many batches of this epoch the model has seen.
+    # Mid-epoch resume: remember how many samples of this epoch the model has seen, all ranks together.
     def state_dict(self) -> dict:
         if self.trainer is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+        batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        ranks = (self.trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
+        return {"epoch": self.trainer.current_epoch, "samples_done": batches_done * self.hparams.batch_size * ranks}
 
     def load_state_dict(self, state: dict) -> None:
-        self.resume_point = (state.get("epoch", 0), state.get("batches_done", 0))
+        self.resume_point = (state.get("epoch", 0), state.get("samples_done", 0))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
-import lightning as L
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -21,19 +19,19 @@ from torch.utils.data import DataLoader
 from mammut.data import CaptionDataset, CaptionTokenizer, collate_eval, collate_train, image_transform, read_coco_captions
 from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
 from mammut.data.images import load_rgb_image
-from mammut.data.sampling import ResumableRandomSampler
 from mammut.data.transforms import denormalize
 from mammut.metrics import CaptionMetrics, RetrievalRecallAtK
 from mammut.metrics.captioning import most_frequent_caption_baseline
 from mammut.metrics.retrieval import chance_recall_at_k
 from mammut.model import ContrastiveLoss, caption_loss, generate
 from mammut.module import MammutModule
+from mammut.tasks.datamodule import TaskDataModule
 from mammut.visualize import captioned_images
 
 log = logging.getLogger(__name__)
 
 
-class ImageTextDataModule(L.LightningDataModule):
+class ImageTextDataModule(TaskDataModule):
     """Image-caption pairs in COCO captions format: the demo world, COCO, or your own files."""
 
     def __init__(
@@ -71,51 +69,22 @@ class ImageTextDataModule(L.LightningDataModule):
             skip_bad_samples: skip (and count) unreadable images and empty captions instead of failing.
             seed: shuffling and per-sample caption choice; a resumed run repeats them exactly.
         """
-        super().__init__()
+        super().__init__(root, tokenizer, image_size, context_length)
         self.save_hyperparameters()
-        self.root = Path(root)
-        self.tokenizer = CaptionTokenizer.from_file(self._path(tokenizer))
-        self.image_size, self.context_length = image_size, context_length
-        self.resume_point = (0, 0)  # (epoch, batches done in it), restored from a checkpoint
-        self.datasets: dict[str, CaptionDataset] = {}
-        self.baseline_caption_scores: dict[str, float] = {}
-
-    def _path(self, relative: str) -> Path:
-        return self.root / relative
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def special_token_ids(self) -> dict[str, int]:
-        return self.tokenizer.special_token_ids
 
     def _dataset(self, split: str, train: bool) -> CaptionDataset:
         h = self.hparams
         annotations, images = h[f"{split}_annotations"], h[f"{split}_images"]
-        records, skipped = read_coco_captions(self._path(annotations), self._path(images), h.skip_bad_samples)
+        records, skipped = read_coco_captions(self.path(annotations), self.path(images), h.skip_bad_samples)
         if skipped:
             log.warning("%s: skipped %d bad records", annotations, skipped)
         if not records:
-            raise ValueError(f"{self._path(annotations)}: no usable image-caption records")
+            raise ValueError(f"{self.path(annotations)}: no usable image-caption records")
         return CaptionDataset(records, self.tokenizer, image_transform(self.image_size, train=train),
                               self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples)
 
-    def _shape_for_model(self) -> None:
-        """Images and token sequences are shaped for the model unless set here explicitly."""
-        architecture = getattr(self.trainer.lightning_module, "architecture", None) if self.trainer else None
-        for name in ("image_size", "context_length"):
-            model_value = getattr(architecture, name, None)
-            if getattr(self, name) is None:
-                if model_value is None:
-                    raise ValueError(f"data.{name} is not set and the model does not define it")
-                setattr(self, name, model_value)
-            elif model_value is not None and getattr(self, name) != model_value:
-                raise ValueError(f"data.{name}={getattr(self, name)} but the model's architecture.{name}={model_value}")
-
     def setup(self, stage: str) -> None:
-        self._shape_for_model()
+        self.shape_for_model()
         if stage == "fit" and "train" not in self.datasets:
             self.datasets["train"] = self._dataset("train", train=True)
         if stage in ("fit", "validate") and "val" not in self.datasets:
@@ -125,33 +94,18 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def train_captions(self) -> list[str]:
         if "train" not in self.datasets:
-            self._shape_for_model()
+            self.shape_for_model()
             self.datasets["train"] = self._dataset("train", train=True)
         return [c for record in self.datasets["train"].records for c in record.captions]
 
     def train_dataloader(self) -> DataLoader:
-        dataset, batch_size = self.datasets["train"], self.hparams.batch_size
-        # Each data-parallel rank draws its own shard of every epoch's permutation.
-        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
-        sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, on_epoch=dataset.set_epoch, **shard)
-        epoch, samples_done = self.resume_point
-        if 0 < samples_done < len(sampler) // batch_size * batch_size * sampler.num_replicas:
-            sampler.resume(epoch, samples_done)
-            log.info("resuming epoch %d after %d samples", epoch, samples_done)
-        # drop_last keeps every contrastive batch the same size.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_train,
-                          persistent_workers=False)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.eval_batch_size, shuffle=False,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_eval)
+        return self.train_loader(self.datasets["train"], collate_train)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.eval_loader(self.datasets["val"], collate_eval)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_loader(self.datasets["test"], collate_eval)
 
     def predict_dataloader(self) -> DataLoader:
         paths = self.hparams.predict_images
@@ -159,17 +113,6 @@ class ImageTextDataModule(L.LightningDataModule):
             raise ValueError("nothing to predict: set --data.predict_images=[path.jpg, ...]")
         return DataLoader(ImageFiles(paths, image_transform(self.image_size, train=False)),
                           batch_size=self.hparams.eval_batch_size)
-
-    # Mid-epoch resume: remember how many samples of this epoch the model has seen, all ranks together.
-    def state_dict(self) -> dict:
-        if self.trainer is None:
-            return {}
-        batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        ranks = (self.trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
-        return {"epoch": self.trainer.current_epoch, "samples_done": batches_done * self.hparams.batch_size * ranks}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.resume_point = (state.get("epoch", 0), state.get("samples_done", 0))
 
 
 class ImageFiles(torch.utils.data.Dataset):

@@ -211,12 +211,18 @@ class VQAModule(MammutModule):
 
     def training_step(self, batch: VQABatch, batch_idx: int):
         self.count_skipped(batch.num_skipped)
-        if len(batch) == 0:
-            return None  # every sample of this batch was bad and skipped
-        visual_tokens, prefix = self.encode(batch.images)
-        logits = self.model.caption_logits(batch.tokens[:, :-1], visual_tokens, prefix)
-        loss = answer_loss(logits, batch.tokens, batch.answer_start, self.architecture.pad_id,
-                           self.hparams.label_smoothing)
+        if len(batch) == 0 and self.trainer.world_size == 1:
+            return None  # every sample of this batch was bad: skip the step
+        # With several ranks a rank whose samples were all bad still runs the model, on zero
+        # rows, so that the others' collectives do not wait for it; it adds zero to the loss.
+        images, tokens = (batch.images, batch.tokens) if len(batch) else self.empty_inputs()
+        visual_tokens, prefix = self.encode(images)
+        logits = self.model.caption_logits(tokens[:, :-1], visual_tokens, prefix)
+        if len(batch):
+            loss = answer_loss(logits, tokens, batch.answer_start, self.architecture.pad_id,
+                               self.hparams.label_smoothing)
+        else:
+            loss = logits.sum()  # zero, and joined to the graph
         self.check_finite(loss, {"answer": loss})
         self.log("train/loss", loss, prog_bar=True)
         return loss

@@ -2,7 +2,6 @@
 tokenisation, the most-frequent-caption baseline, and gathering across DDP ranks."""
 
 import pytest
-import torch
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
