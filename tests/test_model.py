@@ -216,7 +216,8 @@ def test_vision_weights_load_from_a_safetensors_file(tmp_path):
         Mammut(tiny_config(vision_weights=str(tmp_path / "missing.safetensors")))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(g):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(g, bf16):
     images = torch.randn(2, 3, 32, 32, generator=g)
     tokens = random_tokens(2, 8, g, [8, 5])
     grads = []
@@ -224,9 +225,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(g):
         torch.manual_seed(0)
         model = Mammut(tiny_config()).train()
         model.set_grad_checkpointing(checkpointing)
-        out = model(images, tokens)
-        loss = ContrastiveLoss()(out.image_embedding, out.text_embedding, out.logit_scale) + caption_loss(
-            out.caption_logits, tokens[:, 1:], PAD)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(images, tokens)
+            loss = ContrastiveLoss()(out.image_embedding, out.text_embedding, out.logit_scale) + caption_loss(
+                out.caption_logits, tokens[:, 1:], PAD)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()

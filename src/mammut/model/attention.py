@@ -22,13 +22,24 @@ def attend(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
+def _bf16_autocast_on_cpu() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 @contextmanager
 def cpu_bf16_friendly_attention():
     """For attention code we do not own (timm's ViT): the math backend under CPU bf16 autocast,
     for the same reason as ``attend``."""
-    bf16_on_cpu = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    with sdpa_kernel(SDPBackend.MATH) if bf16_on_cpu else nullcontext():
+    with sdpa_kernel(SDPBackend.MATH) if _bf16_autocast_on_cpu() else nullcontext():
         yield
+
+
+def checkpoint_attention_contexts():
+    """``context_fn`` for ``torch.utils.checkpoint``: the forward and its recomputation in the
+    backward pass (where autocast is off) both use the kernel ``cpu_bf16_friendly_attention``
+    picks now, so that they save the same tensors."""
+    use_math = _bf16_autocast_on_cpu()
+    return tuple(sdpa_kernel(SDPBackend.MATH) if use_math else nullcontext() for _ in range(2))
 
 
 class KVCache:

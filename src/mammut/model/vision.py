@@ -7,8 +7,9 @@ from pathlib import Path
 import timm
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .attention import cpu_bf16_friendly_attention
+from .attention import checkpoint_attention_contexts, cpu_bf16_friendly_attention
 from .config import MammutConfig
 
 
@@ -34,11 +35,20 @@ class VisionEncoder(nn.Module):
             self.vit = timm.create_model(config.vision_model, pretrained=False, **shape)
         self.num_prefix_tokens = self.vit.num_prefix_tokens
         self.pooling = config.image_pooling
+        self.grad_checkpointing = False
 
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width)."""
         with cpu_bf16_friendly_attention():
-            return self.vit.forward_features(images)
+            if not (self.grad_checkpointing and self.training):
+                return self.vit.forward_features(images)
+            vit = self.vit  # timm's forward_features, with each block checkpointed
+            x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+            for block in vit.blocks:
+                # The recomputation must use the forward's attention kernel; timm's own
+                # checkpointing would recompute outside cpu_bf16_friendly_attention.
+                x = checkpoint(block, x, use_reentrant=False, context_fn=checkpoint_attention_contexts)
+            return vit.norm(x)
 
     def forward_with_layers(self, images: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
         """Visual tokens, and the pooled token of each block in ``layers`` (B, len(layers), width),
@@ -65,4 +75,4 @@ class VisionEncoder(nn.Module):
         return visual_tokens[:, self.num_prefix_tokens:].mean(dim=1)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.vit.set_grad_checkpointing(enable)
+        self.grad_checkpointing = enable
