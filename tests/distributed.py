@@ -1,4 +1,5 @@
-"""Two CPU processes joined by gloo, as the ranks of a data-parallel job: a function, or a `mammut fit` run."""
+"""Two CPU processes joined by gloo, as the ranks of a data-parallel job: a function, or a `mammut fit` run;
+the strategies of configs/strategy/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing, checkpoint_wrapper
+from torch.distributed.fsdp import FullyShardedDataParallel
+from jsonargparse import ArgumentParser
+from lightning.pytorch.strategies import Strategy
 
 from conftest import REPO
 from tiny_run import TINY_MODEL
@@ -46,3 +52,23 @@ def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: 
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def strategy_from_config(name: str) -> Strategy:
+    """The Lightning strategy that ``configs/strategy/<name>.yaml`` builds."""
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=Strategy)
+    value = yaml.safe_load((REPO / "configs" / "strategy" / f"{name}.yaml").read_text())["trainer"]["strategy"]
+    return parser.instantiate(parser.parse_object({"strategy": value})).strategy
+
+
+def wrap_as_fsdp_config(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` wrapped the way Lightning's FSDPStrategy wraps it under ``configs/strategy/fsdp.yaml``
+    (its auto-wrap units, sharding strategy and activation checkpointing), here on the CPU, which
+    Lightning itself refuses for FSDP1."""
+    strategy = strategy_from_config("fsdp")
+    wrapped = FullyShardedDataParallel(module, sharding_strategy=strategy.sharding_strategy,
+                                       device_id=torch.device("cpu"), **strategy.kwargs)
+    apply_activation_checkpointing(wrapped, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                   **strategy._activation_checkpointing_kwargs)
+    return wrapped

@@ -1,6 +1,7 @@
 """The gathered contrastive loss under data parallelism (2 gloo processes on the CPU).
 
-Under DDP and under FSDP2 (``mammut.sharding``), a global batch split over two ranks gives the
+Under DDP, FSDP1 (as configs/strategy/fsdp.yaml wraps the model, activation checkpointing
+included) and FSDP2 (``mammut.sharding``), a global batch split over two ranks gives the
 same loss and, after the strategy's gradient averaging, the same gradients as one process on
 the whole batch. Splits: even, uneven (ranks that lost different numbers of bad samples) and
 one rank with no rows at all (every sample bad), which must not hang either.
@@ -14,13 +15,15 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.nn.parallel import DistributedDataParallel
 
 from mammut import sharding
 from mammut.model import ContrastiveLoss, Mammut, MammutConfig
 
-from distributed import on_two_ranks
+from distributed import on_two_ranks, wrap_as_fsdp_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +34,7 @@ CONFIG = MammutConfig(image_size=32, patch_size=8, vision_width=32, vision_depth
 GLOBAL_BATCH = 8
 SPLITS = {"even": (4, 4), "uneven": (3, 5), "one rank empty": (0, 8)}
 LOSSES = [("infonce", False), ("infonce", True), ("focal", False), ("focal", True)]
-WRAPPERS = ("ddp", "fsdp2")
+WRAPPERS = ("ddp", "fsdp1", "fsdp2")
 
 
 def tiny_model() -> Mammut:
@@ -57,12 +60,18 @@ def loss_and_gradients(model: nn.Module, images, tokens, kind: str, local_loss: 
     out = model(images, tokens)
     loss = ContrastiveLoss(kind, local_loss=local_loss)(out.image_embedding, out.text_embedding, out.logit_scale)
     loss.backward()
+    if isinstance(model, FullyShardedDataParallel):  # each rank holds a shard of each gradient
+        with FullyShardedDataParallel.summon_full_params(model, with_grads=True):
+            return loss.item(), {name.replace(_CHECKPOINT_PREFIX, ""): p.grad.clone()
+                                 for name, p in model.named_parameters()}
     return loss.item(), {name: p.grad for name, p in model.named_parameters()}
 
 
 def _wrapped(model: Mammut, wrapper: str) -> nn.Module:
     if wrapper == "ddp":
         return DistributedDataParallel(model)
+    if wrapper == "fsdp1":
+        return wrap_as_fsdp_config(model)
     holder = nn.Module()
     holder.model = model
     sharding.shard(holder, [*model.vision.vit.blocks, *model.decoder.layers], init_device_mesh("cpu", (2,)))

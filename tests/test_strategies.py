@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from jsonargparse import ArgumentParser
-from lightning.pytorch.strategies import Strategy
 from timm.models.vision_transformer import Block
 
 from mammut.cli import main
@@ -16,6 +14,7 @@ from mammut.model.text_decoder import DecoderLayer
 from mammut.tasks.pretrain import PretrainModule
 
 from conftest import REPO
+from distributed import strategy_from_config
 
 STRATEGIES = sorted((REPO / "configs" / "strategy").glob("*.yaml"))
 PRETRAIN = str(REPO / "configs" / "pretrain.yaml")
@@ -39,15 +38,8 @@ def test_strategy_config_parses_with_the_recipe(config, capsys):
         assert (sorted(parsed) if isinstance(value, list) else parsed) == (sorted(value) if isinstance(value, list) else value), key
 
 
-def _strategy(name: str) -> Strategy:
-    parser = ArgumentParser()
-    parser.add_argument("--strategy", type=Strategy)
-    value = yaml.safe_load((REPO / "configs" / "strategy" / f"{name}.yaml").read_text())["trainer"]["strategy"]
-    return parser.instantiate(parser.parse_object({"strategy": value})).strategy
-
-
 def test_fsdp_wraps_and_checkpoints_the_vit_blocks_and_decoder_layers():
-    strategy = _strategy("fsdp")
+    strategy = strategy_from_config("fsdp")
     for policy in (strategy.kwargs["auto_wrap_policy"], strategy._activation_checkpointing_kwargs["auto_wrap_policy"]):
         assert policy._module_classes == {Block, DecoderLayer}
 

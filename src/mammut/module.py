@@ -151,7 +151,7 @@ class MammutModule(L.LightningModule):
         """Copy matching parameters from a checkpoint; report what did not match."""
         state = read_state_dict(path)
         own = self.state_dict()
-        # A single number may be stored with shape () or (1,) (FSDP2 shards only the latter).
+        # A single number may be stored with shape () (older checkpoints) or (1,).
         loadable = {k: v.reshape(own[k].shape) for k, v in state.items()
                     if k in own and (own[k].shape == v.shape or own[k].numel() == v.numel() == 1)}
         missing = sorted(set(own) - set(loadable))
@@ -230,7 +230,7 @@ class MammutModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
-        # A checkpoint consolidated from FSDP2 shards holds single numbers with shape (1,).
+        # Older checkpoints hold the temperature with shape () rather than (1,).
         own, state = dict(self.named_parameters()), checkpoint.get("state_dict", {})
         for name, value in state.items():
             if name in own and own[name].shape != value.shape and own[name].numel() == value.numel() == 1:

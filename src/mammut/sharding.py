@@ -6,10 +6,6 @@ a task's extra modules) is sharded as a root, which covers the remaining weights
 embeddings, norms and projections, the tied token embedding and output projection included
 (both sit in the same unit, so they stay one parameter). The LightningModule itself is not
 sharded: its metrics and other state are not parameters and must stay plain tensors.
-
-``fully_shard`` cannot shard 0-dim parameters, such as the learnable temperature; they become
-1-element vectors first, which broadcast the same way. Checkpoints of a sharded run therefore
-hold them with shape (1,); ``MammutModule.load_weights`` accepts either shape.
 """
 
 from __future__ import annotations
@@ -33,10 +29,6 @@ def shard(module: nn.Module, blocks: list[nn.Module], mesh: DeviceMesh,
     if names:
         raise TypeError(f"{type(module).__name__} holds parameters itself ({names}); put them in a child module "
                         "so that they can be sharded")
-    for sub in module.modules():
-        for name, parameter in list(sub.named_parameters(recurse=False)):
-            if parameter.ndim == 0:
-                setattr(sub, name, nn.Parameter(parameter.detach().reshape(1), parameter.requires_grad))
     for block in blocks:
         fully_shard(block, mesh=mesh)
     for child in module.children():

@@ -77,6 +77,19 @@ class KVCache:
         self.values = self.values.index_select(0, batch_indices)
 
 
+class ContextCache:
+    """Keys and values of a fixed context (the visual tokens) for one cross-attention layer.
+
+    The layer computes them inside its own forward, at the first decoding step, and every later
+    step reuses them. Keeping that work inside ``forward`` matters for sharded training: FSDP
+    gathers a layer's weights only around its forward.
+    """
+
+    def __init__(self, context: Tensor):
+        self.context = context
+        self.keys_values: tuple[Tensor, Tensor] | None = None
+
+
 class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float = 0.0):
         super().__init__()
@@ -123,10 +136,15 @@ class CrossAttention(nn.Module):
         k, v = self.kv(context).view(B, N, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         return k, v  # 2 x (B, nh, N, hs)
 
-    def forward(self, x: Tensor, context: Tensor | None = None,
-                context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, cache: ContextCache | None = None) -> Tensor:
+        """Attend to ``context`` (B, N, context_width), or to the context held by ``cache``."""
         B, T, C = x.shape
-        k, v = context_kv if context_kv is not None else self.context_keys_values(context)
+        if cache is None:
+            k, v = self.context_keys_values(context)
+        else:
+            if cache.keys_values is None:
+                cache.keys_values = self.context_keys_values(cache.context)
+            k, v = cache.keys_values
         q = self.q(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
         y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))

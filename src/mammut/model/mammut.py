@@ -37,8 +37,9 @@ class Mammut(nn.Module):
         self.text_projection = nn.Linear(config.text_width, config.embed_dim, bias=False)
         nn.init.normal_(self.image_projection.weight, std=config.vision_width ** -0.5)
         nn.init.normal_(self.text_projection.weight, std=config.text_width ** -0.5)
-        # Learnable temperature, stored as log(1 / tau) as in CLIP.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        # Learnable temperature, stored as log(1 / tau) as in CLIP. Shape (1,), not (): neither
+        # FSDP1 nor FSDP2 can shard a 0-dim parameter.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / config.init_temperature)))
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Visual tokens (B, N, vision_width)."""
@@ -66,7 +67,7 @@ class Mammut(nn.Module):
 
     def scale(self) -> Tensor:
         # Clamped as in CLIP so the temperature cannot fall below 1/100.
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return self.logit_scale.clamp(max=math.log(100.0)).exp().squeeze(0)
 
     def forward(self, images: Tensor, tokens: Tensor) -> MammutOutput:
         visual_tokens = self.encode_image(images)

@@ -15,16 +15,17 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import CrossAttention, KVCache, SelfAttention
+from .attention import ContextCache, CrossAttention, KVCache, SelfAttention
 from .config import MammutConfig
 
 
 @dataclass
 class DecoderState:
-    """What incremental decoding keeps between steps: self-attention caches and the visual keys."""
+    """What incremental decoding keeps between steps: per layer, the self-attention cache and,
+    where the layer cross-attends, the visual keys and values."""
 
     self_attention: list[KVCache]
-    visual_keys_values: dict[int, tuple[Tensor, Tensor]]
+    visual: list[ContextCache | None]
     prefix_length: int = 0  # embeddings before the first token, e.g. PEFT prompts
 
     @property
@@ -55,10 +56,10 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False,
                 visual_tokens: Tensor | None = None, cache: KVCache | None = None,
-                visual_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                visual_cache: ContextCache | None = None) -> Tensor:
         x = x + self.self_attention(self.norm_self(x), key_padding_mask, causal, cache)
-        if self.cross_attention is not None and (visual_tokens is not None or visual_kv is not None):
-            x = x + self.cross_attention(self.norm_cross(x), visual_tokens, visual_kv)
+        if self.cross_attention is not None and (visual_tokens is not None or visual_cache is not None):
+            x = x + self.cross_attention(self.norm_cross(x), visual_tokens, visual_cache)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -135,12 +136,12 @@ class TextDecoder(nn.Module):
 
     def start_decoding(self, visual_tokens: Tensor, max_length: int, prefix: Tensor | None = None) -> DecoderState:
         """Fresh caches for incremental decoding of up to ``max_length`` tokens. The visual keys
-        and values are computed once, and the prefix, if any, is run through the layers now."""
+        and values are computed once, at the first step, and the prefix, if any, is run through
+        the layers now."""
         prefix_length = 0 if prefix is None else prefix.shape[1]
         caches = [KVCache(prefix_length + max_length) for _ in self.layers]
-        visual_kv = {i: layer.cross_attention.context_keys_values(visual_tokens)
-                     for i, layer in enumerate(self.layers) if layer.cross_attention is not None}
-        state = DecoderState(caches, visual_kv)
+        visual = [ContextCache(visual_tokens) if layer.cross_attention is not None else None for layer in self.layers]
+        state = DecoderState(caches, visual)
         if prefix is not None:
             self._extend(prefix, state)
             state.prefix_length = prefix_length
@@ -152,5 +153,5 @@ class TextDecoder(nn.Module):
 
     def _extend(self, x: Tensor, state: DecoderState) -> Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x, causal=True, cache=state.self_attention[i], visual_kv=state.visual_keys_values.get(i))
+            x = layer(x, causal=True, cache=state.self_attention[i], visual_cache=state.visual[i])
         return x
