@@ -205,8 +205,7 @@ class VQAModule(MammutModule):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             if self.prefix is None:
                 return self.model.encode_image(images), None
-            visual_tokens, layer_tokens = self.model.vision.forward_with_layers(
-                images, self.prefix.config.visual_layers)
+            visual_tokens, layer_tokens = self.model.encode_image_with_layers(images, self.prefix.config.visual_layers)
         return visual_tokens, self.prefix(layer_tokens)
 
     def training_step(self, batch: VQABatch, batch_idx: int):

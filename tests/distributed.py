@@ -37,11 +37,12 @@ def _run_rank(rank: int, function, folder: str, args: tuple) -> None:
         dist.destroy_process_group()
 
 
-def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: str, timeout: float = 240) -> None:
-    """``mammut fit`` with a tiny model on two CPU processes, launched by Lightning as a user would
-    launch it, with ``configs/strategy/<strategy>.yaml``; validation is off."""
+def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: str, timeout: float = 240,
+                         config: str = "configs/pretrain.yaml") -> None:
+    """``mammut fit`` of ``config`` with a tiny model on two CPU processes, launched by Lightning as
+    a user would launch it, with ``configs/strategy/<strategy>.yaml``; validation is off."""
     command = [
-        sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / "configs/pretrain.yaml"),
+        sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / config),
         "--config", str(REPO / "configs/strategy" / f"{strategy}.yaml"), *TINY_MODEL,
         f"--data.root={data_root}", "--data.batch_size=4", "--data.num_workers=0", "--trainer.limit_val_batches=0",
         "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",

@@ -1,4 +1,5 @@
-"""`mammut fit` on two CPU processes: FSDP2 checkpoints and resumes; DDP shards the data and survives a bad batch."""
+"""`mammut fit` on two CPU processes: FSDP2 checkpoints and resumes, and fine-tunes VQA with the PEFT
+prefix; DDP shards the data and survives a bad batch."""
 
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ def test_fsdp2_checkpoint_resumes_with_the_same_losses_and_consolidates(tiny_dem
         if name.startswith("model."):
             assert torch.equal(value, saved["state_dict"][name].reshape(value.shape)), name
 
+
+def test_fsdp2_trains_the_vqa_peft_prefix_and_validates(tiny_demo, tmp_path):
+    """The prefix reads the encoder's intermediate layers, outside ``Mammut.forward``: FSDP2 must
+    gather the encoder's weights for that call as well, in training and in validation."""
+    fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", "--trainer.max_steps=3", "--model.warmup_steps=1",
+                         "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3",
+                         "--model.peft.visual_layers=[0,1]", "--trainer.logger.init_args.version=peft",
+                         config="configs/finetune_vqa_peft.yaml")
+    logs = scalars(tmp_path / "finetune_vqa_peft" / "peft")
+    assert [step for step, _ in logs["train/loss"]] == [0, 1, 2]
+    assert len(logs["val/vqa/accuracy"]) == 1
 
 def test_ddp_ranks_draw_their_own_shards_and_a_rank_with_only_bad_samples_does_not_hang(tiny_demo, tmp_path):
     """Rank 0's first batch is made of corrupt images only: it still joins the collectives."""

@@ -11,6 +11,8 @@ from mammut.metrics.vqa import (
     vqa_accuracy,
 )
 
+from distributed import on_two_ranks
+
 
 @pytest.mark.parametrize("raw, normal", [
     ("Two", "2"),
@@ -67,3 +69,18 @@ def test_metric_keeps_one_score_per_question_and_breaks_it_down():
     assert table["answer_type/yes/no"] == pytest.approx(0.9)
     with pytest.raises(ValueError, match="2 predictions"):
         metric.update(["a", "b"], [["a"]], torch.tensor([4]))
+
+
+def _scores_on_one_rank(rank: int) -> dict[int, float]:
+    metric = VQAAccuracy()
+    if rank == 0:
+        metric.update(["2", "red"], [["two"] * 10, ["blue"] * 10], torch.tensor([1, 2]))
+    else:  # question 1 again: DistributedSampler pads the last rank with repeats
+        metric.update(["yes", "2"], [["yes"] * 3 + ["no"] * 7, ["two"] * 10], torch.tensor([3, 1]))
+    return metric.compute()
+
+
+@pytest.mark.slow
+def test_ddp_gathers_every_rank(tmp_path):
+    for scores in on_two_ranks(_scores_on_one_rank, tmp_path):
+        assert scores == pytest.approx({1: 1.0, 2: 0.0, 3: 0.9})

@@ -97,7 +97,8 @@ class MammutModule(L.LightningModule):
             for block in self.transformer_blocks():
                 block.compile()
         if self.device_mesh is not None:
-            entry_points = {self.model: ["encode_image", "image_embedding", "text_embedding", "caption_logits"]}
+            entry_points = {self.model: ["encode_image", "encode_image_with_layers", "image_embedding",
+                                         "text_embedding", "caption_logits"]}
             sharding.shard(self, self.transformer_blocks(), self.device_mesh["data_parallel"], entry_points)
 
     # Evaluation and prediction call model methods that FSDP2's hooks do not see (see

@@ -126,7 +126,8 @@ class VQAAccuracy(Metric):
         self.scores.append(torch.tensor(scores, dtype=torch.float64, device=self.device))
 
     def compute(self) -> dict[int, float]:
-        if not self.question_ids:
+        # A list of tensors per update here; one tensor once torchmetrics has gathered the ranks.
+        if len(self.question_ids) == 0:
             return {}
         ids = dim_zero_cat(self.question_ids).tolist()
         scores = dim_zero_cat(self.scores).tolist()

@@ -45,6 +45,11 @@ class Mammut(nn.Module):
         """Visual tokens (B, N, vision_width)."""
         return self.vision(images)
 
+    def encode_image_with_layers(self, images: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
+        """Visual tokens, and the pooled token of each block in ``layers`` (B, len(layers),
+        vision_width): what the eP-ALM prefix reads (see ``VisionEncoder.forward_with_layers``)."""
+        return self.vision.forward_with_layers(images, layers)
+
     def image_embedding(self, visual_tokens: Tensor) -> Tensor:
         return F.normalize(self.image_projection(self.vision.pool(visual_tokens)), dim=-1)
 
