@@ -233,11 +233,6 @@ class VQAModule(MammutModule):
                                            self.generation, prefix)
         return self.trainer.datamodule.tokenizer.decode_batch(generated)
 
-    def on_fit_start(self) -> None:
-        trainable, total = self.parameter_counts()
-        if self.trainer.is_global_zero:
-            print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)", flush=True)
-
     # ------------------------------------------------------------- evaluation
     def validation_step(self, batch: VQABatch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")

@@ -234,3 +234,26 @@ def test_gradient_checkpointing_gives_the_same_gradients(g, bf16):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+@pytest.mark.parametrize("overlap", [0, 2])
+def test_overlapping_patches_see_past_their_border_and_keep_the_token_grid(overlap, g):
+    model = Mammut(tiny_config(patch_overlap=overlap))
+    images = torch.randn(1, 3, 32, 32, generator=g)
+    changed = images.clone()
+    changed[0, :, 3, 8] += 1.0  # the first column of patch (0, 1), next to patch (0, 0)
+    tokens = model.vision.vit.patch_embed(images)
+    moved = (model.vision.vit.patch_embed(changed) - tokens).abs().amax(dim=-1).reshape(-1)
+    assert tokens.shape == (1, 16, 32)  # a 4 x 4 grid of 8-pixel patches either way
+    assert moved[1] > 0 and moved[2:].eq(0).all()
+    assert (moved[0] > 0) == (overlap > 0)
+
+
+def test_overlapping_patches_start_from_loaded_weights(tmp_path):
+    torch.manual_seed(0)
+    source = Mammut(tiny_config())
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in source.vision.vit.state_dict().items()}, str(path))
+    loaded = Mammut(tiny_config(vision_weights=str(path), patch_overlap=2))
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.encode_image(images), source.encode_image(images))

@@ -16,6 +16,8 @@ configs/strategy/<name>.yaml``); the DeepSpeed ones are checked before anything 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import sys
 
 import lightning as L
 import torch
@@ -68,7 +70,30 @@ def check_deepspeed_can_run(strategy) -> None:
         raise RuntimeError(f"strategy {name} needs DeepSpeed, which is not installed: pip install -e '.[deepspeed]'")
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr``, which test runners and notebooks may swap."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
+def show_package_logs() -> None:
+    """Print the package's INFO messages (weights loaded, resuming mid-epoch) on the console, as
+    Lightning prints its own; Python shows only warnings of an unconfigured logger."""
+    logger = logging.getLogger("mammut")
+    if not logger.handlers:
+        handler = _ConsoleHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(args=None) -> None:
+    show_package_logs()
     MammutCLI(
         MammutModule,
         L.LightningDataModule,

@@ -207,8 +207,10 @@ class MammutModule(L.LightningModule):
 
     # --------------------------------------------------------------- logging
     def on_fit_start(self) -> None:
+        # Printed at the start of every fit: how much of the model this run trains (PEFT: under 1%).
         trainable, total = self.parameter_counts()
-        log.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        if self.trainer.is_global_zero:
+            print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)", flush=True)
 
     def count_skipped(self, num_skipped: int) -> None:
         """Bad samples dropped by the data pipeline are counted and logged, never hidden."""

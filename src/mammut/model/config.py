@@ -20,6 +20,10 @@ class MammutConfig:
     vision_width: int = 192
     vision_depth: int = 4
     vision_heads: int = 3
+    # Pixels by which each patch's window reaches past its patch on every side (0: plain,
+    # non-overlapping patches). The token grid stays image_size / patch_size; overlapping windows
+    # let a token see a small object whole when it straddles a patch border.
+    patch_overlap: int = 0
     # Optional local weights for the ViT (.safetensors or a torch state dict).
     vision_weights: str | None = None
 

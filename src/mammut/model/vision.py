@@ -33,6 +33,9 @@ class VisionEncoder(nn.Module):
                                          pretrained_cfg_overlay={"file": str(weights)}, **shape)
         else:
             self.vit = timm.create_model(config.vision_model, pretrained=False, **shape)
+        if config.patch_overlap:
+            self.vit.patch_embed.proj = _overlapping(self.vit.patch_embed.proj, config.patch_overlap,
+                                                     keep_weights=weights is not None)
         self.num_prefix_tokens = self.vit.num_prefix_tokens
         self.pooling = config.image_pooling
         self.grad_checkpointing = False
@@ -76,3 +79,20 @@ class VisionEncoder(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+
+def _overlapping(patch_embedding: nn.Conv2d, overlap: int, keep_weights: bool) -> nn.Conv2d:
+    """The patch embedding with its window widened by ``overlap`` pixels on every side, same stride.
+
+    With ``keep_weights`` (loaded from a file) the old kernel sits at the centre of the new one and
+    the border starts at zero, so the encoder starts out computing what the file's weights compute.
+    """
+    (patch, _), width = patch_embedding.kernel_size, patch_embedding.out_channels
+    wide = nn.Conv2d(patch_embedding.in_channels, width, kernel_size=patch + 2 * overlap,
+                     stride=patch_embedding.stride, padding=overlap)
+    if keep_weights:
+        with torch.no_grad():
+            wide.weight.zero_()
+            wide.weight[:, :, overlap:overlap + patch, overlap:overlap + patch] = patch_embedding.weight
+            wide.bias.copy_(patch_embedding.bias)
+    return wide
