@@ -247,6 +247,8 @@ def test_overlapping_patches_see_past_their_border_and_keep_the_token_grid(overl
     assert tokens.shape == (1, 16, 32)  # a 4 x 4 grid of 8-pixel patches either way
     assert moved[1] > 0 and moved[2:].eq(0).all()
     assert (moved[0] > 0) == (overlap > 0)
+    with pytest.raises(ValueError, match="patch_overlap"):
+        tiny_config(patch_overlap=-1)
 
 
 def test_overlapping_patches_start_from_loaded_weights(tmp_path):
