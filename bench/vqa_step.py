@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = preset(args.preset, context_length=24, patch_overlap=4)  # as configs/finetune_vqa.yaml
+    config = preset(args.preset, context_length=24, patch_embedding="conv_stem")  # as configs/finetune_vqa.yaml
     images, tokens = random_batch(config, args.batch_size, torch.Generator().manual_seed(0))
     answer_start = torch.full((args.batch_size,), config.context_length // 2)
     peft = PrefixConfig(prompt_tokens=8, visual_layers=[-3, -2, -1])  # as configs/finetune_vqa_peft.yaml
@@ -79,7 +79,7 @@ def main() -> None:
                      f"{median[name] * 1e3:.0f}", f"{args.batch_size / median[name]:.0f}"])
     full, peft_name = list(settings)
     table = markdown_table(["setting", "trainable", "total", "trainable share", "ms / step", "questions/s"], rows)
-    notes = (f"Preset `{args.preset}` (context 24, patch_overlap 4 as in the VQA configs), bf16 autocast, "
+    notes = (f"Preset `{args.preset}` (context 24, conv stem as in the VQA configs), bf16 autocast, "
              f"batch {args.batch_size}, {args.warmup} warm-up and "
              f"{args.repeats} timed steps per setting, medians. PEFT step / full step: "
              f"{median[peft_name] / median[full]:.2f}.")

@@ -259,3 +259,22 @@ def test_overlapping_patches_start_from_loaded_weights(tmp_path):
     loaded = Mammut(tiny_config(vision_weights=str(path), patch_overlap=2))
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.encode_image(images), source.encode_image(images))
+
+
+def test_conv_stem_keeps_the_token_grid_sees_neighbours_and_trains(g):
+    model = Mammut(tiny_config(patch_embedding="conv_stem")).eval()  # BatchNorm: running statistics
+    images = torch.randn(1, 3, 32, 32, generator=g)
+    changed = images.clone()
+    changed[0, :, 3, 7] += 1.0  # the last column of patch (0, 0), next to patch (0, 1)
+    tokens = model.vision.vit.patch_embed(images)
+    moved = (model.vision.vit.patch_embed(changed) - tokens).abs().amax(dim=-1).reshape(-1)
+    assert tokens.shape == (1, 16, 32)  # the same 4 x 4 grid as 8-pixel patches
+    # Token (i, j) sees pixels 8i-7..8i+7 by 8j-7..8j+7: both neighbours, but not rows 2 and 3.
+    assert moved[0] > 0 and moved[1] > 0 and moved[8:].eq(0).all()
+    model.train()
+    model.encode_image(torch.randn(2, 3, 32, 32, generator=g)).square().mean().backward()
+    assert model.vision.vit.patch_embed.proj[0].weight.grad.abs().sum() > 0  # the first 3x3 convolution
+    with pytest.raises(ValueError, match="power-of-two"):
+        Mammut(tiny_config(patch_embedding="conv_stem", image_size=36, patch_size=6))
+    with pytest.raises(ValueError, match="patch_overlap"):
+        tiny_config(patch_embedding="conv_stem", patch_overlap=2)

@@ -24,6 +24,9 @@ class MammutConfig:
     # non-overlapping patches). The token grid stays image_size / patch_size; overlapping windows
     # let a token see a small object whole when it straddles a patch border.
     patch_overlap: int = 0
+    # "linear": the ViT's own patch embedding (widened by patch_overlap); "conv_stem": a stack of
+    # stride-2 3x3 convolutions instead (Xiao et al. 2021), which needs a power-of-two patch_size.
+    patch_embedding: str = "linear"
     # Optional local weights for the ViT (.safetensors or a torch state dict).
     vision_weights: str | None = None
 
@@ -59,6 +62,10 @@ class MammutConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.patch_overlap < 0:
             raise ValueError(f"patch_overlap must be 0 or more pixels, got {self.patch_overlap}")
+        if self.patch_embedding not in ("linear", "conv_stem"):
+            raise ValueError(f"patch_embedding must be 'linear' or 'conv_stem', got {self.patch_embedding!r}")
+        if self.patch_embedding == "conv_stem" and self.patch_overlap:
+            raise ValueError("patch_overlap applies to the linear patch embedding; set it to 0 with a conv_stem")
         for width, heads, name in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
             if width % heads:
                 raise ValueError(f"{name}_width {width} is not divisible by {name}_heads {heads}")

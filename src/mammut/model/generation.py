@@ -37,7 +37,7 @@ class _Stepper:
 
     def next_logits(self, sequences: Tensor) -> Tensor:
         if self.state is None:
-            return self.model.decoder.generative(sequences, self.visual_tokens, self.prefix)[:, -1]
+            return self.model.decoder.generative(sequences, self.visual_tokens, self.prefix, last_only=True)[:, -1]
         new = sequences[:, self.fed:]
         self.fed = sequences.shape[1]
         return self.model.decoder.decode_step(new, self.state)[:, -1]

@@ -115,8 +115,10 @@ class TextDecoder(nn.Module):
             x = self._run_layer(layer, x, key_padding_mask=key_padding_mask)
         return self.norm(x)
 
-    def generative(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None) -> Tensor:
-        """Generative pass: causal self-attention and cross-attention to the image. Logits (B, T, V).
+    def generative(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None,
+                   last_only: bool = False) -> Tensor:
+        """Generative pass: causal self-attention and cross-attention to the image. Logits (B, T, V),
+        or (B, 1, V) for the last position alone with ``last_only``.
 
         Padding sits after the end of each text, so the causal mask alone keeps real tokens
         from seeing it; positions after the end are ignored by the loss.
@@ -132,6 +134,8 @@ class TextDecoder(nn.Module):
             x = self._run_layer(layer, x, causal=True, visual_tokens=visual_tokens)
         if prefix is not None:
             x = x[:, prefix.shape[1]:]
+        if last_only:  # generation without a cache needs the next token's logits alone
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))
 
     def start_decoding(self, visual_tokens: Tensor, max_length: int, prefix: Tensor | None = None) -> DecoderState:

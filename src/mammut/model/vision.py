@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import timm
@@ -11,6 +12,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import checkpoint_attention_contexts, cpu_bf16_friendly_attention
 from .config import MammutConfig
+from .patch_embedding import ConvStem, overlapping_patches
+
+logger = logging.getLogger(__name__)
 
 
 class VisionEncoder(nn.Module):
@@ -33,9 +37,14 @@ class VisionEncoder(nn.Module):
                                          pretrained_cfg_overlay={"file": str(weights)}, **shape)
         else:
             self.vit = timm.create_model(config.vision_model, pretrained=False, **shape)
-        if config.patch_overlap:
-            self.vit.patch_embed.proj = _overlapping(self.vit.patch_embed.proj, config.patch_overlap,
-                                                     keep_weights=weights is not None)
+        if config.patch_embedding == "conv_stem":
+            if weights is not None:
+                logger.info("vision_weights: the conv stem replaces the file's patch embedding and starts "
+                            "from random initialisation")
+            self.vit.patch_embed.proj = ConvStem(3, config.vision_width, config.patch_size)
+        elif config.patch_overlap:
+            self.vit.patch_embed.proj = overlapping_patches(self.vit.patch_embed.proj, config.patch_overlap,
+                                                            keep_weights=weights is not None)
         self.num_prefix_tokens = self.vit.num_prefix_tokens
         self.pooling = config.image_pooling
         self.grad_checkpointing = False
@@ -80,19 +89,3 @@ class VisionEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-
-def _overlapping(patch_embedding: nn.Conv2d, overlap: int, keep_weights: bool) -> nn.Conv2d:
-    """The patch embedding with its window widened by ``overlap`` pixels on every side, same stride.
-
-    With ``keep_weights`` (loaded from a file) the old kernel sits at the centre of the new one and
-    the border starts at zero, so the encoder starts out computing what the file's weights compute.
-    """
-    (patch, _), width = patch_embedding.kernel_size, patch_embedding.out_channels
-    wide = nn.Conv2d(patch_embedding.in_channels, width, kernel_size=patch + 2 * overlap,
-                     stride=patch_embedding.stride, padding=overlap)
-    if keep_weights:
-        with torch.no_grad():
-            wide.weight.zero_()
-            wide.weight[:, :, overlap:overlap + patch, overlap:overlap + patch] = patch_embedding.weight
-            wide.bias.copy_(patch_embedding.bias)
-    return wide
