@@ -173,6 +173,18 @@ class MammutModule(L.LightningModule):
                 frozen += 1
         if frozen == 0:
             raise ValueError(f"freeze patterns {patterns} match no parameter")
+        self.train(self.training)  # frozen batch norms stop updating their statistics now
+
+    def train(self, mode: bool = True) -> MammutModule:
+        """Train mode, except for the batch norms whose weights are frozen: their running statistics
+        stay as loaded too, so a frozen backbone (e.g. a conv stem under PEFT) does not drift."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and not any(
+                        p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
 
     def lr_scale(self, name: str) -> float:
         for pattern, scale in (self.hparams.lr_scales or {}).items():
