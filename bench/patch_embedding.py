@@ -12,15 +12,10 @@ the table gives the median step and its ratio to plain patches.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from pathlib import Path
-
 import torch
 
 from mammut.model import preset
-from report import RESULTS, markdown_table, publish, random_batch
+from report import markdown_table, median_step_seconds, publish, random_batch, step_parser
 from train_throughput import mammut_trainee
 
 SETTINGS = {
@@ -31,14 +26,7 @@ SETTINGS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per setting")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file the tables are appended to")
-    args = parser.parse_args()
+    args = step_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
 
     trainees, batches = {}, {}
@@ -47,25 +35,12 @@ def main() -> None:
         torch.manual_seed(0)
         trainees[name] = mammut_trainee(config, lr=1e-4)
         batches[name] = random_batch(config, args.batch_size, torch.Generator().manual_seed(0))
-    step_flops = {}
-    for name, trainee in trainees.items():
-        images, tokens = batches[name]
-        step_flops[name] = trainee.flops(images, tokens, "bf16") / args.batch_size
-        for _ in range(args.warmup):
-            trainee.step(images, tokens, "bf16")
-
-    seconds = {name: [] for name in trainees}
-    order = list(trainees)
-    for round_index in range(args.repeats):
-        for name in order if round_index % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            trainees[name].step(*batches[name], "bf16")
-            seconds[name].append(time.perf_counter() - start)
-
-    plain = statistics.median(seconds[order[0]])
+    step_flops = {name: trainee.flops(*batches[name], "bf16") / args.batch_size for name, trainee in trainees.items()}
+    median = median_step_seconds({name: lambda name=name: trainees[name].step(*batches[name], "bf16")
+                                  for name in trainees}, args.warmup, args.repeats)
+    plain = median[next(iter(median))]
     rows = [[name, f"{trainees[name].parameter_count:,}", f"{step_flops[name] / 1e9:.2f}",
-             f"{statistics.median(s) * 1e3:.0f}", f"{statistics.median(s) / plain:.2f}"]
-            for name, s in seconds.items()]
+             f"{seconds * 1e3:.0f}", f"{seconds / plain:.2f}"] for name, seconds in median.items()]
     table = markdown_table(["patch embedding", "parameters", "GFLOP / image (fwd + bwd)", "ms / step",
                             "step time / plain patches"], rows)
     notes = (f"Preset `{args.preset}`, context 24, batch {args.batch_size}, bf16-mixed, {args.warmup} warm-up and "

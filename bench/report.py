@@ -1,13 +1,18 @@
-"""What every benchmark here shares: the peer model, the machine description, and the results file."""
+"""What every benchmark here shares: the peer model, the step-timing set-up, the machine
+description, and the results file."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
 import shlex
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -52,6 +57,35 @@ def random_batch(config, batch_size: int, generator: torch.Generator) -> tuple[t
     tokens[positions[None] == lengths[:, None] - 1] = config.eos_id
     tokens[positions[None] >= lengths[:, None]] = config.pad_id
     return images, tokens
+
+
+def step_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments of a benchmark that times training steps of several settings side by side."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per setting")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file the tables are appended to")
+    return parser
+
+
+def median_step_seconds(steps: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each step. After the warm-up calls, timing rounds visit every
+    setting in turn, in reverse order every other round, so load changes on a shared machine
+    hit all of them alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps.items())
+    for round_index in range(repeats):
+        for name, step in order if round_index % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in seconds.items()}
 
 
 def cpu_model() -> str:

@@ -13,16 +13,11 @@ both alike; the table gives the median step.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-from pathlib import Path
-
 import torch
 
 from mammut.model import PrefixConfig, preset
 from mammut.tasks.vqa import VQAModule, answer_loss
-from report import RESULTS, markdown_table, publish, random_batch
+from report import markdown_table, median_step_seconds, publish, random_batch, step_parser
 
 
 def step_function(module: VQAModule):
@@ -41,14 +36,7 @@ def step_function(module: VQAModule):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps per setting")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file the tables are appended to")
-    args = parser.parse_args()
+    args = step_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
 
     config = preset(args.preset, context_length=24, patch_embedding="conv_stem")  # as configs/finetune_vqa.yaml
@@ -60,18 +48,8 @@ def main() -> None:
         "PEFT (eP-ALM prefix)": VQAModule(architecture=config, peft=peft, freeze=["model.*"]),
     }
     steps = {name: step_function(module.train()) for name, module in settings.items()}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step(images, tokens, answer_start)
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    order = list(steps.items())
-    for round_index in range(args.repeats):
-        for name, step in order if round_index % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            step(images, tokens, answer_start)
-            seconds[name].append(time.perf_counter() - start)
-
-    median = {name: statistics.median(s) for name, s in seconds.items()}
+    median = median_step_seconds({name: lambda step=step: step(images, tokens, answer_start)
+                                  for name, step in steps.items()}, args.warmup, args.repeats)
     rows = []
     for name, module in settings.items():
         trainable, total = module.parameter_counts()
