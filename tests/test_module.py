@@ -70,6 +70,18 @@ def test_freeze_by_name_pattern():
         small_module(freeze=["model.nothing_here.*"])
 
 
+def test_frozen_batch_norms_keep_their_statistics_in_train_mode():
+    module = small_module(architecture=dict(patch_embedding="conv_stem"), freeze=["model.vision.*"]).train()
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    module.model.encode_image(torch.randn(4, 3, 32, 32))
+    assert norms and not any(m.training for m in norms)
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, before))
+    assert module.model.decoder.training  # the rest still trains
+    trainable = small_module(architecture=dict(patch_embedding="conv_stem")).train()
+    assert all(m.training for m in trainable.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_init_from_copies_matching_weights_and_keeps_the_rest(tmp_path):
     source = small_module(seed=1)
     path = tmp_path / "weights.ckpt"

@@ -34,7 +34,7 @@ class ConvStem(nn.Sequential):
     """A convolutional stem in place of the patch embedding (Xiao et al. 2021, "Early
     Convolutions Help Transformers See Better", Sec. 3): log2(patch) 3x3 convolutions of stride
     2 with BatchNorm and ReLU, channels doubling up to ``width``, then a 1x1 convolution. The stem
-    costs about as much as one transformer block; the paper removes a block to compensate.
+    costs about as much as one transformer block; Xiao et al. remove a block to compensate.
 
     (B, 3, H, W) -> (B, width, H / patch, W / patch), the same as the patch embedding it replaces.
     """
