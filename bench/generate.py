@@ -1,7 +1,10 @@
 """Caption generation speed of MaMMUT, with and without the KV cache, against open_clip's CoCa.
 
-    python bench/generate.py                          # tiny preset, batch 8, 20 new tokens
-    python bench/generate.py --repeats 2 --warmup 1   # a quick check
+    python bench/generate.py                                  # tiny preset, batches of 8, 32 and 250
+    python bench/generate.py --batch-sizes 8 --repeats 2      # a quick check
+
+Batch 250 is the eval batch of configs/pretrain.yaml, at which validation generates its captions;
+batch 8 is a small, latency-bound batch, where per-operation overhead weighs most.
 
 Every caption generates exactly --new-tokens tokens: the models are randomly initialised and
 would otherwise stop at a random end-of-text token. MaMMUT gets min_new_tokens = max_new_tokens;
@@ -18,9 +21,6 @@ a shared machine hit all of them alike; the table gives the median call.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,9 @@ import transformers
 from torch import Tensor
 
 from mammut.model import GenerationConfig, Mammut, generate, preset
-from report import RESULTS, build_coca, markdown_table, publish, random_batch
+from report import RESULTS, build_coca, markdown_table, median_step_seconds, publish, random_batch
+
+BOTH, DECODE = "encode + generate", "generate only"
 
 
 def mammut_method(model: Mammut, num_beams: int, use_cache: bool, new_tokens: int,
@@ -55,14 +57,49 @@ def coca_method(model, generation_type: str, num_beams: int, new_tokens: int, id
     return lambda images: model.generate(images, **kwargs)[:, 1:]  # drop the start token
 
 
+def methods_for(mammut: Mammut, coca, images: Tensor, new_tokens: int, beams: int) -> dict[tuple, Callable]:
+    """Every decoding method, keyed by (model, decoding, KV cache, what is timed)."""
+    visual_tokens = mammut.encode_image(images)
+    beam = f"beam {beams}"
+    methods = {}
+    for timed, tokens in ((BOTH, None), (DECODE, visual_tokens)):
+        for decoding, num_beams in (("greedy", 1), (beam, beams)):
+            for cache in ("yes", "no"):
+                methods["mammut", decoding, cache, timed] = mammut_method(
+                    mammut, num_beams, cache == "yes", new_tokens, tokens)
+    methods["open_clip CoCa", "top-k, k=1 (greedy)", "none", BOTH] = coca_method(
+        coca, "top_k", 1, new_tokens, mammut.config)
+    methods["open_clip CoCa", beam, "none", BOTH] = coca_method(coca, "beam_search", beams, new_tokens, mammut.config)
+    return methods
+
+
+def ratio_definitions(beams: int) -> list[tuple[str, tuple, tuple]]:
+    beam = f"beam {beams}"
+    return [
+        ("mammut greedy, cached / uncached (encode + generate)", ("mammut", "greedy", "yes", BOTH),
+         ("mammut", "greedy", "no", BOTH)),
+        (f"mammut {beam}, cached / uncached (encode + generate)", ("mammut", beam, "yes", BOTH),
+         ("mammut", beam, "no", BOTH)),
+        ("mammut greedy, cached / uncached (generate only)", ("mammut", "greedy", "yes", DECODE),
+         ("mammut", "greedy", "no", DECODE)),
+        (f"mammut {beam}, cached / uncached (generate only)", ("mammut", beam, "yes", DECODE),
+         ("mammut", beam, "no", DECODE)),
+        ("mammut cached greedy / CoCa greedy (encode + generate)", ("mammut", "greedy", "yes", BOTH),
+         ("open_clip CoCa", "top-k, k=1 (greedy)", "none", BOTH)),
+        (f"mammut cached {beam} / CoCa {beam} (encode + generate)", ("mammut", beam, "yes", BOTH),
+         ("open_clip CoCa", beam, "none", BOTH)),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="mammut size preset; CoCa is built to match")
-    parser.add_argument("--batch-size", type=int, default=8, help="images, one caption each")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 250],
+                        help="images per call, one caption each; every size is timed in this run")
     parser.add_argument("--new-tokens", type=int, default=20, help="tokens generated for every caption")
     parser.add_argument("--beams", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per method")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per method (at least 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per method")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per method (at least 1)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--seed", type=int, default=0)
@@ -71,78 +108,46 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     config = preset(args.preset)
-    images, _ = random_batch(config, args.batch_size, torch.Generator().manual_seed(args.seed))
     torch.manual_seed(args.seed)
     mammut = Mammut(config).eval()
     torch.manual_seed(args.seed)
     coca = build_coca(config).eval()
-
     n, k = args.new_tokens, args.beams
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
-    with torch.inference_mode(), autocast:
-        visual_tokens = mammut.encode_image(images)
-    both, decode = "encode + generate", "generate only"
-    methods = {
-        ("mammut", "greedy", "yes", both): mammut_method(mammut, 1, True, n),
-        ("mammut", "greedy", "no", both): mammut_method(mammut, 1, False, n),
-        ("mammut", f"beam {k}", "yes", both): mammut_method(mammut, k, True, n),
-        ("mammut", f"beam {k}", "no", both): mammut_method(mammut, k, False, n),
-        ("mammut", "greedy", "yes", decode): mammut_method(mammut, 1, True, n, visual_tokens),
-        ("mammut", "greedy", "no", decode): mammut_method(mammut, 1, False, n, visual_tokens),
-        ("mammut", f"beam {k}", "yes", decode): mammut_method(mammut, k, True, n, visual_tokens),
-        ("mammut", f"beam {k}", "no", decode): mammut_method(mammut, k, False, n, visual_tokens),
-        ("open_clip CoCa", "top-k, k=1 (greedy)", "none", both): coca_method(coca, "top_k", 1, n, config),
-        ("open_clip CoCa", f"beam {k}", "none", both): coca_method(coca, "beam_search", k, n, config),
-    }
 
-    failures, lengths = {}, {}
-    with torch.inference_mode(), autocast:
-        for key, method in list(methods.items()):
-            try:
-                for _ in range(max(1, args.warmup)):  # at least one call, to catch a failing peer here
+    rows, captions_per_second, failures = [], {}, {}
+    for batch_size in args.batch_sizes:
+        images, _ = random_batch(config, batch_size, torch.Generator().manual_seed(args.seed))
+        with torch.inference_mode(), autocast:
+            methods, lengths = methods_for(mammut, coca, images, n, k), {}
+            for key, method in list(methods.items()):
+                try:  # the first warm-up call, to catch a failing peer before any timing
                     lengths[key] = method(images).shape[1]
-            except Exception as error:  # noqa: BLE001 - a failing peer is reported, not fatal
-                if key[0] == "mammut":
-                    raise
-                failures[key] = f"{type(error).__name__}: {error}"
-                del methods[key]
-        seconds = defaultdict(list)
-        runs = list(methods.items())
-        for round_index in range(args.repeats):
-            for key, method in runs if round_index % 2 == 0 else runs[::-1]:
-                start = time.perf_counter()
-                lengths[key] = method(images).shape[1]
-                seconds[key].append(time.perf_counter() - start)
-
-    captions_per_second = {key: args.batch_size / statistics.median(s) for key, s in seconds.items()}
-    rows = [[*key, lengths[key], f"{statistics.median(seconds[key]) * 1e3:.0f}", f"{captions_per_second[key]:.1f}",
-             f"{captions_per_second[key] * lengths[key]:.0f}"] for key in methods]
-    table = markdown_table(["model", "decoding", "KV cache", "timed", "new tokens / caption", "ms / batch",
+                except Exception as error:  # noqa: BLE001 - a failing peer is reported, not fatal
+                    if key[0] == "mammut":
+                        raise
+                    failures[key] = f"{type(error).__name__}: {error}"
+                    del methods[key]
+            seconds = median_step_seconds({key: (lambda m=method: m(images)) for key, method in methods.items()},
+                                          args.warmup - 1, args.repeats)
+        for key, s in seconds.items():
+            captions_per_second[batch_size, key] = batch_size / s
+            rows.append([batch_size, *key, lengths[key], f"{s * 1e3:.0f}", f"{batch_size / s:.1f}",
+                         f"{batch_size / s * lengths[key]:.0f}"])
+    table = markdown_table(["batch", "model", "decoding", "KV cache", "timed", "new tokens / caption", "ms / batch",
                             "captions/s", "tokens/s"], rows)
 
-    def ratio(label: str, a: tuple, b: tuple) -> list[str]:
-        if a in captions_per_second and b in captions_per_second:
-            return [label, f"{captions_per_second[a] / captions_per_second[b]:.2f}"]
-        return [label, "n/a: " + "; ".join(failures.get(a, failures.get(b, "")).splitlines()[:1])]
+    def ratio(batch_size: int, a: tuple, b: tuple) -> str:
+        if (batch_size, a) in captions_per_second and (batch_size, b) in captions_per_second:
+            return f"{captions_per_second[batch_size, a] / captions_per_second[batch_size, b]:.2f}"
+        return "n/a"
 
-    beam = f"beam {k}"
-    ratios = markdown_table(["ratio (captions/s)", "value"], [
-        ratio("mammut greedy, cached / uncached (encode + generate)", ("mammut", "greedy", "yes", both),
-              ("mammut", "greedy", "no", both)),
-        ratio(f"mammut {beam}, cached / uncached (encode + generate)", ("mammut", beam, "yes", both),
-              ("mammut", beam, "no", both)),
-        ratio("mammut greedy, cached / uncached (generate only)", ("mammut", "greedy", "yes", decode),
-              ("mammut", "greedy", "no", decode)),
-        ratio(f"mammut {beam}, cached / uncached (generate only)", ("mammut", beam, "yes", decode),
-              ("mammut", beam, "no", decode)),
-        ratio("mammut cached greedy / CoCa greedy (encode + generate)", ("mammut", "greedy", "yes", both),
-              ("open_clip CoCa", "top-k, k=1 (greedy)", "none", both)),
-        ratio(f"mammut cached {beam} / CoCa {beam} (encode + generate)", ("mammut", beam, "yes", both),
-              ("open_clip CoCa", beam, "none", both)),
-    ])
+    ratios = markdown_table(["ratio (captions/s)", *(f"batch {b}" for b in args.batch_sizes)],
+                            [[label, *(ratio(b, a, c) for b in args.batch_sizes)]
+                             for label, a, c in ratio_definitions(k)])
 
-    notes = (f"Preset `{args.preset}`, {args.precision}, batch {args.batch_size} images, {args.warmup} warm-up and "
-             f"{args.repeats} timed calls per method, medians. An \"encode + generate\" call encodes the images and "
+    notes = (f"Preset `{args.preset}`, {args.precision}, {args.warmup} warm-up and {args.repeats} timed calls per "
+             f"method and batch size, medians. An \"encode + generate\" call encodes the images and "
              f"generates; a \"generate only\" call starts from the visual tokens of the same images, encoded "
              f"once beforehand, and times the decoding loop alone, which is all the KV cache changes. "
              f"Every caption is forced to {n} new tokens (end-of-text masked until then: mammut min_new_tokens = "
