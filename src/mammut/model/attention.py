@@ -55,26 +55,64 @@ class KVCache:
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
 
-    def append(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """keys, values: (B, nh, T, hs). Returns all cached positions so far."""
-        end = self.length + keys.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"KV cache holds {self.max_length} positions, asked for {end}")
+    def _allocate(self, keys: Tensor) -> None:
+        # On first use, so that the buffers take the dtype autocast gives the keys.
+        B, nh, _, hs = keys.shape
+        self.keys = keys.new_zeros(B, nh, self.max_length, hs)
+        self.values = keys.new_zeros(B, nh, self.max_length, hs)
+
+    def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Store the new positions' keys and values (B, nh, T, hs). Returns the keys and values
+        the new queries attend to, and their mask (T, S), True where a query may look; None
+        when every returned key is visible to every query."""
+        past, T = self.length, keys.shape[2]
+        if past + T > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions, asked for {past + T}")
         if self.keys is None:
-            # Allocated on first use so that it takes the dtype autocast gives the keys.
-            B, nh, _, hs = keys.shape
-            self.keys = keys.new_empty(B, nh, self.max_length, hs)
-            self.values = values.new_empty(B, nh, self.max_length, hs)
-        self.keys[:, :, self.length:end] = keys
-        self.values[:, :, self.length:end] = values
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
+            self._allocate(keys)
+        self.keys[:, :, past:past + T] = keys
+        self.values[:, :, past:past + T] = values
+        self.length = past + T
+        # A block of new tokens after a cached prefix: each sees the prefix and its own past.
+        mask = None if T == 1 else torch.ones(T, past + T, dtype=torch.bool, device=keys.device).tril(past)
+        return self.keys[:, :, :past + T], self.values[:, :, :past + T], mask
 
     def reorder(self, batch_indices: Tensor) -> None:
         if self.keys is None:
             return
         self.keys = self.keys.index_select(0, batch_indices)
         self.values = self.values.index_select(0, batch_indices)
+
+
+class StaticKVCache(KVCache):
+    """A ``KVCache`` whose step shapes never change, for a compiled decoding step.
+
+    Every step attends over all ``max_length`` slots, masking those not yet written, and the
+    write position lives in a tensor, not a Python int, so one compiled graph serves every
+    step: a Python int would be specialised into the graph and recompile it at each position.
+    """
+
+    def __init__(self, max_length: int):  # no super().__init__: ``length`` is read from a tensor here
+        self.max_length = max_length
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self.next_position: Tensor | None = None  # (1,) long
+
+    @property
+    def length(self) -> int:
+        return 0 if self.next_position is None else int(self.next_position)
+
+    def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        T = keys.shape[2]
+        if self.keys is None:
+            self._allocate(keys)
+            self.next_position = torch.zeros(1, dtype=torch.long, device=keys.device)
+        positions = self.next_position + torch.arange(T, device=keys.device)
+        self.keys.index_copy_(2, positions, keys)
+        self.values.index_copy_(2, positions, values)
+        self.next_position.add_(T)
+        slots = torch.arange(self.max_length, device=keys.device)
+        return self.keys, self.values, slots[None, :] <= positions[:, None]
 
 
 class ContextCache:
@@ -100,21 +138,20 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False,
                 cache: KVCache | None = None) -> Tensor:
-        """x: (B, T, C). key_padding_mask: (B, T), True where a token may be attended to."""
+        """x: (B, T, C). key_padding_mask: (B, T), True where a token may be attended to.
+        With a ``cache`` (causal decoding only), x holds the positions after the cached ones."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, T, hs)
-        past = 0
+        is_causal = False
         if cache is not None:
-            past = cache.length
-            k, v = cache.append(k, v)
-        mask = None
-        if key_padding_mask is not None:
-            mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
-        is_causal = causal and past == 0 and T > 1 and mask is None
-        if causal and not is_causal and T > 1:
-            # A block of new tokens after a cached prefix: each sees the prefix and its own past.
-            causal_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            mask = causal_mask if mask is None else mask & causal_mask
+            if key_padding_mask is not None or not causal:
+                raise ValueError("a KV cache serves causal decoding without a padding mask")
+            k, v, mask = cache.update(k, v)
+        else:
+            mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+            is_causal = causal and T > 1 and mask is None
+            if causal and mask is not None and T > 1:
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         y = attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 

@@ -15,7 +15,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import ContextCache, CrossAttention, KVCache, SelfAttention
+from .attention import ContextCache, CrossAttention, KVCache, SelfAttention, StaticKVCache
 from .config import MammutConfig
 
 
@@ -138,12 +138,15 @@ class TextDecoder(nn.Module):
             x = x[:, -1:]
         return self.lm_head(self.norm(x))
 
-    def start_decoding(self, visual_tokens: Tensor, max_length: int, prefix: Tensor | None = None) -> DecoderState:
+    def start_decoding(self, visual_tokens: Tensor, max_length: int, prefix: Tensor | None = None,
+                       static: bool = False) -> DecoderState:
         """Fresh caches for incremental decoding of up to ``max_length`` tokens. The visual keys
         and values are computed once, at the first step, and the prefix, if any, is run through
-        the layers now."""
+        the layers now. ``static`` caches keep every step's shapes fixed, for a compiled step
+        (``CompiledDecoding``)."""
         prefix_length = 0 if prefix is None else prefix.shape[1]
-        caches = [KVCache(prefix_length + max_length) for _ in self.layers]
+        cache_type = StaticKVCache if static else KVCache
+        caches = [cache_type(prefix_length + max_length) for _ in self.layers]
         visual = [ContextCache(visual_tokens) if layer.cross_attention is not None else None for layer in self.layers]
         state = DecoderState(caches, visual)
         if prefix is not None:
@@ -153,7 +156,11 @@ class TextDecoder(nn.Module):
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """Logits (B, T, V) for new tokens that follow the cached ones."""
-        return self.lm_head(self.norm(self._extend(self.embed(tokens, start=state.tokens_seen), state)))
+        return self.continue_decoding(self.embed(tokens, start=state.tokens_seen), state)
+
+    def continue_decoding(self, x: Tensor, state: DecoderState) -> Tensor:
+        """``decode_step`` after the embedding: the part ``CompiledDecoding`` compiles."""
+        return self.lm_head(self.norm(self._extend(x, state)))
 
     def _extend(self, x: Tensor, state: DecoderState) -> Tensor:
         for i, layer in enumerate(self.layers):
