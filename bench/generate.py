@@ -14,6 +14,12 @@ only" call starts from visual tokens encoded beforehand, so it times the decodin
 part a KV cache can speed up. CoCa's generate has no KV cache: every step re-runs its text towers
 over the whole prefix. Its top-k decoding with k=1 is greedy.
 
+"yes, compiled step" is mammut's `generation.compile`: the cached step compiled by inductor with
+frozen weights (src/mammut/model/compiled_decoding.py). The uncached greedy baseline is also run
+through the same compiler ("no, compiled pass": the generative pass, dynamic shapes, since the
+prefix grows every step), so that the cache's speed-up is not the compiler's. The first warm-up
+call of a compiled method compiles it; only later calls are timed.
+
 Timing rounds visit every method in turn, in reverse order every other round, so load changes on
 a shared machine hit all of them alike; the table gives the median call.
 """
@@ -30,19 +36,35 @@ import transformers
 from torch import Tensor
 
 from mammut.model import GenerationConfig, Mammut, generate, preset
+from mammut.model.compiled_decoding import COMPILE_OPTIONS
 from report import RESULTS, build_coca, markdown_table, median_step_seconds, publish, random_batch
 
 BOTH, DECODE = "encode + generate", "generate only"
+CACHED, UNCACHED, COMPILED, COMPILED_UNCACHED = "yes", "no", "yes, compiled step", "no, compiled pass"
 
 
-def mammut_method(model: Mammut, num_beams: int, use_cache: bool, new_tokens: int,
+def mammut_method(model: Mammut, num_beams: int, cache: str, new_tokens: int,
                   visual_tokens: Tensor | None = None) -> Callable[[Tensor], Tensor]:
     """Encodes the images and generates; with ``visual_tokens`` given, only generates from them."""
-    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              num_beams=num_beams, use_cache=use_cache)
-    if visual_tokens is not None:
-        return lambda images: generate(model, visual_tokens, config=config)
-    return lambda images: generate(model, model.encode_image(images), config=config)
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=num_beams,
+                              use_cache=cache in (CACHED, COMPILED), compile=cache == COMPILED)
+
+    def run(images: Tensor) -> Tensor:
+        return generate(model, model.encode_image(images) if visual_tokens is None else visual_tokens, config=config)
+
+    if cache != COMPILED_UNCACHED:
+        return run
+    compiled_pass = torch.compile(model.decoder.generative, dynamic=True, options=COMPILE_OPTIONS)
+
+    def run_compiled_pass(images: Tensor) -> Tensor:
+        model.decoder.generative = compiled_pass  # shadows the method for this call only
+        try:
+            with torch._inductor.config.patch(freezing=True):
+                return run(images)
+        finally:
+            del model.decoder.generative
+
+    return run_compiled_pass
 
 
 def coca_method(model, generation_type: str, num_beams: int, new_tokens: int, ids) -> Callable[[Tensor], Tensor]:
@@ -64,9 +86,9 @@ def methods_for(mammut: Mammut, coca, images: Tensor, new_tokens: int, beams: in
     methods = {}
     for timed, tokens in ((BOTH, None), (DECODE, visual_tokens)):
         for decoding, num_beams in (("greedy", 1), (beam, beams)):
-            for cache in ("yes", "no"):
-                methods["mammut", decoding, cache, timed] = mammut_method(
-                    mammut, num_beams, cache == "yes", new_tokens, tokens)
+            caches = (CACHED, UNCACHED, COMPILED) + ((COMPILED_UNCACHED,) if num_beams == 1 else ())
+            for cache in caches:
+                methods["mammut", decoding, cache, timed] = mammut_method(mammut, num_beams, cache, new_tokens, tokens)
     methods["open_clip CoCa", "top-k, k=1 (greedy)", "none", BOTH] = coca_method(
         coca, "top_k", 1, new_tokens, mammut.config)
     methods["open_clip CoCa", beam, "none", BOTH] = coca_method(coca, "beam_search", beams, new_tokens, mammut.config)
@@ -75,19 +97,26 @@ def methods_for(mammut: Mammut, coca, images: Tensor, new_tokens: int, beams: in
 
 def ratio_definitions(beams: int) -> list[tuple[str, tuple, tuple]]:
     beam = f"beam {beams}"
-    return [
-        ("mammut greedy, cached / uncached (encode + generate)", ("mammut", "greedy", "yes", BOTH),
-         ("mammut", "greedy", "no", BOTH)),
-        (f"mammut {beam}, cached / uncached (encode + generate)", ("mammut", beam, "yes", BOTH),
-         ("mammut", beam, "no", BOTH)),
-        ("mammut greedy, cached / uncached (generate only)", ("mammut", "greedy", "yes", DECODE),
-         ("mammut", "greedy", "no", DECODE)),
-        (f"mammut {beam}, cached / uncached (generate only)", ("mammut", beam, "yes", DECODE),
-         ("mammut", beam, "no", DECODE)),
-        ("mammut cached greedy / CoCa greedy (encode + generate)", ("mammut", "greedy", "yes", BOTH),
-         ("open_clip CoCa", "top-k, k=1 (greedy)", "none", BOTH)),
-        (f"mammut cached {beam} / CoCa {beam} (encode + generate)", ("mammut", beam, "yes", BOTH),
-         ("open_clip CoCa", beam, "none", BOTH)),
+    coca_greedy, coca_beam = ("open_clip CoCa", "top-k, k=1 (greedy)", "none", BOTH), ("open_clip CoCa", beam, "none", BOTH)
+    rows = []
+    for timed in (BOTH, DECODE):
+        rows += [
+            (f"mammut greedy, cached / uncached ({timed})", ("mammut", "greedy", CACHED, timed),
+             ("mammut", "greedy", UNCACHED, timed)),
+            (f"mammut greedy, compiled cached step / uncached ({timed})", ("mammut", "greedy", COMPILED, timed),
+             ("mammut", "greedy", UNCACHED, timed)),
+            (f"mammut greedy, compiled cached step / compiled uncached pass ({timed})",
+             ("mammut", "greedy", COMPILED, timed), ("mammut", "greedy", COMPILED_UNCACHED, timed)),
+            (f"mammut {beam}, cached / uncached ({timed})", ("mammut", beam, CACHED, timed),
+             ("mammut", beam, UNCACHED, timed)),
+            (f"mammut {beam}, compiled cached step / uncached ({timed})", ("mammut", beam, COMPILED, timed),
+             ("mammut", beam, UNCACHED, timed)),
+        ]
+    return rows + [
+        ("mammut cached greedy / CoCa greedy (encode + generate)", ("mammut", "greedy", CACHED, BOTH), coca_greedy),
+        ("mammut compiled cached greedy / CoCa greedy (encode + generate)", ("mammut", "greedy", COMPILED, BOTH),
+         coca_greedy),
+        (f"mammut cached {beam} / CoCa {beam} (encode + generate)", ("mammut", beam, CACHED, BOTH), coca_beam),
     ]
 
 

@@ -124,6 +124,24 @@ def test_validate_and_predict_from_a_checkpoint(tiny_demo, tmp_path, capsys):
     assert f"{image}\t" in printed
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
+                    reason="inductor needs a C++ compiler on the CPU")
+def test_predict_with_the_compiled_decoding_step_captions_alike(tiny_demo, tmp_path, capsys):
+    run("fit", tiny_demo, tmp_path, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+        "--trainer.logger.init_args.version=run")
+    last = log_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    images = [str(path) for path in sorted((tiny_demo / "images" / "val").iterdir())[:3]]
+    capsys.readouterr()
+    captions = {}
+    for compiled in ("false", "true"):
+        run("predict", tiny_demo, tmp_path, f"--ckpt_path={last}", f"--data.predict_images=[{','.join(images)}]",
+            f"--model.generation.compile={compiled}", f"--trainer.logger.init_args.version=predict_{compiled}")
+        captions[compiled] = [line for line in capsys.readouterr().out.splitlines() if "\t" in line]
+    assert [line.split("\t")[0] for line in captions["false"]] == images
+    assert captions["true"] == captions["false"]
+
+
 def test_print_config_resolves_overrides():
     result = subprocess.run(
         [sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / "configs/pretrain.yaml"),

@@ -23,7 +23,8 @@ from .text_decoder import DecoderState, TextDecoder
 
 # Prepacked, autotuned GEMMs need the weights frozen into the graph. Inductor reads ``freezing``
 # from its global config, not from torch.compile's options, so it is patched around each call.
-COMPILE_OPTIONS = {"max_autotune": True}
+# The autotuner's timing tables would otherwise be printed for every matmul.
+COMPILE_OPTIONS = {"max_autotune": True, "autotune_num_choices_displayed": 0}
 
 
 def weights_fingerprint(module: torch.nn.Module) -> tuple:
