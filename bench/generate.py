@@ -1,6 +1,6 @@
 """Caption generation speed of MaMMUT, with and without the KV cache, against open_clip's CoCa.
 
-    python bench/generate.py                                  # tiny preset, batches of 8, 32 and 250 (~6 min)
+    python bench/generate.py                                  # tiny preset, batches of 8, 32 and 250 (~9 min)
     python bench/generate.py --batch-sizes 8 --repeats 2      # a quick check
 
 Batch 250 is the eval batch of configs/pretrain.yaml, at which validation generates its captions;

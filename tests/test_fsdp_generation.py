@@ -24,6 +24,7 @@ CONFIG = MammutConfig(image_size=32, patch_size=8, vision_width=32, vision_depth
                       embed_dim=16, context_length=12, vocab_size=50)
 SEARCHES = {"greedy": GenerationConfig(max_new_tokens=8, min_new_tokens=4),
             "beam": GenerationConfig(max_new_tokens=8, min_new_tokens=4, num_beams=3)}
+COMPILED = GenerationConfig(max_new_tokens=8, compile=True)  # needs whole weights: refused here
 
 
 class Captioner(nn.Module):
@@ -34,7 +35,8 @@ class Captioner(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor, search: str) -> torch.Tensor:
-        return generate(self.model, self.model.encode_image(images), config=SEARCHES[search])
+        config = COMPILED if search == "compiled" else SEARCHES[search]
+        return generate(self.model, self.model.encode_image(images), config=config)
 
 
 def captioner() -> Captioner:
@@ -55,7 +57,12 @@ def images() -> torch.Tensor:
 def _captions_on_one_rank(rank: int) -> dict:
     wrapped = wrap_as_fsdp_config(captioner())
     with torch.no_grad():
-        return {search: wrapped(images(), search) for search in SEARCHES}
+        results = {search: wrapped(images(), search) for search in SEARCHES}
+        try:
+            wrapped(images(), "compiled")
+        except ValueError as error:
+            results["compiled"] = str(error)
+    return results
 
 
 def test_fsdp1_generates_the_tokens_of_the_unsharded_model(tmp_path):
@@ -65,3 +72,4 @@ def test_fsdp1_generates_the_tokens_of_the_unsharded_model(tmp_path):
     for rank_result in on_two_ranks(_captions_on_one_rank, tmp_path):
         for search in SEARCHES:
             assert torch.equal(rank_result[search], expected[search]), search
+        assert "sharded" in rank_result.get("compiled", "no error"), "the compiled step must refuse sharded weights"

@@ -3,6 +3,7 @@
 Both start from a prompt (the begin-of-text token for captions, or a question prefix) and stop
 a sequence at its end-of-text token. Without the cache every step re-runs the whole prefix;
 the results are the same, which the tests check, and bench/generate.py measures the speed-up.
+With ``compile`` the cached steps after the prompt run through ``CompiledDecoding``.
 """
 
 from __future__ import annotations
