@@ -122,3 +122,15 @@ def test_compiled_generation_follows_the_weights_as_they_change(g):
     # Another model in between, then back: each must decode with its own weights.
     assert torch.equal(generate(other, visual, config=compiled), generate(other, visual, config=greedy))
     assert torch.equal(generate(model, visual, config=compiled), after_data)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_past_the_recompile_limit_the_step_runs_eagerly_with_the_same_tokens(g):
+    model = make_model(2)
+    config = GenerationConfig(max_new_tokens=6, min_new_tokens=6, compile=True)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for batch in (2, 3):  # the second batch size would need a second graph
+            visual = model.encode_image(torch.randn(batch, 3, 32, 32, generator=g))
+            assert torch.equal(generate(model, visual, config=config),
+                               generate(model, visual, config=GenerationConfig(max_new_tokens=6, min_new_tokens=6)))

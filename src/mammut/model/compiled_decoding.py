@@ -55,8 +55,8 @@ class CompiledDecoding:
         they are now: call this again after they may have changed (once per ``generate``)."""
         _check_whole_weights(decoder)
         if self.step is None:
-            self.step = torch.compile(TextDecoder.continue_decoding, dynamic=False, fullgraph=True,
-                                      options=COMPILE_OPTIONS)
+            # Not fullgraph: past the recompile limit that would raise, where this runs eagerly.
+            self.step = torch.compile(TextDecoder.continue_decoding, dynamic=False, options=COMPILE_OPTIONS)
         fingerprint = (id(decoder), weights_fingerprint(decoder))
         if fingerprint != self.built_from:
             # The graphs hold other weights as constants: drop them all, so that the next call
