@@ -7,8 +7,10 @@ import torch
 from test_model import random_tokens, tiny_config
 from test_prefix import prefix_for
 
+from torch._dynamo.utils import counters
+
 from mammut.model import GenerationConfig, Mammut, generate
-from mammut.model.compiled_decoding import weights_fingerprint
+from mammut.model.compiled_decoding import WeightsSnapshot, compiled_decoding
 
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                                     reason="inductor needs a C++ compiler on the CPU")
@@ -40,26 +42,29 @@ def test_static_cache_steps_give_the_logits_of_the_full_pass(g, with_prefix):
     assert state.tokens_seen == 7
 
 
-def test_fingerprint_changes_with_every_kind_of_weight_update():
+def test_weights_snapshot_notices_every_kind_of_weight_update():
     model = make_model(0)
     decoder = model.decoder
-    start = weights_fingerprint(decoder)
-    assert weights_fingerprint(decoder) == start
+    snapshot = WeightsSnapshot(decoder)
+    assert snapshot.matches(decoder)
+    assert not snapshot.matches(make_model(0).decoder)  # equal weights, but another decoder
 
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=1e-3)
     tokens = random_tokens(2, 5, torch.Generator().manual_seed(1))
     model.caption_logits(tokens, torch.randn(2, 16, 32)).sum().backward()
     optimizer.step()
-    after_step = weights_fingerprint(decoder)
-    assert after_step != start
+    assert not snapshot.matches(decoder)
 
-    with torch.no_grad():  # a write through .data leaves the version counter alone
-        decoder.norm.weight.data.mul_(2.0)
-    after_data = weights_fingerprint(decoder)
-    assert after_data != after_step
+    # Writes through .data leave the version counter alone, and a permutation keeps every norm.
+    for write in (lambda w: w.mul_(2.0), lambda w: w.copy_(w.flip(0))):
+        snapshot = WeightsSnapshot(decoder)
+        with torch.no_grad():
+            write(decoder.lm_head.weight.data)
+        assert not snapshot.matches(decoder)
 
+    snapshot = WeightsSnapshot(decoder)
     decoder.load_state_dict(make_model(1).decoder.state_dict())
-    assert weights_fingerprint(decoder) != after_data
+    assert not snapshot.matches(decoder)
 
 
 def test_compile_without_the_cache_is_refused():
@@ -68,8 +73,8 @@ def test_compile_without_the_cache_is_refused():
 
 
 def greedy_and_beam(model, visual, compile, prompt=None, prefix=None):
-    return [generate(model, visual, prompt, GenerationConfig(max_new_tokens=8, num_beams=beams, compile=compile), prefix)
-            for beams in (1, 3)]
+    configs = [GenerationConfig(max_new_tokens=8, num_beams=beams, compile=compile) for beams in (1, 3)]
+    return [generate(model, visual, prompt, config, prefix) for config in configs]
 
 
 def assert_same_tokens(compiled, eager):
@@ -126,11 +131,51 @@ def test_compiled_generation_follows_the_weights_as_they_change(g):
 
 @pytest.mark.slow
 @needs_compiler
+def test_the_graph_holds_the_weights_it_was_compiled_with(g, monkeypatch):
+    """Why the weights check exists, and proof that generation runs the frozen graph: with the
+    check disabled, a changed model keeps decoding with its old weights after the prompt."""
+    model, other = make_model(0), make_model(1)
+    visual = model.encode_image(torch.randn(4, 3, 32, 32, generator=g))
+    compiled = GenerationConfig(max_new_tokens=8, min_new_tokens=8, compile=True)
+    before = generate(model, visual, config=compiled)
+    monkeypatch.setattr(WeightsSnapshot, "matches", lambda self, module: True)
+    with torch.no_grad():
+        model.decoder.lm_head.weight.copy_(other.decoder.lm_head.weight)
+    eager_after = generate(model, visual, config=GenerationConfig(max_new_tokens=8, min_new_tokens=8))
+    assert not torch.equal(eager_after, before)
+    # The prompt step runs eagerly with the new weights, every later step with the old ones.
+    stale = generate(model, visual, config=compiled)
+    assert torch.equal(stale[:, 0], eager_after[:, 0])
+    assert not torch.equal(stale, eager_after)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_step_under_bf16_autocast_gives_the_logits_of_the_eager_step(g):
+    model = make_model(0)
+    visual = model.encode_image(torch.randn(3, 3, 32, 32, generator=g))
+    tokens = random_tokens(3, 7, g)
+    decoder = model.decoder
+    logits = {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for compiled in (False, True):
+            step = compiled_decoding.for_weights_of(decoder) if compiled else type(decoder).continue_decoding
+            state = decoder.start_decoding(visual, max_length=7, static=True)
+            steps = [decoder.decode_step(tokens[:, :1], state)]
+            steps += [step(decoder, decoder.embed(tokens[:, i:i + 1], start=i), state) for i in range(1, 7)]
+            logits[compiled] = torch.cat(steps, dim=1).float()
+    torch.testing.assert_close(logits[True], logits[False], atol=0.05, rtol=0.02)
+
+
+@pytest.mark.slow
+@needs_compiler
 def test_past_the_recompile_limit_the_step_runs_eagerly_with_the_same_tokens(g):
     model = make_model(2)
     config = GenerationConfig(max_new_tokens=6, min_new_tokens=6, compile=True)
+    graphs = counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(recompile_limit=1):
         for batch in (2, 3):  # the second batch size would need a second graph
             visual = model.encode_image(torch.randn(batch, 3, 32, 32, generator=g))
             assert torch.equal(generate(model, visual, config=config),
                                generate(model, visual, config=GenerationConfig(max_new_tokens=6, min_new_tokens=6)))
+    assert counters["stats"]["unique_graphs"] == graphs + 1

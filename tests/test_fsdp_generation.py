@@ -12,7 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
+from mammut import sharding
 from mammut.model import GenerationConfig, Mammut, MammutConfig, generate
 
 from distributed import on_two_ranks, wrap_as_fsdp_config
@@ -57,11 +59,24 @@ def _captions_on_one_rank(rank: int) -> dict:
     wrapped = wrap_as_fsdp_config(captioner())
     with torch.no_grad():
         results = {search: wrapped(images(), search) for search in SEARCHES}
-        try:  # refused before any unit's forward, so no rank is left waiting in a collective
-            generate(wrapped.module.model, torch.zeros(1, 16, CONFIG.vision_width), config=COMPILED)
-        except ValueError as error:
-            results["compiled"] = str(error)
+        results["compiled"] = _compiled_refusal(wrapped.module.model)
+    # FSDP2, with the full weights held in place as for evaluation (plain parameters again).
+    fsdp2 = captioner()
+    sharding.shard(fsdp2, [*fsdp2.model.decoder.layers], init_device_mesh("cpu", (2,)))
+    sharding.hold_full_weights(fsdp2, True)
+    results["compiled_fsdp2"] = _compiled_refusal(fsdp2.model)
     return results
+
+
+def _compiled_refusal(model: Mammut) -> str:
+    """The error of a compiled generate call, refused before any unit's forward, so that no rank
+    is left waiting in a collective."""
+    try:
+        with torch.no_grad():
+            generate(model, torch.zeros(1, 16, CONFIG.vision_width), config=COMPILED)
+    except ValueError as error:
+        return str(error)
+    return "no error"
 
 
 def test_fsdp1_generates_the_tokens_of_the_unsharded_model(tmp_path):
@@ -71,4 +86,5 @@ def test_fsdp1_generates_the_tokens_of_the_unsharded_model(tmp_path):
     for rank_result in on_two_ranks(_captions_on_one_rank, tmp_path):
         for search in SEARCHES:
             assert torch.equal(rank_result[search], expected[search]), search
-        assert "sharded" in rank_result.get("compiled", "no error"), "the compiled step must refuse sharded weights"
+        for sharded in ("compiled", "compiled_fsdp2"):
+            assert "sharded" in rank_result[sharded], f"{sharded}: the compiled step must refuse sharded weights"

@@ -56,7 +56,8 @@ class KVCache:
         self.values: Tensor | None = None
 
     def _allocate(self, keys: Tensor) -> None:
-        # On first use, so that the buffers take the dtype autocast gives the keys.
+        # On first use, so that the buffers take the dtype autocast gives the keys. Zeros, not
+        # empty: a masked slot still meets a zero attention weight, and 0 * NaN would be NaN.
         B, nh, _, hs = keys.shape
         self.keys = keys.new_zeros(B, nh, self.max_length, hs)
         self.values = keys.new_zeros(B, nh, self.max_length, hs)
@@ -104,6 +105,9 @@ class StaticKVCache(KVCache):
 
     def update(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         T = keys.shape[2]
+        # Checked eagerly only: reading the position back would break the compiled graph.
+        if not torch.compiler.is_compiling() and self.length + T > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions, asked for {self.length + T}")
         if self.keys is None:
             self._allocate(keys)
             self.next_position = torch.zeros(1, dtype=torch.long, device=keys.device)

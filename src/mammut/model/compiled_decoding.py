@@ -1,15 +1,17 @@
 """A compiled single-token decoding step, for fast caption generation at inference.
 
-Eager PyTorch spends most of a cached decoding step at small batches on per-operation
-overhead: the step is about 170 small operations, and its cost barely changes from 1 image to
-8. Inductor with ``max_autotune`` and ``freezing`` turns the step into a few fused kernels and
-prepacked GEMMs (bench/RESULTS.md). The step must then keep fixed shapes, which
-``StaticKVCache`` provides, so that one graph serves every position.
+At small batches an eager cached decoding step spends most of its time on per-operation
+overhead, not arithmetic: it costs nearly as much for 1 image as for 8 (bench/generate.py).
+Inductor with ``max_autotune`` and ``freezing`` turns the step into a few fused kernels and
+prepacked GEMMs. The step must then keep fixed shapes, which ``StaticKVCache`` provides, so that
+one graph serves every position.
 
-Freezing folds the decoder's weights into the graph as constants, so a graph must never
-outlive the weights it was built from: every ``generate`` call compares a fingerprint of the
-weights with the one the graphs were built on, and drops them when they differ (after an
-optimizer step, a checkpoint load, or any other change), so that the step compiles afresh.
+Freezing folds the decoder's weights into the graph as constants, so a graph must never outlive
+the weights it was built from: every ``generate`` call compares the decoder's weights with a copy
+taken when the graphs were built, and drops the graphs when they differ (after an optimizer step,
+a checkpoint load, a write through ``.data``, or another decoder), so that the step compiles
+afresh. The graphs and that copy are process-wide, one set at a time: alternating two models
+recompiles at every switch, and two threads must not generate compiled at once.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch._dynamo.exc import FailOnRecompileLimitHit
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
 from .text_decoder import DecoderState, TextDecoder
 
@@ -27,54 +31,58 @@ from .text_decoder import DecoderState, TextDecoder
 COMPILE_OPTIONS = {"max_autotune": True, "autotune_num_choices_displayed": 0}
 
 
-def weights_fingerprint(module: torch.nn.Module) -> tuple:
-    """Changes whenever any parameter or buffer does: its storage (replaced tensors), its
-    version counter (in-place updates such as optimizer steps) and its norm (writes through
-    ``.data``, which bypass the version counter)."""
-    tensors = [t.detach() for t in (*module.parameters(), *module.buffers())]
-    norms = torch.stack(torch._foreach_norm(tensors)).tolist() if tensors else []
-    return tuple((t.data_ptr(), t._version) for t in tensors), tuple(norms)
+class WeightsSnapshot:
+    """A copy of a module's parameters and buffers, to tell whether they have changed since."""
+
+    def __init__(self, module: nn.Module):
+        self.module_id = id(module)
+        self.tensors = [t.detach().clone() for t in _weights(module)]
+
+    def matches(self, module: nn.Module) -> bool:
+        current = _weights(module)
+        return (id(module) == self.module_id and len(current) == len(self.tensors)
+                and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(current, self.tensors)))
+
+
+def _weights(module: nn.Module) -> list[Tensor]:
+    return [t.detach() for t in (*module.parameters(), *module.buffers())]
 
 
 class CompiledDecoding:
     """``TextDecoder.continue_decoding``, compiled with frozen weights, rebuilt when they change.
 
-    Dynamo keeps its graphs per function, not per decoder, so the fingerprint includes which
-    decoder the graphs were built for: a call with other weights, or another decoder, drops them.
     One graph per batch size, cache length and dtype (``dynamic=False``: a dynamic batch would
     rule out the prepacked GEMMs). Past ``torch._dynamo.config.recompile_limit`` distinct shapes
-    the step runs eagerly, with the same results.
+    the step runs eagerly, with the same results. ``fullgraph``: a graph break would leave resume
+    functions whose frozen graphs ``reset_code`` of this one function could not drop.
     """
 
     def __init__(self):
-        self.built_from: tuple | None = None
-        self.step: Callable | None = None  # wrapped on first use: importing the model need not load dynamo
+        self.built_from: WeightsSnapshot | None = None
+        self.step = torch.compile(TextDecoder.continue_decoding, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS)
 
     def for_weights_of(self, decoder: TextDecoder) -> Callable[[TextDecoder, Tensor, DecoderState], Tensor]:
         """The compiled step, safe to call with ``decoder`` for as long as its weights stay as
         they are now: call this again after they may have changed (once per ``generate``)."""
         _check_whole_weights(decoder)
-        if self.step is None:
-            # Not fullgraph: past the recompile limit that would raise, where this runs eagerly.
-            self.step = torch.compile(TextDecoder.continue_decoding, dynamic=False, options=COMPILE_OPTIONS)
-        fingerprint = (id(decoder), weights_fingerprint(decoder))
-        if fingerprint != self.built_from:
+        if self.built_from is None or not self.built_from.matches(decoder):
             # The graphs hold other weights as constants: drop them all, so that the next call
             # compiles afresh from the current ones.
             torch._dynamo.reset_code(TextDecoder.continue_decoding.__code__)
-            self.built_from = fingerprint
+            self.built_from = WeightsSnapshot(decoder)
         return self._frozen_step
 
     def _frozen_step(self, decoder: TextDecoder, x: Tensor, state: DecoderState) -> Tensor:
-        with torch._inductor.config.patch(freezing=True):
-            return self.step(decoder, x, state)
+        try:
+            with torch._inductor.config.patch(freezing=True):
+                return self.step(decoder, x, state)
+        except FailOnRecompileLimitHit:  # raised before the step runs, so nothing was written yet
+            return decoder.continue_decoding(x, state)
 
 
 def _check_whole_weights(decoder: TextDecoder) -> None:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    sharded = [name for name, p in decoder.named_parameters() if type(p) is not torch.nn.Parameter]
-    if sharded or any(isinstance(m, FullyShardedDataParallel) for m in decoder.modules()):
+    sharded = [name for name, p in decoder.named_parameters() if type(p) is not nn.Parameter]
+    if sharded or any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in decoder.modules()):
         raise ValueError("compiled decoding freezes the decoder's whole weights into the graph, and this decoder's "
                          f"are sharded ({sharded[0] if sharded else 'FSDP'}): generate with compile: false")
 

@@ -56,10 +56,10 @@ class _Stepper:
         new = sequences[:, self.fed:]
         # The prompt goes through eagerly: it also fills the visual caches, and compiling its
         # shape would buy little for one call.
-        prompt = self.fed == 0
-        self.fed = sequences.shape[1]
-        if self.compiled_step is not None and not prompt:
-            return self.compiled_step(decoder, decoder.embed(new, start=self.state.tokens_seen), self.state)[:, -1]
+        seen, self.fed = self.fed, sequences.shape[1]
+        if self.compiled_step is not None and seen > 0:
+            # ``seen`` is the position, kept here so that no step reads it back from the cache.
+            return self.compiled_step(decoder, decoder.embed(new, start=seen), self.state)[:, -1]
         return decoder.decode_step(new, self.state)[:, -1]
 
     def reorder(self, batch_indices: Tensor) -> None:
