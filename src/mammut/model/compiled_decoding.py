@@ -27,8 +27,9 @@ from .text_decoder import DecoderState, TextDecoder
 
 # Prepacked, autotuned GEMMs need the weights frozen into the graph. Inductor reads ``freezing``
 # from its global config, not from torch.compile's options, so it is patched around each call.
-# The autotuner's timing tables would otherwise be printed for every matmul.
-COMPILE_OPTIONS = {"max_autotune": True, "autotune_num_choices_displayed": 0}
+# The autotuner's timing tables and statistics would otherwise be printed for every matmul.
+COMPILE_OPTIONS = {"max_autotune": True,
+                   "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 
 
 class WeightsSnapshot:
