@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ from mammut.data.tokenizer import main as train_tokenizer
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]
+
+# torch.compile's CPU backend (inductor) builds C++ kernels.
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
+                                    reason="inductor needs a C++ compiler on the CPU")
 
 
 @pytest.fixture(scope="session")

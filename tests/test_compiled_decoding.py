@@ -1,19 +1,15 @@
 """Compiled decoding: fixed-shape KV caches, and a compiled step that never runs stale weights."""
 
-import shutil
-
 import pytest
 import torch
-from test_model import random_tokens, tiny_config
-from test_prefix import prefix_for
-
 from torch._dynamo.utils import counters
 
 from mammut.model import GenerationConfig, Mammut, generate
 from mammut.model.compiled_decoding import WeightsSnapshot, compiled_decoding
 
-needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
-                                    reason="inductor needs a C++ compiler on the CPU")
+from conftest import needs_compiler
+from test_model import random_tokens, tiny_config
+from test_prefix import prefix_for
 
 
 def make_model(seed):

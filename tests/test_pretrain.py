@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from mammut.model import MammutConfig
 from mammut.tasks.pretrain import ImageTextDataModule, PretrainModule
 
-from conftest import REPO
+from conftest import REPO, needs_compiler
 from tiny_run import Crash, checkpoint_every, image_tags, run, scalars
 
 pytestmark = pytest.mark.slow
@@ -125,8 +125,7 @@ def test_validate_and_predict_from_a_checkpoint(tiny_demo, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
-                    reason="inductor needs a C++ compiler on the CPU")
+@needs_compiler
 def test_predict_with_the_compiled_decoding_step_captions_alike(tiny_demo, tmp_path, capsys):
     run("fit", tiny_demo, tmp_path, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
         "--trainer.logger.init_args.version=run")

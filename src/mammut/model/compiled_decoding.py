@@ -21,8 +21,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch._dynamo.exc import FailOnRecompileLimitHit
-from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+from torch.distributed.fsdp import FullyShardedDataParallel
 
+from ..sharding import is_sharded
 from .text_decoder import DecoderState, TextDecoder
 
 # Prepacked, autotuned GEMMs need the weights frozen into the graph. Inductor reads ``freezing``
@@ -83,7 +84,8 @@ class CompiledDecoding:
 
 def _check_whole_weights(decoder: TextDecoder) -> None:
     sharded = [name for name, p in decoder.named_parameters() if type(p) is not nn.Parameter]
-    if sharded or any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in decoder.modules()):
+    fsdp1 = any(isinstance(m, FullyShardedDataParallel) for m in decoder.modules())
+    if sharded or fsdp1 or is_sharded(decoder):
         raise ValueError("compiled decoding freezes the decoder's whole weights into the graph, and this decoder's "
                          f"are sharded ({sharded[0] if sharded else 'FSDP'}): generate with compile: false")
 
