@@ -5,6 +5,8 @@
 - Image size and context length taken from the model's architecture unless set here.
 - A training loader sharded over data-parallel ranks that resumes mid-epoch: the
   checkpoint records how many samples of the epoch were done, and the sampler skips them.
+  A training set too small for one batch per rank is an error, not an empty epoch.
+- ``records_skipped``: per split, the records the readers dropped as bad.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class TaskDataModule(L.LightningDataModule):
         self.image_size, self.context_length = image_size, context_length
         self.resume_point = (0, 0)  # (epoch, samples done in it by all ranks), restored from a checkpoint
         self.datasets: dict[str, Dataset] = {}
+        # Records dropped (with skip_bad_samples) when each split's files were read; the module
+        # adds a split's to its count of skipped samples once that split's loop runs.
+        self.records_skipped: dict[str, int] = {}
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -63,6 +68,14 @@ class TaskDataModule(L.LightningDataModule):
         shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
         sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, on_epoch=getattr(dataset, "set_epoch", None),
                                          **shard)
+        # With drop_last, a shard smaller than one batch would train nothing and still "succeed".
+        if len(dataset) == 0:
+            raise ValueError("the training set is empty: nothing to train on")
+        if len(sampler) < batch_size:
+            raise ValueError(
+                f"data.batch_size={batch_size} per device × {sampler.num_replicas} device(s) exceeds the "
+                f"{len(dataset)} training samples ({len(sampler)} per device): not one full batch to train on; "
+                f"lower data.batch_size to at most {len(sampler)}")
         epoch, samples_done = self.resume_point
         if 0 < samples_done < len(sampler) // batch_size * batch_size * sampler.num_replicas:
             sampler.resume(epoch, samples_done)

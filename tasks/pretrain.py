@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from mammut.data import CaptionDataset, CaptionTokenizer, collate_eval, collate_train, image_transform, read_coco_captions
+from mammut.data import CaptionDataset, CaptionTokenizer, collate_eval, collate_train, image_transform, read_captions
 from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
 from mammut.data.images import load_rgb_image
 from mammut.data.transforms import denormalize
@@ -52,12 +52,14 @@ class ImageTextDataModule(TaskDataModule):
         num_workers: int = 2,
         skip_bad_samples: bool = False,
         seed: int = 0,
+        annotation_format: str = "auto",
     ):
         """
         Args:
             root: folder that the relative paths below are resolved against.
             tokenizer: a tokenizer.json (trained by ``python -m mammut.data.tokenizer`` or your own).
-            train_annotations: COCO captions JSON of the training split; ``*_images`` are image folders.
+            train_annotations: caption JSON of the training split (see ``annotation_format``);
+                ``*_images`` are image folders.
             predict_images: image files to caption with ``mammut predict``.
             image_size: side of the square model input; by default the model's ``architecture.image_size``.
             context_length: tokens per caption, bos and eos included; by default the model's.
@@ -68,6 +70,9 @@ class ImageTextDataModule(TaskDataModule):
             num_workers: DataLoader worker processes.
             skip_bad_samples: skip (and count) unreadable images and empty captions instead of failing.
             seed: shuffling and per-sample caption choice; a resumed run repeats them exactly.
+            annotation_format: "coco" (a captions file per split), "karpathy" (one
+                ``dataset_coco.json``-style file of every split, read for the split's images:
+                train = "train" + "restval"), or "auto" to tell them apart by content.
         """
         super().__init__(root, tokenizer, image_size, context_length)
         self.save_hyperparameters()
@@ -75,7 +80,9 @@ class ImageTextDataModule(TaskDataModule):
     def _dataset(self, split: str, train: bool) -> CaptionDataset:
         h = self.hparams
         annotations, images = h[f"{split}_annotations"], h[f"{split}_images"]
-        records, skipped = read_coco_captions(self.path(annotations), self.path(images), h.skip_bad_samples)
+        records, skipped = read_captions(self.path(annotations), self.path(images), split, h.skip_bad_samples,
+                                         h.annotation_format)
+        self.records_skipped[split] = skipped
         if skipped:
             log.warning("%s: skipped %d bad records", annotations, skipped)
         if not records:
@@ -170,6 +177,7 @@ class PretrainModule(MammutModule):
     # --------------------------------------------------------------- training
     def training_step(self, batch: ImageTextBatch, batch_idx: int):
         self.count_skipped(batch.num_skipped)
+        self.count_truncated(batch.truncated)
         if len(batch) == 0 and self.trainer.world_size == 1:
             return None  # every sample of this batch was bad: skip the step
         # With several ranks a rank whose samples were all bad still runs the model, on zero
@@ -197,6 +205,8 @@ class PretrainModule(MammutModule):
         self._evaluate(batch, batch_idx, "test")
 
     def _evaluate(self, batch: ImageCaptionsBatch, batch_idx: int, stage: str) -> None:
+        self.count_skipped(batch.num_skipped)
+        self.count_truncated(batch.truncated)
         if len(batch) == 0:
             return
         visual_tokens = self.model.encode_image(batch.images)

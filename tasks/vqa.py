@@ -96,6 +96,7 @@ class VQADataModule(TaskDataModule):
             raise ValueError("training needs answers: set data.train_annotations")
         records, skipped = read_vqa(self.path(questions), annotations and self.path(annotations),
                                     self.path(images), h.image_pattern, h.skip_bad_samples)
+        self.records_skipped[split] = skipped
         if skipped:
             log.warning("%s: skipped %d bad questions", questions, skipped)
         if not records:
@@ -210,6 +211,7 @@ class VQAModule(MammutModule):
 
     def training_step(self, batch: VQABatch, batch_idx: int):
         self.count_skipped(batch.num_skipped)
+        self.count_truncated(batch.truncated)
         if len(batch) == 0 and self.trainer.world_size == 1:
             return None  # every sample of this batch was bad: skip the step
         # With several ranks a rank whose samples were all bad still runs the model, on zero
@@ -242,6 +244,7 @@ class VQAModule(MammutModule):
 
     def _evaluate(self, batch: VQABatch, batch_idx: int, stage: str) -> None:
         self.count_skipped(batch.num_skipped)
+        self.count_truncated(batch.truncated)
         if len(batch) == 0:
             return
         predictions = self.answer(batch)

@@ -22,9 +22,13 @@ import sys
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from mammut.checkpointing import AtomicCheckpointIO
 from mammut.module import MammutModule
+from mammut.progress import progress_for_log_file
+from mammut.resume import apply_checkpoint_settings
 
 
 class MammutCLI(LightningCLI):
@@ -34,6 +38,17 @@ class MammutCLI(LightningCLI):
             parser.link_arguments("data.special_token_ids", f"model.init_args.architecture.{name}_id",
                                   compute_fn=lambda ids, name=name: ids[name], apply_on="instantiate")
 
+    def parse_arguments(self, parser, args) -> None:
+        self.command_line = list(sys.argv[1:] if args is None else args if isinstance(args, (list, tuple)) else [])
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's version lets the checkpoint's settings replace the command line's, and
+        # restores init_from; see mammut.resume.
+        if self.config.get("subcommand"):
+            self.config = apply_checkpoint_settings(self.parser, self.config, self.config.subcommand,
+                                                    self.command_line)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_deepspeed_can_run(config.trainer.strategy)
@@ -41,7 +56,13 @@ class MammutCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         data_parallel_over_every_process(trainer.strategy)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own CheckpointIO stays
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _instantiate_trainer(self, config, callbacks) -> L.Trainer:
+        # Off a terminal (output to a log file) progress is a line per logging interval, not a redrawn bar.
+        return super()._instantiate_trainer(config, callbacks + progress_for_log_file(config))
 
 
 def data_parallel_over_every_process(strategy) -> None:

@@ -8,10 +8,10 @@ metrics and a light head.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import math
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -19,8 +19,12 @@ from torch import Tensor, nn
 
 from mammut import sharding
 from mammut.model import GenerationConfig, Mammut, MammutConfig
+from mammut.model.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
+
+# Weight of the past in the running mean of the loss: it spans about the last 50 steps.
+LOSS_MEAN_DECAY = 0.98
 
 
 class MammutModule(L.LightningModule):
@@ -39,6 +43,7 @@ class MammutModule(L.LightningModule):
         grad_checkpointing: bool = False,
         compile: bool = False,
         generation: GenerationConfig | None = None,
+        divergence_factor: float | None = 1000.0,
     ):
         """
         Args:
@@ -52,7 +57,10 @@ class MammutModule(L.LightningModule):
             lr_scales: glob pattern of parameter names -> multiplier of ``lr`` for them, e.g.
                 ``{"peft.prompt": 10.0}``; the first matching pattern applies.
             init_from: weights to start from: a Lightning checkpoint, a torch state dict or a
-                .safetensors file. Parameters are matched by name and shape.
+                .safetensors file. Parameters are matched by name and shape. The file is read
+                without running code (``weights_only``). Restoring a checkpoint of this run
+                (``--ckpt_path``, ``load_from_checkpoint``) never reads it again: the checkpoint
+                holds every weight.
             init_strict: fail if any parameter of the model is not found with its shape in
                 ``init_from``; otherwise the missing ones keep their initialisation and are listed.
             grad_checkpointing: recompute each transformer block's activations in the backward
@@ -62,9 +70,17 @@ class MammutModule(L.LightningModule):
             compile: ``torch.compile`` each transformer block (in ``configure_model``, before
                 sharding); the first steps are slow while it compiles.
             generation: decoding settings used in evaluation and prediction.
+            divergence_factor: stop training, before the weights are updated, when a finite
+                loss exceeds this multiple of the larger of the first loss and the running mean
+                of the losses (an explosion the non-finite check would catch only steps later,
+                after checkpoints had saved it). None: no such check.
         """
         super().__init__()
         self.save_hyperparameters()
+        # Checkpoints hold settings as plain data, which loads without unpickling any class.
+        for name, value in self.hparams.items():
+            if dataclasses.is_dataclass(value):
+                self.hparams[name] = dataclasses.asdict(value)
         # Checkpoints written by the CLI store these settings as plain dicts.
         self.architecture = MammutConfig(**architecture) if isinstance(architecture, dict) else architecture or MammutConfig()
         self.generation = GenerationConfig(**generation) if isinstance(generation, dict) else generation or GenerationConfig()
@@ -77,6 +93,10 @@ class MammutModule(L.LightningModule):
         if freeze:
             self.freeze_matching(freeze)
         self.skipped_samples = 0
+        self.records_skipped: dict[str, int] = {}  # per split, records the readers dropped
+        self.truncated_texts = 0
+        # The first training loss and a running mean of the losses, for the divergence check.
+        self.loss_history: dict[str, float | None] = {"first": None, "mean": None}
         self._configured = False
 
     # ------------------------------------------------- compilation, sharding
@@ -147,10 +167,18 @@ class MammutModule(L.LightningModule):
         """Where a task adds its own modules (a head, a PEFT prefix), so that ``init_from``
         and ``freeze`` see them. ``self.hparams`` holds the task's arguments already."""
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``, without running code and without reading the
+        checkpoint's ``init_from`` again: the checkpoint already holds every weight."""
+        kwargs.setdefault("weights_only", True)
+        kwargs["init_from"] = None
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     # ---------------------------------------------------------------- weights
     def load_weights(self, path: str, strict: bool = False) -> None:
         """Copy matching parameters from a checkpoint; report what did not match."""
-        state = read_state_dict(path)
+        state = read_state_dict(path, purpose="init_from")
         own = self.state_dict()
         # A single number may be stored with shape () (older checkpoints) or (1,).
         loadable = {k: v.reshape(own[k].shape) for k, v in state.items()
@@ -208,7 +236,8 @@ class MammutModule(L.LightningModule):
             groups.setdefault((decayed, self.lr_scale(name)), []).append(parameter)
         optimizer = torch.optim.AdamW(
             [{"params": params, "weight_decay": self.hparams.weight_decay if decayed else 0.0,
-              "lr": self.hparams.lr * scale, "name": _group_name(decayed, scale)}
+              "lr": self.hparams.lr * scale, "name": _group_name(decayed, scale), "decayed": decayed,
+              "lr_scale": scale}
              for (decayed, scale), params in sorted(groups.items(), key=lambda group: (not group[0][0], group[0][1]))],
             lr=self.hparams.lr, betas=self.hparams.betas,
         )
@@ -216,6 +245,32 @@ class MammutModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self.apply_optimizer_settings()
+
+    def apply_optimizer_settings(self) -> None:
+        """Make the optimiser follow this run's settings after a resume.
+
+        Restoring a checkpoint restores its optimiser and schedule too, with the learning rate,
+        weight decay and betas of the run that wrote it. The settings given now win (a lower
+        ``--model.lr`` is the usual cure for a diverging run); each change is logged.
+        """
+        h = self.hparams
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for index, group in enumerate(scheduler.optimizer.param_groups):
+                wanted = {"initial_lr": h.lr * group.get("lr_scale", 1.0), "betas": tuple(h.betas),
+                          "weight_decay": h.weight_decay if group.get("decayed", True) else 0.0}
+                changed = {k: (group.get(k), v) for k, v in wanted.items() if _differs(group.get(k), v)}
+                if changed:
+                    log.info("optimiser group %s follows this run's settings: %s", group.get("name", index),
+                             ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+                group.update(wanted)
+                if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                    # The schedule as this run defines it (its length follows max_steps too).
+                    scheduler.base_lrs[index] = wanted["initial_lr"]
+                    group["lr"] = wanted["initial_lr"] * scheduler.lr_lambdas[index](scheduler.last_epoch)
 
     # --------------------------------------------------------------- logging
     def on_fit_start(self) -> None:
@@ -225,26 +280,85 @@ class MammutModule(L.LightningModule):
             print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)", flush=True)
 
     def count_skipped(self, num_skipped: int) -> None:
-        """Bad samples dropped by the data pipeline are counted and logged, never hidden."""
+        """Bad samples dropped by the data pipeline are counted and logged, never hidden.
+
+        ``data/skipped_samples`` counts every skip of the run: the samples that training and
+        evaluation steps dropped, each time one meets them (``skipped_samples``, kept in
+        checkpoints), plus the records the readers dropped from each split whose loop has run
+        (``records_skipped``, once per run: a resumed run reads the files again). The sanity
+        check's batches are not counted: the first validation meets them again.
+        """
+        if self.trainer.sanity_checking:
+            return
+        self._count_records_skipped()
+        self.skipped_samples += num_skipped
+        total = self.skipped_samples + sum(self.records_skipped.values())
         if num_skipped:
-            self.skipped_samples += num_skipped
-            log.warning("skipped %d bad samples so far", self.skipped_samples)
-        self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="max")
+            log.warning("skipped %d bad samples so far", total)
+        self.log("data/skipped_samples", float(total), reduce_fx="max")
+
+    def count_truncated(self, truncated: list[str]) -> None:
+        """Texts cut to fit the context length are counted and logged; the first one is named."""
+        if self.trainer.sanity_checking:
+            return
+        if truncated and not self.truncated_texts:
+            log.warning("%s; texts cut to fit are counted in data/truncated_texts", truncated[0])
+        self.truncated_texts += len(truncated)
+        self.log("data/truncated_texts", float(self.truncated_texts), reduce_fx="max")
+
+    def _count_records_skipped(self) -> None:
+        """Take in what the readers dropped from the split that this loop runs on. Assigned, not
+        added: a split counts once however many epochs it runs, and once in a resumed run."""
+        split = "train" if self.trainer.training else "val" if self.trainer.validating else "test"
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.records_skipped[split] = getattr(datamodule, "records_skipped", {}).get(split, 0)
 
     def check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
-        """Stop before a non-finite loss reaches the weights, so the checkpoints stay usable."""
-        if torch.isfinite(loss):
-            return
+        """Stop before a non-finite or diverging loss reaches the weights.
+
+        Every rank decides on the largest loss of all ranks, so that they stop together rather
+        than leave the others waiting in a collective. A finite loss counts as diverging when it
+        exceeds ``divergence_factor`` times the larger of the run's first loss and its running
+        mean: a loss that far above where training started is an explosion, not a hard batch,
+        and stopping at once keeps its weights out of the checkpoints written from then on.
+        """
+        local = loss.detach().float()
+        worst = local if torch.isfinite(local) else torch.full_like(local, math.inf)
+        if self.trainer.world_size > 1:
+            worst = self.trainer.strategy.reduce(worst, reduce_op="max")
+        worst = float(worst)
         detail = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items())
-        raise FloatingPointError(
-            f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): {detail}. "
-            f"The weights were not updated; resume from the last checkpoint with a lower lr or fix the data.")
+        where = f"at global step {self.global_step} (epoch {self.current_epoch})"
+        if not math.isfinite(worst):
+            raise FloatingPointError(
+                f"non-finite loss {where}: {detail}{'' if torch.isfinite(local) else ' on this rank'}. "
+                f"The weights were not updated; resume from the last checkpoint with a lower lr "
+                f"(--model.lr=...) or fix the data.")
+        factor = self.hparams.get("divergence_factor")
+        reference = max(self.loss_history["first"] or 0.0, self.loss_history["mean"] or 0.0)
+        if factor and reference > 0 and worst > factor * reference:
+            raise FloatingPointError(
+                f"diverging loss {where}: {worst:.4g}, over {factor:g} times the reference {reference:.4g} "
+                f"(the larger of the first loss and the running mean; {detail} on this rank). The weights were "
+                f"not updated by this step, but the step before produced them: a checkpoint of step "
+                f"{self.global_step} may hold them. Resume from an earlier one (the recipes keep "
+                f"the previous checkpoint too) with a lower lr (--model.lr=...), or raise "
+                f"--model.divergence_factor.")
+        if worst > 0:
+            history = self.loss_history
+            history["first"] = history["first"] or worst
+            history["mean"] = worst if history["mean"] is None else (
+                LOSS_MEAN_DECAY * history["mean"] + (1 - LOSS_MEAN_DECAY) * worst)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["skipped_samples"] = self.skipped_samples
+        checkpoint["truncated_texts"] = self.truncated_texts
+        checkpoint["loss_history"] = dict(self.loss_history)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
+        self.truncated_texts = checkpoint.get("truncated_texts", 0)
+        self.loss_history = {**self.loss_history, **checkpoint.get("loss_history", {})}
         # Older checkpoints hold the temperature with shape () rather than (1,).
         own, state = dict(self.named_parameters()), checkpoint.get("state_dict", {})
         for name, value in state.items():
@@ -257,6 +371,12 @@ def _group_name(decayed: bool, scale: float) -> str:
     return ("decay" if decayed else "no_decay") + ("" if scale == 1.0 else f"_x{scale:g}")
 
 
+def _differs(old, new) -> bool:
+    if isinstance(new, tuple):
+        return old is None or tuple(old) != new
+    return old is None or not math.isclose(old, new, rel_tol=1e-12, abs_tol=0.0)
+
+
 def warmup_cosine(step: int, warmup: int, total: int | float, min_ratio: float) -> float:
     """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
     if step < warmup:
@@ -265,19 +385,3 @@ def warmup_cosine(step: int, warmup: int, total: int | float, min_ratio: float) 
         return 1.0
     progress = min(1.0, (step - warmup) / (total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def read_state_dict(path: str) -> dict[str, Tensor]:
-    """A state dict from a Lightning checkpoint, a torch state dict or a .safetensors file."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"init_from: no such file {path}")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(file))
-    state = torch.load(file, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict of tensors")
-    return state

@@ -18,6 +18,9 @@ _EXPORTS = {
     "DEFAULT_SPECIAL_TOKENS": "tokenizer",
     "CaptionRecord": "coco",
     "read_coco_captions": "coco",
+    "read_karpathy_captions": "karpathy",
+    "read_captions": "caption_files",
+    "CAPTION_FORMATS": "caption_files",
     "load_rgb_image": "images",
     "image_transform": "transforms",
     "CLIP_MEAN": "transforms",
@@ -43,10 +46,12 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
     from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch, VQABatch
+    from mammut.data.caption_files import CAPTION_FORMATS, read_captions
     from mammut.data.captions_dataset import CaptionDataset, EvalSample, TrainSample, collate_eval, collate_train
     from mammut.data.coco import CaptionRecord, read_coco_captions
     from mammut.data.errors import BadSampleError, DataFormatError
     from mammut.data.images import load_rgb_image
+    from mammut.data.karpathy import read_karpathy_captions
     from mammut.data.sampling import ResumableRandomSampler
     from mammut.data.tokenizer import DEFAULT_SPECIAL_TOKENS, CaptionTokenizer
     from mammut.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, image_transform

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -33,6 +33,7 @@ class TrainSample:
     image: Tensor  # (3, H, W) float
     tokens: Tensor  # (T,) long: [bos] caption [eos] pad ...
     image_id: int
+    truncated: list[str] = field(default_factory=list)  # the caption, if it was cut to fit
 
 
 @dataclass
@@ -41,6 +42,7 @@ class EvalSample:
     caption_tokens: Tensor  # (n, T) long, one row per caption
     captions: tuple[str, ...]
     image_id: int
+    truncated: list[str] = field(default_factory=list)  # one entry per caption cut to fit
 
 
 class CaptionDataset(Dataset):
@@ -48,7 +50,9 @@ class CaptionDataset(Dataset):
 
     A sample whose image cannot be loaded raises ``BadSampleError`` naming the file, or,
     with ``skip_bad_samples``, is logged as a warning and returned as None; the collate
-    functions drop it and count it in ``num_skipped``.
+    functions drop it and count it in ``num_skipped``. A caption longer than the context is
+    cut, keeping eos last, and described in the sample's ``truncated``, which the collate
+    functions gather so that the run counts the cuts.
     """
 
     def __init__(
@@ -98,14 +102,20 @@ class CaptionDataset(Dataset):
             return None
         if self.train:
             caption = record.captions[self.caption_index(index)]
-            tokens = self.tokenizer.encode_batch([caption], self.context_length)[0]
-            return TrainSample(image=image, tokens=tokens, image_id=record.image_id)
-        caption_tokens = self.tokenizer.encode_batch(record.captions, self.context_length)
-        return EvalSample(image=image, caption_tokens=caption_tokens, captions=record.captions, image_id=record.image_id)
+            tokens, lengths = self.tokenizer.encode_batch([caption], self.context_length, return_lengths=True)
+            return TrainSample(image=image, tokens=tokens[0], image_id=record.image_id,
+                               truncated=self._truncated(record, lengths))
+        caption_tokens, lengths = self.tokenizer.encode_batch(record.captions, self.context_length, return_lengths=True)
+        return EvalSample(image=image, caption_tokens=caption_tokens, captions=record.captions, image_id=record.image_id,
+                          truncated=self._truncated(record, lengths))
+
+    def _truncated(self, record: CaptionRecord, lengths: list[int]) -> list[str]:
+        return [f"image id {record.image_id}: caption of {n} tokens cut to the context length {self.context_length}"
+                for n in lengths if n > self.context_length]
 
 
 def collate_train(samples: Sequence[TrainSample | None]) -> ImageTextBatch:
-    """Stack training samples, dropping None (bad) ones and counting them."""
+    """Stack training samples, dropping None (bad) ones and counting them; gather the cut captions."""
     kept = [sample for sample in samples if sample is not None]
     num_skipped = len(samples) - len(kept)
     if not kept:
@@ -120,6 +130,7 @@ def collate_train(samples: Sequence[TrainSample | None]) -> ImageTextBatch:
         tokens=torch.stack([sample.tokens for sample in kept]),
         image_ids=torch.tensor([sample.image_id for sample in kept], dtype=torch.long),
         num_skipped=num_skipped,
+        truncated=[cut for sample in kept for cut in sample.truncated],
     )
 
 
@@ -145,4 +156,5 @@ def collate_eval(samples: Sequence[EvalSample | None]) -> ImageCaptionsBatch:
         ),
         references=[list(sample.captions) for sample in kept],
         num_skipped=num_skipped,
+        truncated=[cut for sample in kept for cut in sample.truncated],
     )

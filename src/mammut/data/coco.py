@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mammut.data.errors import DataFormatError
 from mammut.data.json_records import field, load_json, reject
@@ -45,8 +46,14 @@ def read_coco_captions(
         The records and the number skipped (dropped captions plus dropped images).
     """
     file = Path(annotations_file)
+    return coco_caption_records(load_json(file), file, image_root, skip_bad_samples)
+
+
+def coco_caption_records(
+    data: Any, file: Path, image_root: str | os.PathLike, skip_bad_samples: bool = False
+) -> tuple[list[CaptionRecord], int]:
+    """``read_coco_captions`` of a document already loaded from ``file``."""
     image_root = Path(image_root)
-    data = load_json(file)
     if not isinstance(data, dict):
         raise DataFormatError(f"{file}: expected a JSON object with 'images' and 'annotations', got {type(data).__name__}")
     images = field(data, "images", list, file, "top level")

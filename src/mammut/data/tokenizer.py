@@ -142,22 +142,35 @@ class CaptionTokenizer:
         # tokens are added by the callers, so every tokenizer gives the same layout.
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode(self, text: str, context_length: int) -> list[int]:
-        """``[bos] tokens [eos]``, at most ``context_length`` ids; truncation keeps eos last."""
+    def encode(self, text: str, context_length: int,
+               return_length: bool = False) -> list[int] | tuple[list[int], int]:
+        """``[bos] tokens [eos]``, at most ``context_length`` ids; truncation keeps eos last.
+
+        With ``return_length``, also the length before truncation (bos and eos included):
+        the text was cut if it exceeds ``context_length``.
+        """
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (bos and eos), got {context_length}")
-        return [self.bos_id, *self.token_ids(text)[: context_length - 2], self.eos_id]
+        ids = self.token_ids(text)
+        encoded = [self.bos_id, *ids[: context_length - 2], self.eos_id]
+        return (encoded, len(ids) + 2) if return_length else encoded
 
     def pad(self, ids: Sequence[int], context_length: int) -> list[int]:
         """Right-pad ``ids`` with pad_id to ``context_length``."""
         return [*ids, *[self.pad_id] * (context_length - len(ids))]
 
-    def encode_batch(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
-        """LongTensor (N, context_length): each text encoded, then right-padded."""
+    def encode_batch(self, texts: Sequence[str], context_length: int,
+                     return_lengths: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[int]]:
+        """LongTensor (N, context_length): each text encoded, then right-padded.
+
+        With ``return_lengths``, also each text's length before truncation, as ``encode``'s.
+        """
         # One text at a time on purpose: the library's parallel batch encoding, used before
         # DataLoader workers fork, disables it in them and prints a warning in each.
-        rows = [self.pad(self.encode(text, context_length), context_length) for text in texts]
-        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
+        encoded = [self.encode(text, context_length, return_length=True) for text in texts]
+        rows = [self.pad(ids, context_length) for ids, _ in encoded]
+        tokens = torch.tensor(rows, dtype=torch.long).reshape(len(rows), context_length)
+        return (tokens, [length for _, length in encoded]) if return_lengths else tokens
 
     # ----------------------------------------------------------------- decoding
 

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mammut.answers import normalize_answer
 from mammut.data.errors import DataFormatError
 from mammut.data.json_records import field, load_json, reject
 
@@ -51,7 +52,8 @@ def read_vqa(
     A malformed file (invalid JSON, a missing key or a value of the wrong type, a duplicate
     question id, a question without an annotation or the reverse, an image id that differs
     between the two files) raises ``DataFormatError`` naming the file and record. An empty
-    question and a question with no non-empty answer raise too, unless ``skip_bad_samples``:
+    question and a question with no answer left after normalisation (only "", "a", "." ...)
+    raise too, unless ``skip_bad_samples``:
     then they are dropped, logged and counted. Image files are not opened here.
 
     Returns:
@@ -96,6 +98,9 @@ def _problem(record: VQARecord, annotated: bool) -> str | None:
         return "empty question"
     if annotated and not any(answer.strip() for answer in record.answers):
         return "no non-empty answer"
+    # Training draws from the normalised answers, and the metric compares normalised ones.
+    if annotated and not any(normalize_answer(answer) for answer in record.answers):
+        return f"no answer left after normalisation: {list(dict.fromkeys(record.answers))}"
     return None
 
 
@@ -121,7 +126,8 @@ def _annotations_by_question(file: Path) -> dict[int, VQARecord]:
             image_id=field(annotation, "image_id", int, file, where),
             path=Path(),
             question="",
-            answers=tuple(field(answer, "answer", str, file, f"{where}, answers[{i}]").strip()
+            # Kept as written: the official accuracy compares the ground truth unstripped.
+            answers=tuple(field(answer, "answer", str, file, f"{where}, answers[{i}]")
                           for i, answer in enumerate(answers)),
             multiple_choice_answer=field(annotation, "multiple_choice_answer", str, file, where).strip(),
             question_type=field(annotation, "question_type", str, file, where),

@@ -7,7 +7,8 @@ In evaluation the sequence stops after ``[sep]``: that prompt is what generation
 A training answer is drawn from the annotators' answers, normalised, with the probability of
 how many annotators gave it, from ``(seed, epoch, index)`` alone, so a resumed run draws the
 same answers. A question too long for the context is cut from its end, keeping the answer
-whole; each cut is logged.
+whole (an answer is cut only if it alone overflows the context); a sample with a cut text is
+described in its ``truncated``, which ``collate_vqa`` gathers so that the run counts the cuts.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mammut.answers import normalize_answer
 from mammut.data.batch import VQABatch
-from mammut.data.errors import BadSampleError
+from mammut.data.errors import BadSampleError, DataFormatError
 from mammut.data.images import load_rgb_image
 from mammut.data.tokenizer import CaptionTokenizer
 from mammut.data.vqa import VQARecord
-from mammut.metrics.vqa import normalize_answer
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class VQADataset(Dataset):
     def training_answer(self, index: int, epoch: int | None = None) -> str:
         epoch = int(self._epoch) if epoch is None else epoch
         answers, weights = self.answer_choices(index)
+        if not answers:  # read_vqa rejects such questions; records may come from elsewhere
+            raise DataFormatError(f"question id {self.records[index].question_id}: no answer left after "
+                                  f"normalisation: {list(dict.fromkeys(self.records[index].answers))}")
         # A string seed goes through SHA-512: the same draw in every process and Python run.
         return random.Random(f"{self.seed}/{epoch}/{index}").choices(answers, weights)[0]
 
@@ -83,25 +87,32 @@ class VQADataset(Dataset):
             logger.warning("skipping bad sample %d (question id %d): %s", index, record.question_id, error)
             return None
         answer = self.tokenizer.token_ids(self.training_answer(index)) if self.train else []
-        tokens, answer_start = self._layout(record, answer)
+        tokens, answer_start, truncated = self._layout(record, answer)
         return {"image": image, "tokens": torch.tensor(tokens), "answer_start": answer_start,
-                "question_id": record.question_id, "question": record.question, "answers": list(record.answers)}
+                "question_id": record.question_id, "question": record.question, "answers": list(record.answers),
+                "truncated": truncated}
 
-    def _layout(self, record: VQARecord, answer: list[int]) -> tuple[list[int], int]:
+    def _layout(self, record: VQARecord, answer: list[int]) -> tuple[list[int], int, list[str]]:
+        """Tokens, the answer's start and the description of the cut, if the text was cut."""
         t = self.tokenizer
-        answer = answer[: self.context_length - 4] + [t.eos_id] if answer else []
+        cuts = []
+        answer_room = self.context_length - 4  # bos, sep, eos and at least one question token
+        if len(answer) > answer_room:
+            cuts.append(f"answer of {len(answer)} tokens cut to {answer_room}")
+        answer = answer[:answer_room] + [t.eos_id] if answer else []
         room = self.context_length - 2 - len(answer)  # bos and sep
         question = t.token_ids(record.question)
         if len(question) > room:
-            logger.warning("question id %d: %d question tokens cut to %d to fit the context length %d",
-                           record.question_id, len(question), room, self.context_length)
+            cuts.append(f"question of {len(question)} tokens cut to {room}")
             question = question[:room]
         prompt = [t.bos_id, *question, t.sep_id]
-        return t.pad(prompt + answer, self.context_length), len(prompt)
+        truncated = [f"question id {record.question_id}: {' and '.join(cuts)} "
+                     f"to fit the context length {self.context_length}"] if cuts else []
+        return t.pad(prompt + answer, self.context_length), len(prompt), truncated
 
 
 def collate_vqa(samples: Sequence[dict | None]) -> VQABatch:
-    """Stack VQA samples, dropping None (bad) ones and counting them."""
+    """Stack VQA samples, dropping None (bad) ones and counting them; gather the cut texts."""
     kept = [sample for sample in samples if sample is not None]
     if not kept:
         return VQABatch.empty(num_skipped=len(samples))
@@ -113,4 +124,5 @@ def collate_vqa(samples: Sequence[dict | None]) -> VQABatch:
         questions=[s["question"] for s in kept],
         answers=[s["answers"] for s in kept],
         num_skipped=len(samples) - len(kept),
+        truncated=[cut for s in kept for cut in s["truncated"]],
     )

@@ -1,20 +1,33 @@
 """VQAv2 accuracy, as the official evaluation computes it (Antol et al. 2015; Goyal et al. 2017).
 
-An answer is normalised (punctuation, number words to digits, articles, contractions) and
-compared with the 10 annotators' answers, normalised the same way. For each of the 10
-leave-one-out subsets of 9 annotators the answer scores ``min(#matching / 3, 1)``; the
-accuracy of a question is the mean over the 10 subsets. So an answer given by 4 or more
-annotators scores 1, by exactly 3 scores 0.9 (3 subsets see only 2 of them), by 1 scores 0.3,
-and by nobody 0.
+Follows ``VQAEval`` in salesforce/LAVIS ``lavis/common/vqa_tools/vqa_eval.py`` (commit
+200ac17256998f4407a2744ca1c7e8ba5c3bf299; e33ee8b65ab82c44f7fcc370d365acc67337ca2a scores the
+same), itself a copy of GT-Vision-Lab/VQA ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` as of
+c4e6a0e4e84b9702d99800d3393652d92b5df224. An older revision there (07aecec) differs: it also strips
+``:`` and ``'`` but not ``!``, ``-``, ``{``, ``}``, maps contractions to curly apostrophes, and
+reports per-question and per-type accuracies from the last leave-one-out score, not the mean.
 
-The official script normalises the ground truth only when the annotators disagree, as
-VQAv2's answers were normalised when collected; here they are always normalised, which
-gives the same score on VQAv2 and the right one on answers that were not.
+The answer is normalised (``mammut.answers.normalize_answer``) and compared with each
+annotator's answer. For each of the 10 leave-one-out subsets of 9 annotators it scores
+``min(#matching / 3, 1)``; the question's accuracy is the mean over the subsets. So an answer
+given by 4 or more annotators scores 1, by exactly 3 scores 0.9, by 1 scores 0.3, by nobody 0.
+
+Quirks reproduced, so that scores equal the official ones on every input:
+
+- The ground truth is left as it is when all annotators gave the same string, and otherwise
+  gets the punctuation step only: no lower-casing, stripping, number words or articles. So
+  ``["two"] * 10`` never matches a prediction, which is normalised to "2".
+- The punctuation quirks of ``mammut.answers``: periods after digits are dropped ("3." -> "3"),
+  at most 32 periods are dropped, and a mark's fate is decided on the text as given.
+- Annotator i is left out by position; the official script compares answer dicts, whose unique
+  ``answer_id`` makes that the same.
+
+Per question the official script reports ``round(100 * accuracy, 2)`` but averages the unrounded
+values; here the unrounded accuracy (a fraction) is kept, and rounding is left to display.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -23,53 +36,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-_NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}
-_ARTICLES = {"a", "an", "the"}
-# Spellings without the apostrophe, as annotators type them, mapped to the contraction.
-_CONTRACTIONS = {
-    word.replace("'", ""): word
-    for word in (
-        "ain't", "aren't", "can't", "could've", "couldn't", "couldn't've", "didn't", "doesn't", "don't",
-        "hadn't", "hadn't've", "hasn't", "haven't", "he'd", "he'd've", "he'll", "he's", "how'd", "how'll",
-        "how's", "i'd", "i'd've", "i'm", "i've", "isn't", "it'd", "it'd've", "it'll", "let's", "ma'am",
-        "mightn't", "mightn't've", "might've", "mustn't", "must've", "needn't", "not've", "o'clock",
-        "oughtn't", "shan't", "she'd", "she'd've", "she'll", "she's", "should've", "shouldn't",
-        "shouldn't've", "somebody'd", "somebody'll", "somebody's", "someone'd", "someone'll", "someone's",
-        "something'd", "something'll", "that's", "there'd", "there'd've", "there're", "there's", "they'd",
-        "they'd've", "they'll", "they're", "they've", "twas", "wasn't", "we'd", "we'd've", "we'll", "we're",
-        "we've", "weren't", "what'll", "what're", "what's", "what've", "when's", "where'd", "where's",
-        "where've", "who'd", "who'd've", "who'll", "who're", "who's", "who've", "why'll", "why're", "why's",
-        "won't", "would've", "wouldn't", "wouldn't've", "y'all", "y'all'd've", "you'd", "you'd've",
-        "you'll", "you're", "you've",
-    )
-    if "'" in word
-}
-_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
-                ",", "?", "!"]
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
-_PERIOD_NOT_IN_NUMBER = re.compile(r"(?<!\d)\.(?!\d)")
-
-
-def _strip_punctuation(text: str) -> str:
-    for mark in _PUNCTUATION:
-        # A mark touching a space is dropped; one inside a word ("t-shirt") becomes a space,
-        # except in numbers with thousands commas ("1,000").
-        if f"{mark} " in text or f" {mark}" in text or _DIGIT_COMMA_DIGIT.search(text):
-            text = text.replace(mark, "")
-        else:
-            text = text.replace(mark, " ")
-    return _PERIOD_NOT_IN_NUMBER.sub("", text)
-
-
-def normalize_answer(answer: str) -> str:
-    """The official VQA answer normalisation: "Two." -> "2", "a circle" -> "circle", "dont" -> "don't"."""
-    text = _strip_punctuation(answer.replace("\n", " ").replace("\t", " ").strip().lower())
-    words = [_NUMBER_WORDS.get(word, word) for word in text.split()]
-    words = [_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES]
-    return " ".join(words)
+# normalize_answer is part of this module's interface too.
+from mammut.answers import normalize_answer, strip_punctuation
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
@@ -77,7 +45,9 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     if not answers:
         raise ValueError("a VQA question needs at least one ground-truth answer")
     predicted = normalize_answer(prediction)
-    matches = [normalize_answer(answer) == predicted for answer in answers]
+    if len(set(answers)) > 1:  # the official script touches the ground truth only then
+        answers = [strip_punctuation(answer) for answer in answers]
+    matches = [answer == predicted for answer in answers]
     total = sum(matches)
     # Leave annotator i out: the others that match are total - matches[i].
     return sum(min(1.0, (total - match) / 3) for match in matches) / len(answers)

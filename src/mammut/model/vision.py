@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import timm
 import torch
@@ -13,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import checkpoint_attention_contexts, cpu_bf16_friendly_attention
 from .config import MammutConfig
 from .patch_embedding import ConvStem, overlapping_patches
+from .weights_file import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ class VisionEncoder(nn.Module):
         )
         weights = config.vision_weights
         if weights is not None:
-            if not Path(weights).is_file():
-                raise FileNotFoundError(f"vision_weights: no such file {weights}")
+            # Read once without running code (a torch file is a pickle), so that timm, whose
+            # older releases unpickle in full, only ever reads a file that holds plain tensors.
+            read_state_dict(weights, purpose="vision_weights")
             # timm loads .safetensors or a torch state dict and resamples the position
             # embedding when the image or patch size differs from the file's.
             self.vit = timm.create_model(config.vision_model, pretrained=True,
