@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft tensorboard test test-fast bench clean
+.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft multitask tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -37,7 +37,10 @@ finetune-vqa: data  ## fine-tune the pretrained model for VQA (CKPT=... to choos
 
 finetune-vqa-peft: data  ## VQA with eP-ALM-style PEFT: frozen model, trained prefix (<1% of the weights)
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
-	$(BIN)/mammut fit --config configs/finetune_vqa_peft.yaml --model.init_from=$(CKPT) $(ARGS)
+	$(BIN)/mammut fit --config configs/finetune_vqa.yaml --config configs/finetune_vqa_peft.yaml --model.init_from=$(CKPT) $(ARGS)
+
+multitask: data  ## pretraining and VQA trained jointly, from scratch, in one run (configs/multitask.yaml)
+	$(BIN)/mammut fit --config configs/multitask.yaml $(ARGS)
 
 tensorboard: install  ## serve the training logs in runs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs --port 6006

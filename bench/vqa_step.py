@@ -3,7 +3,7 @@
     python bench/vqa_step.py                          # tiny preset, batch 128, bf16-mixed
     python bench/vqa_step.py --repeats 3 --warmup 1   # a quick check
 
-Both settings run the real VQAModule code (its ``encode``, the generative pass and
+Both settings run the real VQA task code (``VQATask.encode``, the generative pass and
 ``answer_loss``) on the same random batch of images and question-answer sequences, with
 AdamW over the trainable parameters. Full fine-tuning trains every weight; PEFT trains the
 prefix of configs/finetune_vqa_peft.yaml alone, with the encoder run without a graph.
@@ -26,7 +26,7 @@ def step_function(module: VQAModule):
 
     def step(images, tokens, answer_start):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            visual_tokens, prefix = module.encode(images)
+            visual_tokens, prefix = module.tasks["vqa"].encode(module.model, images)
             logits = module.model.caption_logits(tokens[:, :-1], visual_tokens, prefix)
             loss = answer_loss(logits, tokens, answer_start, pad_id)
         loss.backward()

@@ -2,7 +2,11 @@
 
 - Paths resolved against one data root, and the tokenizer the model is sized for
   (``vocab_size`` and ``special_token_ids`` are linked to the model by the CLI).
-- Image size and context length taken from the model's architecture unless set here.
+- Settings flow one way: the module hands the data side its image size and context length
+  once (``connect``); the data side never reads the model. ``setup`` reads the annotation
+  files; the datasets, which need those settings, are built when their loader is asked for.
+- ``references_for(task)``: what a task's baselines and predictions need from the data
+  (the training captions, the majority answers), handed to the task by the module.
 - A training loader sharded over data-parallel ranks that resumes mid-epoch: the
   checkpoint records how many samples of the epoch were done, and the sampler skips them.
   A training set too small for one batch per rank is an error, not an empty epoch.
@@ -24,23 +28,10 @@ from mammut.data.sampling import ResumableRandomSampler
 log = logging.getLogger(__name__)
 
 
-class TaskDataModule(L.LightningDataModule):
-    """Subclasses call ``save_hyperparameters()`` with at least ``batch_size``,
-    ``eval_batch_size``, ``num_workers`` and ``seed`` among their arguments."""
+class SizesTheModel:
+    """A data module's tokenizer sizes the model: the CLI links these to ``model.architecture``."""
 
-    def __init__(self, root: str, tokenizer: str, image_size: int | None, context_length: int | None):
-        super().__init__()
-        self.root = Path(root)
-        self.tokenizer = CaptionTokenizer.from_file(self.path(tokenizer))
-        self.image_size, self.context_length = image_size, context_length
-        self.resume_point = (0, 0)  # (epoch, samples done in it by all ranks), restored from a checkpoint
-        self.datasets: dict[str, Dataset] = {}
-        # Records dropped (with skip_bad_samples) when each split's files were read; the module
-        # adds a split's to its count of skipped samples once that split's loop runs.
-        self.records_skipped: dict[str, int] = {}
-
-    def path(self, relative: str) -> Path:
-        return self.root / relative
+    tokenizer: CaptionTokenizer
 
     @property
     def vocab_size(self) -> int:
@@ -50,17 +41,73 @@ class TaskDataModule(L.LightningDataModule):
     def special_token_ids(self) -> dict[str, int]:
         return self.tokenizer.special_token_ids
 
-    def shape_for_model(self) -> None:
-        """Images and token sequences are shaped for the model unless set here explicitly."""
-        architecture = getattr(self.trainer.lightning_module, "architecture", None) if self.trainer else None
-        for name in ("image_size", "context_length"):
-            model_value = getattr(architecture, name, None)
+
+class TaskDataModule(SizesTheModel, L.LightningDataModule):
+    """Subclasses call ``save_arguments(locals())`` with at least ``batch_size``,
+    ``eval_batch_size``, ``num_workers`` and ``seed`` among their arguments."""
+
+    def __init__(self, root: str, tokenizer: str, image_size: int | None, context_length: int | None):
+        super().__init__()
+        self.root = Path(root)
+        self.tokenizer = CaptionTokenizer.from_file(self.path(tokenizer))
+        self.image_size, self.context_length = image_size, context_length
+        self.resume_point = (0, 0)  # (epoch, samples done in it by all ranks), restored from a checkpoint
+        self.records: dict[str, list] = {}  # per split, what the readers read from the annotation files
+        self.datasets: dict[str, Dataset] = {}
+        # Records dropped (with skip_bad_samples) when each split's files were read; the module
+        # adds a split's to its count of skipped samples once that split's loop runs.
+        self.records_skipped: dict[str, int] = {}
+
+    def save_arguments(self, arguments: dict) -> None:
+        """``save_hyperparameters`` of exactly this data module's arguments, ``locals()`` of its
+        ``__init__``. (LightningCLI hands a data module built inside another one, as the tasks of
+        a ``JointDataModule``, the outer module's configuration instead.)"""
+        self.save_hyperparameters({k: v for k, v in arguments.items() if k not in ("self", "__class__")})
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def connect(self, image_size: int, context_length: int) -> None:
+        """Take the model's image size and context length, unless set here; a value set here
+        that differs from the model's is an error."""
+        for name, model_value in (("image_size", image_size), ("context_length", context_length)):
             if getattr(self, name) is None:
-                if model_value is None:
-                    raise ValueError(f"data.{name} is not set and the model does not define it")
                 setattr(self, name, model_value)
-            elif model_value is not None and getattr(self, name) != model_value:
+            elif getattr(self, name) != model_value:
                 raise ValueError(f"data.{name}={getattr(self, name)} but the model's architecture.{name}={model_value}")
+
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of a split, built on first use from the records ``setup`` read."""
+        if split not in self.datasets:
+            missing = [name for name in ("image_size", "context_length") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"data.{' and data.'.join(missing)} not set: set them, or connect the data module to "
+                                 "the model (MammutModule does this in its setup)")
+            self.datasets[split] = self.build_dataset(split)
+        return self.datasets[split]
+
+    def build_dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def read_records(self, split: str) -> list:
+        """The records of a split, read once; what the reader dropped is counted and logged."""
+        if split not in self.records:
+            records, skipped, source = self.read_split(split)
+            self.records_skipped[split] = skipped
+            if skipped:
+                log.warning("%s: skipped %d bad records", source, skipped)
+            if not records:
+                raise ValueError(f"{source}: no usable records in the {split} split")
+            self.records[split] = records
+        return self.records[split]
+
+    def read_split(self, split: str) -> tuple[list, int, Path]:
+        """A split's records, how many the reader dropped, and the file they came from."""
+        raise NotImplementedError
+
+    def references_for(self, task: str) -> dict:
+        """What task ``task``'s baselines and predictions need from the data; none by default."""
+        return {}
 
     def train_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
         batch_size = self.hparams.batch_size

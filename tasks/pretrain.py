@@ -2,33 +2,34 @@
 
     mammut fit --config configs/pretrain.yaml
 
-Validation reports zero-shot retrieval R@1/5/10 in both directions and CIDEr-D / BLEU-4 of
-greedy captions, each beside its baseline computed from the same data: chance recall for
-retrieval, and the most frequent training caption for captioning.
+``PretrainTask`` is the task (``mammut.task.Task``) on the shared model; ``PretrainModule``
+is the preset of a ``MammutModule`` with that one task. Validation reports zero-shot
+retrieval R@1/5/10 in both directions and CIDEr-D / BLEU-4 of greedy captions, each beside
+its baseline computed from the same data: chance recall for retrieval, and the most
+frequent training caption for captioning.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from mammut.data import CaptionDataset, CaptionTokenizer, collate_eval, collate_train, image_transform, read_captions
+from mammut.data import CaptionDataset, CaptionRecord, collate_eval, collate_train, image_transform, read_captions
 from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
 from mammut.data.images import load_rgb_image
 from mammut.data.transforms import denormalize
 from mammut.metrics import CaptionMetrics, RetrievalRecallAtK
 from mammut.metrics.captioning import most_frequent_caption_baseline
 from mammut.metrics.retrieval import chance_recall_at_k
-from mammut.model import ContrastiveLoss, caption_loss, generate
+from mammut.model import ContrastiveLoss, Mammut, caption_loss, generate
 from mammut.module import MammutModule
+from mammut.task import Task, TaskLoss, TaskReport
 from mammut.tasks.datamodule import TaskDataModule
-from mammut.visualize import captioned_images
-
-log = logging.getLogger(__name__)
 
 
 class ImageTextDataModule(TaskDataModule):
@@ -75,44 +76,41 @@ class ImageTextDataModule(TaskDataModule):
                 train = "train" + "restval"), or "auto" to tell them apart by content.
         """
         super().__init__(root, tokenizer, image_size, context_length)
-        self.save_hyperparameters()
+        self.save_arguments(locals())
 
-    def _dataset(self, split: str, train: bool) -> CaptionDataset:
+    def read_split(self, split: str) -> tuple[list[CaptionRecord], int, Path]:
         h = self.hparams
         annotations, images = h[f"{split}_annotations"], h[f"{split}_images"]
+        if annotations is None:
+            raise ValueError(f"data.{split}_annotations is not set")
         records, skipped = read_captions(self.path(annotations), self.path(images), split, h.skip_bad_samples,
                                          h.annotation_format)
-        self.records_skipped[split] = skipped
-        if skipped:
-            log.warning("%s: skipped %d bad records", annotations, skipped)
-        if not records:
-            raise ValueError(f"{self.path(annotations)}: no usable image-caption records")
-        return CaptionDataset(records, self.tokenizer, image_transform(self.image_size, train=train),
-                              self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples)
+        return records, skipped, self.path(annotations)
 
     def setup(self, stage: str) -> None:
-        self.shape_for_model()
-        if stage == "fit" and "train" not in self.datasets:
-            self.datasets["train"] = self._dataset("train", train=True)
-        if stage in ("fit", "validate") and "val" not in self.datasets:
-            self.datasets["val"] = self._dataset("val", train=False)
-        if stage == "test" and "test" not in self.datasets:
-            self.datasets["test"] = self._dataset("test", train=False)
+        # The training captions are read in every stage: the captioning baseline needs them.
+        splits = {"fit": ["train", "val"], "validate": ["train", "val"], "test": ["train", "test"],
+                  "predict": []}[stage]
+        for split in splits:
+            self.read_records(split)
 
-    def train_captions(self) -> list[str]:
-        if "train" not in self.datasets:
-            self.shape_for_model()
-            self.datasets["train"] = self._dataset("train", train=True)
-        return [c for record in self.datasets["train"].records for c in record.captions]
+    def build_dataset(self, split: str) -> CaptionDataset:
+        h, train = self.hparams, split == "train"
+        return CaptionDataset(self.read_records(split), self.tokenizer, image_transform(self.image_size, train=train),
+                              self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples)
+
+    def references_for(self, task: str) -> dict:
+        """The training captions, whose most frequent one is the captioning baseline."""
+        return {"train_captions": [c for record in self.records.get("train", []) for c in record.captions]}
 
     def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self.datasets["train"], collate_train)
+        return self.train_loader(self.dataset("train"), collate_train)
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["val"], collate_eval)
+        return self.eval_loader(self.dataset("val"), collate_eval)
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["test"], collate_eval)
+        return self.eval_loader(self.dataset("test"), collate_eval)
 
     def predict_dataloader(self) -> DataLoader:
         paths = self.hparams.predict_images
@@ -136,8 +134,9 @@ class ImageFiles(torch.utils.data.Dataset):
         return {"image": self.transform(load_rgb_image(self.paths[index])), "path": self.paths[index]}
 
 
-class PretrainModule(MammutModule):
-    """MaMMUT pretraining: contrastive loss on the two embeddings plus captioning loss."""
+class PretrainTask(Task):
+    """Contrastive loss on the two embeddings plus captioning loss (Sec. 3.3); zero-shot
+    retrieval and greedy captions in evaluation."""
 
     def __init__(
         self,
@@ -148,7 +147,6 @@ class PretrainModule(MammutModule):
         local_loss: bool = False,
         label_smoothing: float = 0.0,
         num_logged_images: int = 16,
-        **kwargs,
     ):
         """
         Args:
@@ -160,101 +158,67 @@ class PretrainModule(MammutModule):
                 (less memory, the same gradients); see ``mammut.model.ContrastiveLoss``.
             label_smoothing: of the captioning cross-entropy.
             num_logged_images: validation images drawn with their generated captions.
-            **kwargs: the shared settings of ``MammutModule`` (architecture, lr, ...).
         """
-        super().__init__(**kwargs)
+        super().__init__()
+        self.contrastive_weight, self.caption_weight = contrastive_weight, caption_weight
+        self.label_smoothing, self.num_logged_images = label_smoothing, num_logged_images
         self.contrastive_loss = ContrastiveLoss(contrastive_loss, focal_gamma, local_loss)
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{name}": metric
             for stage in ("val", "test")
             for name, metric in (("retrieval", RetrievalRecallAtK()), ("captioning", CaptionMetrics()))
         })
-        self._logged_samples: tuple[torch.Tensor, list[str]] | None = None
-        self._eval_ids: list[torch.Tensor] = []
-        self._eval_caption_image_ids: list[torch.Tensor] = []
+        self._samples: dict[str, tuple[Tensor, list[str]]] = {}
+        self._eval_ids: list[Tensor] = []
+        self._eval_caption_image_ids: list[Tensor] = []
         self._eval_references: list[list[str]] = []
 
     # --------------------------------------------------------------- training
-    def training_step(self, batch: ImageTextBatch, batch_idx: int):
-        self.count_skipped(batch.num_skipped)
-        self.count_truncated(batch.truncated)
-        if len(batch) == 0 and self.trainer.world_size == 1:
-            return None  # every sample of this batch was bad: skip the step
-        # With several ranks a rank whose samples were all bad still runs the model, on zero
-        # rows, so that the others' collectives do not wait for it; it adds zero to the loss.
-        images, tokens = (batch.images, batch.tokens) if len(batch) else self.empty_inputs()
-        out = self.model(images, tokens)
+    def empty_batch(self, device) -> ImageTextBatch:
+        c = self.context.architecture
+        return ImageTextBatch(images=torch.zeros(0, 3, c.image_size, c.image_size, device=device),
+                              tokens=torch.zeros(0, c.context_length, dtype=torch.long, device=device),
+                              image_ids=torch.zeros(0, dtype=torch.long, device=device))
+
+    def loss(self, model: Mammut, batch: ImageTextBatch) -> TaskLoss:
+        out = model(batch.images, batch.tokens)
         contrastive = self.contrastive_loss(out.image_embedding, out.text_embedding, out.logit_scale)
         if len(batch):
-            captioning = caption_loss(out.caption_logits, tokens[:, 1:], self.architecture.pad_id,
-                                      self.hparams.label_smoothing)
+            captioning = caption_loss(out.caption_logits, batch.tokens[:, 1:], model.config.pad_id,
+                                      self.label_smoothing)
         else:
             captioning = out.caption_logits.sum()  # zero, and joined to the graph
-        loss = self.hparams.contrastive_weight * contrastive + self.hparams.caption_weight * captioning
-        self.check_finite(loss, {"contrastive": contrastive, "caption": captioning})
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/contrastive_loss": contrastive, "train/caption_loss": captioning,
-                       "train/temperature": 1.0 / out.logit_scale})
-        return loss
+        total = self.contrastive_weight * contrastive + self.caption_weight * captioning
+        return TaskLoss(total, {"contrastive_loss": contrastive, "caption_loss": captioning,
+                                "temperature": 1.0 / out.logit_scale.detach()})
 
     # ------------------------------------------------------------- evaluation
-    def validation_step(self, batch: ImageCaptionsBatch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: ImageCaptionsBatch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def _evaluate(self, batch: ImageCaptionsBatch, batch_idx: int, stage: str) -> None:
-        self.count_skipped(batch.num_skipped)
-        self.count_truncated(batch.truncated)
-        if len(batch) == 0:
-            return
-        visual_tokens = self.model.encode_image(batch.images)
+    def evaluate(self, model: Mammut, batch: ImageCaptionsBatch, stage: str, batch_idx: int) -> None:
+        visual_tokens = model.encode_image(batch.images)
         self.metrics[f"{stage}_retrieval"].update(
-            self.model.image_embedding(visual_tokens), batch.image_ids,
-            self.model.text_embedding(batch.caption_tokens), batch.caption_image_ids)
-        captions = self.tokenizer.decode_batch(generate(self.model, visual_tokens, config=self.generation))
+            model.image_embedding(visual_tokens), batch.image_ids,
+            model.text_embedding(batch.caption_tokens), batch.caption_image_ids)
+        captions = self.tokenizer.decode_batch(generate(model, visual_tokens, config=self.context.generation))
         self.metrics[f"{stage}_captioning"].update(captions, batch.references, batch.image_ids.tolist())
         self._eval_ids.append(batch.image_ids.cpu())
         self._eval_caption_image_ids.append(batch.caption_image_ids.cpu())
         self._eval_references.extend(batch.references)
         if batch_idx == 0:
-            n = self.hparams.num_logged_images
-            self._logged_samples = (denormalize(batch.images[:n]), captions[:n])
+            n = self.num_logged_images
+            self._samples[stage] = (denormalize(batch.images[:n]), captions[:n])
 
-    @property
-    def tokenizer(self) -> CaptionTokenizer:
-        return self.trainer.datamodule.tokenizer
-
-    def on_validation_epoch_end(self) -> None:
-        self._report("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._report("test")
-
-    def _report(self, stage: str) -> None:
-        if self.trainer.sanity_checking:
-            self._reset_eval(stage)
-            return
+    def report(self, stage: str) -> TaskReport:
         scores = {**self.metrics[f"{stage}_retrieval"].compute(), **self.metrics[f"{stage}_captioning"].compute()}
         image_ids, caption_image_ids, references = self._whole_eval_set()
         baselines = chance_recall_at_k(image_ids, caption_image_ids)
-        baselines.update(most_frequent_caption_baseline(self.trainer.datamodule.train_captions(), references).scores)
+        baselines.update(most_frequent_caption_baseline(self.context.references["train_captions"], references).scores)
         scores["retrieval/mean_R@1"] = (scores["image_to_text/R@1"] + scores["text_to_image/R@1"]) / 2
-        # Every rank holds the same values (the metrics and the baselines see the whole set);
-        # sync_dist only confirms it, and lets checkpoint monitors read them on every rank.
-        self.log_dict({f"{stage}/{name}": value for name, value in scores.items()}, sync_dist=True)
-        self.log_dict({f"{stage}_baseline/{name}": float(value) for name, value in baselines.items()}, sync_dist=True)
-        rows = [f"{'metric':<22}{'model':>10}{'baseline':>10}"]
-        for name, value in scores.items():
-            base = baselines.get(name)
-            rows.append(f"{name:<22}{float(value):>10.4f}{'' if base is None else f'{base:>10.4f}'}")
-        if self.trainer.is_global_zero:
-            print(f"\n{stage} (epoch {self.current_epoch}, step {self.global_step}):\n" + "\n".join(rows), flush=True)
-        self._log_samples(stage)
-        self._reset_eval(stage)
+        samples = self._samples.pop(stage, None)
+        self.reset(stage)
+        return TaskReport({name: float(value) for name, value in scores.items()},
+                          {name: float(value) for name, value in baselines.items()}, samples=samples)
 
-    def _whole_eval_set(self) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+    def _whole_eval_set(self) -> tuple[Tensor, Tensor, list[list[str]]]:
         """Image ids, the image id of each caption, and the references of the whole evaluation
         set: every rank's part, each image once (a distributed sampler repeats a few images to
         give every rank the same number)."""
@@ -273,28 +237,39 @@ class PretrainModule(MammutModule):
         caption_image_ids = [image_id for image_id, n in num_captions.items() for _ in range(n)]
         return torch.tensor(list(num_captions)), torch.tensor(caption_image_ids), list(references.values())
 
-    def _log_samples(self, stage: str) -> None:
-        if self._logged_samples is None or self.logger is None:
-            return
-        images, captions = self._logged_samples
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_images"):
-            experiment.add_images(f"{stage}/generated_captions", captioned_images(images, captions), self.global_step)
-            experiment.add_text(f"{stage}/generated_captions", "\n\n".join(captions), self.global_step)
-
-    def _reset_eval(self, stage: str) -> None:
+    def reset(self, stage: str) -> None:
         self.metrics[f"{stage}_retrieval"].reset()
         self.metrics[f"{stage}_captioning"].reset()
         self._eval_ids.clear()
         self._eval_caption_image_ids.clear()
         self._eval_references.clear()
-        self._logged_samples = None
+        self._samples.pop(stage, None)
 
     # ------------------------------------------------------------- prediction
-    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        visual_tokens = self.model.encode_image(batch["image"])
-        captions = self.tokenizer.decode_batch(generate(self.model, visual_tokens, config=self.generation))
-        if self.trainer.is_global_zero:
-            for path, caption in zip(batch["path"], captions):
-                print(f"{path}\t{caption}", flush=True)
+    def predict(self, model: Mammut, batch: dict) -> list[dict]:
+        visual_tokens = model.encode_image(batch["image"])
+        captions = self.tokenizer.decode_batch(generate(model, visual_tokens, config=self.context.generation))
         return [{"path": p, "caption": c} for p, c in zip(batch["path"], captions)]
+
+
+class PretrainModule(MammutModule):
+    """The preset for pretraining alone: a ``MammutModule`` with one ``PretrainTask`` named "pretrain"."""
+
+    def __init__(
+        self,
+        contrastive_weight: float = 1.0,
+        caption_weight: float = 1.0,
+        contrastive_loss: str = "infonce",
+        focal_gamma: float = 2.0,
+        local_loss: bool = False,
+        label_smoothing: float = 0.0,
+        num_logged_images: int = 16,
+        **kwargs,
+    ):
+        """
+        Args: those of ``PretrainTask``, and ``**kwargs``: the shared settings of
+        ``MammutModule`` (architecture, lr, init_from, ...).
+        """
+        task = PretrainTask(contrastive_weight, caption_weight, contrastive_loss, focal_gamma, local_loss,
+                            label_smoothing, num_logged_images)
+        super().__init__(tasks={"pretrain": task}, **kwargs)

@@ -3,7 +3,8 @@
     mammut fit --config configs/finetune_vqa.yaml --model.init_from=runs/pretrain/.../last.ckpt
     mammut fit --config configs/finetune_vqa_peft.yaml --model.init_from=...   # eP-ALM-style PEFT
 
-The question is a prefix to the decoder's generative pass and the answer is generated after
+``VQATask`` is the task (``mammut.task.Task``) on the shared model; ``VQAModule`` is the preset
+of a ``MammutModule`` with that one task. The question is a prefix to the decoder's generative pass and the answer is generated after
 it: there is no fixed answer vocabulary. Training is teacher-forced and its loss covers the
 answer tokens only. Evaluation generates an answer (greedy or beam search, ``generation``)
 and scores it with the official VQAv2 accuracy, overall and per question and answer type,
@@ -13,7 +14,6 @@ question's type.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 
@@ -25,12 +25,10 @@ from torch.utils.data import DataLoader
 from mammut.data import VQABatch, VQADataset, VQARecord, collate_vqa, image_transform, read_vqa
 from mammut.data.transforms import denormalize
 from mammut.metrics.vqa import VQAAccuracy, accuracy_breakdown, majority_answers, most_frequent_answer, vqa_accuracy
-from mammut.model import PrefixConfig, VisualPrefix, generate_after_prompts
+from mammut.model import Mammut, MammutConfig, PrefixConfig, VisualPrefix, generate_after_prompts
 from mammut.module import MammutModule
+from mammut.task import Task, TaskLoss, TaskReport
 from mammut.tasks.datamodule import TaskDataModule
-from mammut.visualize import captioned_images
-
-log = logging.getLogger(__name__)
 
 GROUPINGS = ("question_type", "answer_type")
 
@@ -80,14 +78,9 @@ class VQADataModule(TaskDataModule):
             seed: shuffling and the per-question answer draw; a resumed run repeats them exactly.
         """
         super().__init__(root, tokenizer, image_size, context_length)
-        self.save_hyperparameters()
+        self.save_arguments(locals())
 
-    def records(self, split: str) -> list[VQARecord]:
-        if split not in self.datasets:
-            self._load(split)
-        return self.datasets[split].records
-
-    def _load(self, split: str) -> None:
+    def read_split(self, split: str) -> tuple[list[VQARecord], int, Path]:
         h = self.hparams
         questions, annotations, images = h[f"{split}_questions"], h[f"{split}_annotations"], h[f"{split}_images"]
         if questions is None:
@@ -96,27 +89,21 @@ class VQADataModule(TaskDataModule):
             raise ValueError("training needs answers: set data.train_annotations")
         records, skipped = read_vqa(self.path(questions), annotations and self.path(annotations),
                                     self.path(images), h.image_pattern, h.skip_bad_samples)
-        self.records_skipped[split] = skipped
-        if skipped:
-            log.warning("%s: skipped %d bad questions", questions, skipped)
-        if not records:
-            raise ValueError(f"{self.path(questions)}: no usable questions")
-        self._add_dataset(split, records, train=split == "train")
-
-    def _add_dataset(self, split: str, records: list[VQARecord], train: bool) -> None:
-        if self.image_size is None:
-            self.shape_for_model()
-        self.datasets[split] = VQADataset(records, self.tokenizer, image_transform(self.image_size, train=train),
-                                          self.context_length, train=train, seed=self.hparams.seed,
-                                          skip_bad_samples=self.hparams.skip_bad_samples)
+        return records, skipped, self.path(questions)
 
     def setup(self, stage: str) -> None:
-        self.shape_for_model()
-        needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": []}[stage]
+        # The training answers are read in every evaluating stage: the majority baseline needs them.
+        needed = {"fit": ["train", "val"], "validate": ["train", "val"], "test": ["train", "test"],
+                  "predict": []}[stage]
         for split in needed:
-            self.records(split)
+            self.read_records(split)
         if stage == "predict":
-            self._add_dataset("predict", self._predict_records(), train=False)
+            self.records["predict"] = self._predict_records()
+
+    def build_dataset(self, split: str) -> VQADataset:
+        h, train = self.hparams, split == "train"
+        return VQADataset(self.read_records(split), self.tokenizer, image_transform(self.image_size, train=train),
+                          self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples)
 
     def _predict_records(self) -> list[VQARecord]:
         images, questions = self.hparams.predict_images or [], self.hparams.predict_questions or []
@@ -131,28 +118,38 @@ class VQADataModule(TaskDataModule):
         return [VQARecord(question_id=i, image_id=-1, path=Path(image), question=question.strip())
                 for i, (image, question) in enumerate(zip(images, questions))]
 
-    def question_groups(self, split: str) -> dict[str, dict[int, str]]:
-        """{"question_type": {question id: type}, "answer_type": {...}} of a split."""
-        return {g: {r.question_id: getattr(r, g) for r in self.records(split)} for g in GROUPINGS}
-
-    def majority_baseline(self, split: str) -> dict[int, float]:
-        """VQA accuracy per question of the most frequent training answer of its question type."""
-        majority = majority_answers((r.question_type, r.answers) for r in self.records("train"))
-        overall = most_frequent_answer(a for r in self.records("train") for a in r.answers)
-        return {r.question_id: vqa_accuracy(majority.get(r.question_type, overall), r.answers)
-                for r in self.records(split)}
+    def references_for(self, task: str) -> dict:
+        """Per evaluated split: each question's type and answer type, and the VQA accuracy of the
+        majority baseline (the most frequent training answer of its question type); and the
+        image and question of each prediction."""
+        references = {"question_groups": {}, "majority_baseline": {}, "predict": {}}
+        train = self.records.get("train")
+        if train:
+            majority = majority_answers((r.question_type, r.answers) for r in train)
+            overall = most_frequent_answer(a for r in train for a in r.answers)
+        for split in ("val", "test"):
+            records = self.records.get(split)
+            if not records:
+                continue
+            references["question_groups"][split] = {g: {r.question_id: getattr(r, g) for r in records}
+                                                    for g in GROUPINGS}
+            if train and all(r.answers for r in records):
+                references["majority_baseline"][split] = {
+                    r.question_id: vqa_accuracy(majority.get(r.question_type, overall), r.answers) for r in records}
+        references["predict"] = {r.question_id: (str(r.path), r.question) for r in self.records.get("predict", [])}
+        return references
 
     def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self.datasets["train"], collate_vqa)
+        return self.train_loader(self.dataset("train"), collate_vqa)
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["val"], collate_vqa)
+        return self.eval_loader(self.dataset("val"), collate_vqa)
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["test"], collate_vqa)
+        return self.eval_loader(self.dataset("test"), collate_vqa)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["predict"], collate_vqa)
+        return self.eval_loader(self.dataset("predict"), collate_vqa)
 
 
 def answer_loss(logits: Tensor, tokens: Tensor, answer_start: Tensor, pad_id: int,
@@ -169,8 +166,108 @@ def answer_loss(logits: Tensor, tokens: Tensor, answer_start: Tensor, pad_id: in
                            label_smoothing=label_smoothing)
 
 
-class VQAModule(MammutModule):
+class VQATask(Task):
     """VQA with generated answers; optionally eP-ALM-style, with a trained prefix on a frozen model."""
+
+    def __init__(self, peft: PrefixConfig | None = None, label_smoothing: float = 0.0, num_logged_samples: int = 16):
+        """
+        Args:
+            peft: add a learned prefix (prompt tokens and projected visual tokens of chosen
+                encoder layers, see ``mammut.model.prefix``) in front of the question. Freeze
+                the model with ``freeze: ["model.*"]`` to train the prefix alone.
+            label_smoothing: of the answer cross-entropy.
+            num_logged_samples: validation images drawn with question, answer and ground truth.
+        """
+        super().__init__()
+        # LightningCLI stores the arguments as given, not instantiated.
+        self.peft = PrefixConfig(**peft) if isinstance(peft, dict) else peft
+        self.label_smoothing, self.num_logged_samples = label_smoothing, num_logged_samples
+        self.metrics = torch.nn.ModuleDict({"val": VQAAccuracy(), "test": VQAAccuracy()})
+        self.prefix: VisualPrefix | None = None
+        self._samples: dict[str, tuple[Tensor, list[str]]] = {}
+
+    def build(self, architecture: MammutConfig) -> None:
+        if self.peft:
+            self.prefix = VisualPrefix(self.peft, architecture.vision_width, architecture.text_width)
+
+    def legacy_keys(self) -> dict[str, str]:
+        return {"prefix.": "prefix."}  # VQAModule held the prefix itself
+
+    def fsdp_entry_points(self) -> dict:
+        return {}  # the prefix is called through its forward
+
+    # --------------------------------------------------------------- forward
+    def encode(self, model: Mammut, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Visual tokens, and the PEFT prefix if there is one."""
+        frozen = not any(p.requires_grad for p in model.vision.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            if self.prefix is None:
+                return model.encode_image(images), None
+            visual_tokens, layer_tokens = model.encode_image_with_layers(images, self.prefix.config.visual_layers)
+        return visual_tokens, self.prefix(layer_tokens)
+
+    def empty_batch(self, device) -> VQABatch:
+        c = self.context.architecture
+        empty = VQABatch.empty(num_skipped=0)
+        empty.images = torch.zeros(0, 3, c.image_size, c.image_size, device=device)
+        empty.tokens = torch.zeros(0, c.context_length, dtype=torch.long, device=device)
+        return empty
+
+    def loss(self, model: Mammut, batch: VQABatch) -> TaskLoss:
+        visual_tokens, prefix = self.encode(model, batch.images)
+        logits = model.caption_logits(batch.tokens[:, :-1], visual_tokens, prefix)
+        if len(batch):
+            loss = answer_loss(logits, batch.tokens, batch.answer_start, model.config.pad_id, self.label_smoothing)
+        else:
+            loss = logits.sum()  # zero, and joined to the graph
+        return TaskLoss(loss, {"answer_loss": loss})
+
+    def answer(self, model: Mammut, batch: VQABatch) -> list[str]:
+        """Generated answers to the batch's questions (``batch.tokens`` holds the prompts)."""
+        visual_tokens, prefix = self.encode(model, batch.images)
+        generated = generate_after_prompts(model, visual_tokens, batch.tokens, batch.answer_start,
+                                           self.context.generation, prefix)
+        return self.tokenizer.decode_batch(generated)
+
+    # ------------------------------------------------------------- evaluation
+    def evaluate(self, model: Mammut, batch: VQABatch, stage: str, batch_idx: int) -> None:
+        predictions = self.answer(model, batch)
+        self.metrics[stage].update(predictions, batch.answers, batch.question_ids)
+        if batch_idx == 0:
+            n = self.num_logged_samples
+            texts = [f"Q: {q} A: {p} (truth: {most_frequent_answer(a)})"
+                     for q, p, a in zip(batch.questions[:n], predictions[:n], batch.answers[:n])]
+            self._samples[stage] = (denormalize(batch.images[:n]), texts)
+
+    def report(self, stage: str) -> TaskReport | None:
+        scores = self.metrics[stage].compute()
+        samples = self._samples.pop(stage, None)
+        self.metrics[stage].reset()
+        if not scores:
+            return None
+        references = self.context.references
+        groups = references["question_groups"][stage]
+        model = accuracy_breakdown(scores, groups)
+        baseline_scores = references["majority_baseline"].get(stage)
+        baseline = accuracy_breakdown({q: baseline_scores[q] for q in scores}, groups) if baseline_scores else {}
+        counts = Counter(f"{grouping}/{of_question[q]}" for grouping, of_question in groups.items() for q in scores)
+        counts["accuracy"] = len(scores)
+        return TaskReport(model, baseline, dict(counts), samples)
+
+    def reset(self, stage: str) -> None:
+        self.metrics[stage].reset()
+        self._samples.pop(stage, None)
+
+    # ------------------------------------------------------------- prediction
+    def predict(self, model: Mammut, batch: VQABatch) -> list[dict]:
+        records = self.context.references["predict"]
+        answers = self.answer(model, batch)
+        return [{"image": records[q][0], "question": records[q][1], "answer": a}
+                for q, a in zip(batch.question_ids.tolist(), answers)]
+
+
+class VQAModule(MammutModule):
+    """The preset for VQA alone: a ``MammutModule`` with one ``VQATask`` named "vqa"."""
 
     def __init__(
         self,
@@ -180,128 +277,7 @@ class VQAModule(MammutModule):
         **kwargs,
     ):
         """
-        Args:
-            peft: add a learned prefix (prompt tokens and projected visual tokens of chosen
-                encoder layers, see ``mammut.model.prefix``) in front of the question. Freeze
-                the model with ``freeze: ["model.*"]`` to train the prefix alone.
-            label_smoothing: of the answer cross-entropy.
-            num_logged_samples: validation images drawn with question, answer and ground truth.
-            **kwargs: the shared settings of ``MammutModule`` (architecture, lr, init_from, freeze, ...).
+        Args: those of ``VQATask``, and ``**kwargs``: the shared settings of ``MammutModule``
+        (architecture, lr, init_from, freeze, ...).
         """
-        super().__init__(**kwargs)
-        self.metrics = torch.nn.ModuleDict({"val": VQAAccuracy(), "test": VQAAccuracy()})
-        self._logged_samples: tuple[Tensor, list[str]] | None = None
-
-    def add_task_modules(self) -> None:
-        peft = self.hparams.get("peft")
-        if isinstance(peft, dict):  # LightningCLI stores the arguments as given, not instantiated
-            peft = PrefixConfig(**peft)
-        a = self.architecture
-        self.prefix = VisualPrefix(peft, a.vision_width, a.text_width) if peft else None
-
-    # --------------------------------------------------------------- forward
-    def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Visual tokens, and the PEFT prefix if there is one."""
-        frozen = not any(p.requires_grad for p in self.model.vision.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            if self.prefix is None:
-                return self.model.encode_image(images), None
-            visual_tokens, layer_tokens = self.model.encode_image_with_layers(images, self.prefix.config.visual_layers)
-        return visual_tokens, self.prefix(layer_tokens)
-
-    def training_step(self, batch: VQABatch, batch_idx: int):
-        self.count_skipped(batch.num_skipped)
-        self.count_truncated(batch.truncated)
-        if len(batch) == 0 and self.trainer.world_size == 1:
-            return None  # every sample of this batch was bad: skip the step
-        # With several ranks a rank whose samples were all bad still runs the model, on zero
-        # rows, so that the others' collectives do not wait for it; it adds zero to the loss.
-        images, tokens = (batch.images, batch.tokens) if len(batch) else self.empty_inputs()
-        visual_tokens, prefix = self.encode(images)
-        logits = self.model.caption_logits(tokens[:, :-1], visual_tokens, prefix)
-        if len(batch):
-            loss = answer_loss(logits, tokens, batch.answer_start, self.architecture.pad_id,
-                               self.hparams.label_smoothing)
-        else:
-            loss = logits.sum()  # zero, and joined to the graph
-        self.check_finite(loss, {"answer": loss})
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def answer(self, batch: VQABatch) -> list[str]:
-        """Generated answers to the batch's questions (``batch.tokens`` holds the prompts)."""
-        visual_tokens, prefix = self.encode(batch.images)
-        generated = generate_after_prompts(self.model, visual_tokens, batch.tokens, batch.answer_start,
-                                           self.generation, prefix)
-        return self.trainer.datamodule.tokenizer.decode_batch(generated)
-
-    # ------------------------------------------------------------- evaluation
-    def validation_step(self, batch: VQABatch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: VQABatch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def _evaluate(self, batch: VQABatch, batch_idx: int, stage: str) -> None:
-        self.count_skipped(batch.num_skipped)
-        self.count_truncated(batch.truncated)
-        if len(batch) == 0:
-            return
-        predictions = self.answer(batch)
-        self.metrics[stage].update(predictions, batch.answers, batch.question_ids)
-        if batch_idx == 0:
-            n = self.hparams.num_logged_samples
-            texts = [f"Q: {q} A: {p} (truth: {most_frequent_answer(a)})"
-                     for q, p, a in zip(batch.questions[:n], predictions[:n], batch.answers[:n])]
-            self._logged_samples = (denormalize(batch.images[:n]), texts)
-
-    def on_validation_epoch_end(self) -> None:
-        self._report("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._report("test")
-
-    def _report(self, stage: str) -> None:
-        metric = self.metrics[stage]
-        if self.trainer.sanity_checking:
-            metric.reset()
-            return
-        scores = metric.compute()
-        metric.reset()
-        if not scores:
-            return
-        datamodule = self.trainer.datamodule
-        groups = datamodule.question_groups(stage)
-        model = accuracy_breakdown(scores, groups)
-        baseline_scores = datamodule.majority_baseline(stage)
-        baseline = accuracy_breakdown({q: baseline_scores[q] for q in scores}, groups)
-        self.log_dict({f"{stage}/vqa/{name}": value for name, value in model.items()})
-        self.log_dict({f"{stage}_baseline/vqa/{name}": value for name, value in baseline.items()})
-        rows = [f"{'VQA accuracy':<28}{'model':>8}{'majority':>10}{'questions':>11}"]
-        counts = Counter(f"{grouping}/{of_question[q]}" for grouping, of_question in groups.items() for q in scores)
-        for name, value in model.items():
-            rows.append(f"{name:<28}{value:>8.4f}{baseline[name]:>10.4f}{counts.get(name, len(scores)):>11}")
-        if self.trainer.is_global_zero:
-            print(f"\n{stage} (epoch {self.current_epoch}, step {self.global_step}):\n" + "\n".join(rows), flush=True)
-        self._log_samples(stage)
-
-    def _log_samples(self, stage: str) -> None:
-        if self._logged_samples is None or self.logger is None:
-            return
-        images, texts = self._logged_samples
-        self._logged_samples = None
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_images"):
-            experiment.add_images(f"{stage}/answers", captioned_images(images, texts), self.global_step)
-            experiment.add_text(f"{stage}/answers", "\n\n".join(texts), self.global_step)
-
-    # ------------------------------------------------------------- prediction
-    def predict_step(self, batch: VQABatch, batch_idx: int) -> list[dict]:
-        records = self.trainer.datamodule.datasets["predict"].records
-        answers = self.answer(batch)
-        results = [{"image": str(records[q].path), "question": records[q].question, "answer": a}
-                   for q, a in zip(batch.question_ids.tolist(), answers)]
-        if self.trainer.is_global_zero:
-            for result in results:
-                print(f"{result['image']}\t{result['question']}\t{result['answer']}", flush=True)
-        return results
+        super().__init__(tasks={"vqa": VQATask(peft, label_smoothing, num_logged_samples)}, **kwargs)

@@ -18,7 +18,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
 from conftest import REPO
-from tiny_run import TINY_MODEL
+from tiny_run import TINY_MODEL, data_arguments
 
 
 def on_two_ranks(function, folder: Path, *args) -> list:
@@ -38,13 +38,14 @@ def _run_rank(rank: int, function, folder: str, args: tuple) -> None:
 
 
 def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: str, timeout: float = 240,
-                         config: str = "configs/pretrain.yaml") -> None:
+                         config: str | list[str] = "configs/pretrain.yaml") -> None:
     """``mammut fit`` of ``config`` with a tiny model on two CPU processes, launched by Lightning as
     a user would launch it, with ``configs/strategy/<strategy>.yaml``; validation is off."""
     command = [
-        sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / config),
+        sys.executable, "-m", "mammut.cli", "fit",
+        *(argument for c in ([config] if isinstance(config, str) else config) for argument in ("--config", str(REPO / c))),
         "--config", str(REPO / "configs/strategy" / f"{strategy}.yaml"), *TINY_MODEL,
-        f"--data.root={data_root}", "--data.batch_size=4", "--data.num_workers=0", "--trainer.limit_val_batches=0",
+        *data_arguments(data_root, joint="multitask" in str(config), batch_size=4), "--trainer.limit_val_batches=0",
         "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
         "--trainer.accelerator=cpu", "--trainer.devices=2",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *overrides,

@@ -72,9 +72,7 @@ def _wrapped(model: Mammut, wrapper: str) -> nn.Module:
         return DistributedDataParallel(model)
     if wrapper == "fsdp1":
         return wrap_as_fsdp_config(model)
-    holder = nn.Module()
-    holder.model = model
-    sharding.shard(holder, [*model.vision.vit.blocks, *model.decoder.layers], init_device_mesh("cpu", (2,)))
+    sharding.shard([model], [*model.vision.vit.blocks, *model.decoder.layers], init_device_mesh("cpu", (2,)))
     return model
 
 

@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 
-from mammut.data import read_coco_captions
+from lightning.pytorch.callbacks import Callback
+
+from mammut.data import read_coco_captions, read_vqa
 from mammut.data.sampling import ResumableRandomSampler
 from mammut.tasks.pretrain import PretrainModule
 
@@ -39,7 +41,7 @@ def test_fsdp2_checkpoint_resumes_with_the_same_losses_and_consolidates(tiny_dem
     fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", *common, f"--ckpt_path={sharded}",
                          "--trainer.logger.init_args.version=resumed")
     whole_logs = scalars(tmp_path / "pretrain" / "whole")
-    assert len(whole_logs["val/retrieval/mean_R@1"]) == 2  # after steps 3 and 6
+    assert len(whole_logs["val/pretrain/retrieval/mean_R@1"]) == 2  # after steps 3 and 6
     whole = dict(whole_logs["train/loss"])
     resumed = dict(scalars(tmp_path / "pretrain" / "resumed")["train/loss"])
     assert sorted(resumed) == [3, 4, 5]
@@ -64,7 +66,7 @@ def test_fsdp2_trains_the_vqa_peft_prefix_and_validates(tiny_demo, tmp_path):
     fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", "--trainer.max_steps=3", "--model.warmup_steps=1",
                          "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3",
                          "--model.peft.visual_layers=[0,1]", "--trainer.logger.init_args.version=peft",
-                         config="configs/finetune_vqa_peft.yaml")
+                         config=["configs/finetune_vqa.yaml", "configs/finetune_vqa_peft.yaml"])
     logs = scalars(tmp_path / "finetune_vqa_peft" / "peft")
     assert [step for step, _ in logs["train/loss"]] == [0, 1, 2]
     assert len(logs["val/vqa/accuracy"]) == 1
@@ -82,5 +84,50 @@ def test_ddp_ranks_draw_their_own_shards_and_a_rank_with_only_bad_samples_does_n
     logged = scalars(tmp_path / "pretrain" / "run")
     # Rank 0 (the logger) met exactly the 4 bad images its shard holds, all in its first batch.
     assert [value for _, value in logged["data/skipped_samples"]] == [4.0, 4.0, 4.0]
+    assert [step for step, _ in logged["train/loss"]] == [0, 1, 2]
+    assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])
+
+
+class RecordTasks(Callback):
+    """Writes the task of every training step of this rank to ``folder/tasks-rank<N>.txt``."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with open(f"{self.folder}/tasks-rank{trainer.global_rank}.txt", "a") as file:
+            file.write(f"{trainer.global_step} {','.join(batch)}\n")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_a_joint_run_draws_the_same_task_on_every_rank_and_does_not_hang(tiny_demo, tmp_path, strategy):
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text("trainer:\n  callbacks:\n    - class_path: test_distributed_training.RecordTasks\n"
+                         f"      init_args: {{folder: {tmp_path}}}\n")
+    # Under DDP a step of one task leaves the other's parameters (the contrastive projections) unused.
+    unused = ["--trainer.strategy.init_args.find_unused_parameters=true"] if strategy == "ddp" else []
+    fit_on_two_processes(tiny_demo, tmp_path, strategy, "--trainer.max_steps=8", "--config", str(callbacks),
+                         "--trainer.logger.init_args.version=run", *unused, timeout=240,
+                         config="configs/multitask.yaml")
+    ranks = [(tmp_path / f"tasks-rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert len(ranks[0]) == 8 and ranks[0] == ranks[1]
+    assert {line.split()[1] for line in ranks[0]} == {"pretrain", "vqa"}
+    logged = scalars(tmp_path / "multitask" / "run")
+    assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])
+
+
+def test_ddp_vqa_rank_with_only_bad_samples_does_not_hang(tiny_demo, tmp_path):
+    """The all-bad-batch guard of the VQA task: rank 0's first batch of questions has only corrupt images."""
+    root = tmp_path / "demo"
+    subprocess.run(["cp", "-r", str(tiny_demo), str(root)], check=True)
+    records, _ = read_vqa(root / "vqa/v2_OpenEnded_mscoco_train_questions.json",
+                          root / "vqa/v2_mscoco_train_annotations.json", root / "images/train")
+    first_batch_of_rank_0 = list(ResumableRandomSampler(len(records), seed=0, num_replicas=2, rank=0))[:4]
+    for index in first_batch_of_rank_0:
+        records[index].path.write_bytes(b"not a JPEG")
+    fit_on_two_processes(root, tmp_path, "ddp", "--trainer.max_steps=3", "--data.skip_bad_samples=true",
+                         "--trainer.logger.init_args.version=run", timeout=180, config="configs/finetune_vqa.yaml")
+    logged = scalars(tmp_path / "finetune_vqa" / "run")
+    assert logged["data/skipped_samples"][0][1] >= 4
     assert [step for step, _ in logged["train/loss"]] == [0, 1, 2]
     assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])

@@ -62,7 +62,7 @@ def _captions_on_one_rank(rank: int) -> dict:
         results["compiled"] = _compiled_refusal(wrapped.module.model)
     # FSDP2, with the full weights held in place as for evaluation (plain parameters again).
     fsdp2 = captioner()
-    sharding.shard(fsdp2, [*fsdp2.model.decoder.layers], init_device_mesh("cpu", (2,)))
+    sharding.shard([fsdp2.model], [*fsdp2.model.decoder.layers], init_device_mesh("cpu", (2,)))
     sharding.hold_full_weights(fsdp2, True)
     results["compiled_fsdp2"] = _compiled_refusal(fsdp2.model)
     return results

@@ -195,10 +195,10 @@ def test_mammut_test_with_the_karpathy_recipe_evaluates_the_karpathy_test_split(
         *[f"--data.{split}_images=images" for split in ("train", "val", "test")])
 
     logged = scalars(tmp_path / "retrieval_karpathy" / "test")
-    for tag in ("test/image_to_text/R@1", "test/image_to_text/R@10", "test/text_to_image/R@5",
-                "test/retrieval/mean_R@1", "test/CIDEr-D", "test_baseline/CIDEr-D"):
+    for tag in ("test/pretrain/image_to_text/R@1", "test/pretrain/image_to_text/R@10", "test/pretrain/text_to_image/R@5",
+                "test/pretrain/retrieval/mean_R@1", "test/pretrain/CIDEr-D", "test_baseline/pretrain/CIDEr-D"):
         assert tag in logged, tag
     # Chance R@1 is 1 / the number of images searched: exactly the Karpathy test images.
-    assert logged["test_baseline/text_to_image/R@1"][0][1] == pytest.approx(1 / num_test)
-    assert logged["test_baseline/image_to_text/R@1"][0][1] == pytest.approx(1 / num_test)
+    assert logged["test_baseline/pretrain/text_to_image/R@1"][0][1] == pytest.approx(1 / num_test)
+    assert logged["test_baseline/pretrain/image_to_text/R@1"][0][1] == pytest.approx(1 / num_test)
     assert "text_to_image/R@1" in capsys.readouterr().out

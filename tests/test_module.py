@@ -10,6 +10,7 @@ import torch
 
 from mammut.model import MammutConfig
 from mammut.module import MammutModule, warmup_cosine
+from mammut.tasks.pretrain import PretrainModule
 
 SMALL = dict(image_size=32, vision_width=32, vision_depth=1, vision_heads=2, text_width=32, text_depth=2,
              text_heads=2, cross_attention_layers=[1], embed_dim=16, context_length=12, vocab_size=50)
@@ -17,7 +18,7 @@ SMALL = dict(image_size=32, vision_width=32, vision_depth=1, vision_heads=2, tex
 
 def small_module(**kwargs) -> MammutModule:
     torch.manual_seed(kwargs.pop("seed", 0))
-    return MammutModule(architecture=MammutConfig(**{**SMALL, **kwargs.pop("architecture", {})}), **kwargs)
+    return PretrainModule(architecture=MammutConfig(**{**SMALL, **kwargs.pop("architecture", {})}), **kwargs)
 
 
 def test_warmup_then_cosine_to_the_floor():

@@ -28,15 +28,15 @@ def test_fit_logs_metrics_images_and_checkpoints(tiny_demo, tmp_path):
     run("fit", tiny_demo, tmp_path, "--trainer.max_steps=4", "--trainer.val_check_interval=2",
         "--trainer.logger.init_args.version=run")
     logged = scalars(log_dir(tmp_path))
-    for tag in ("train/loss", "train/contrastive_loss", "train/caption_loss", "train/temperature", "lr-AdamW/decay",
-                "val/image_to_text/R@1", "val/text_to_image/R@10", "val/CIDEr-D", "val/BLEU-4",
-                "val_baseline/text_to_image/R@1", "val_baseline/CIDEr-D", "data/skipped_samples"):
+    for tag in ("train/loss", "train/pretrain/contrastive_loss", "train/pretrain/caption_loss", "train/pretrain/temperature", "lr-AdamW/decay",
+                "val/pretrain/image_to_text/R@1", "val/pretrain/text_to_image/R@10", "val/pretrain/CIDEr-D", "val/pretrain/BLEU-4",
+                "val_baseline/pretrain/text_to_image/R@1", "val_baseline/pretrain/CIDEr-D", "data/skipped_samples"):
         assert tag in logged, tag
     assert [step for step, _ in logged["train/loss"]] == [0, 1, 2, 3]
-    assert len(logged["val/CIDEr-D"]) == 2
+    assert len(logged["val/pretrain/CIDEr-D"]) == 2
     # Chance R@1 of text -> image is 1 / number of val images.
-    assert logged["val_baseline/text_to_image/R@1"][0][1] == pytest.approx(1 / 24)
-    assert "val/generated_captions" in image_tags(log_dir(tmp_path))
+    assert logged["val_baseline/pretrain/text_to_image/R@1"][0][1] == pytest.approx(1 / 24)
+    assert "val/pretrain/samples" in image_tags(log_dir(tmp_path))
     checkpoints = sorted(p.name for p in (log_dir(tmp_path) / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("best-step") for name in checkpoints)
 
@@ -79,7 +79,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_checkpoints(tiny_dem
     checkpoints = ModelCheckpoint(tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = L.Trainer(max_steps=6, limit_val_batches=0, callbacks=[checkpoints, PoisonWeightsAtStep(3)],
                         logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at global step 3 .*contrastive=nan"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at global step 3 .*contrastive_loss=nan"):
         trainer.fit(PretrainModule(architecture=architecture), data)
     last = tmp_path / "last.ckpt"
     saved = torch.load(last, weights_only=False)

@@ -108,9 +108,9 @@ def test_evaluation_layout_is_the_prompt_alone(dataset):
     data = dataset(train=False)
     t = data.tokenizer
     sample = data[0]
-    start = sample["answer_start"]
-    assert sample["tokens"][start - 1] == t.sep_id and (sample["tokens"][start:] == t.pad_id).all()
-    assert len(sample["answers"]) == 10
+    start = sample.answer_start
+    assert sample.tokens[start - 1] == t.sep_id and (sample.tokens[start:] == t.pad_id).all()
+    assert len(sample.answers) == 10
 
 
 def test_answers_are_drawn_by_annotator_frequency_and_repeat_per_epoch(dataset):
@@ -127,10 +127,10 @@ def test_long_questions_are_cut_keeping_the_answer(dataset):
     data = dataset(train=True, context_length=8)
     t = data.tokenizer
     sample = data[0]
-    tokens = sample["tokens"].tolist()
+    tokens = sample.tokens.tolist()
     assert len(tokens) == 8 and tokens[0] == t.bos_id and t.eos_id in tokens
-    assert tokens[sample["answer_start"] - 1] == t.sep_id
-    assert t.decode(tokens[sample["answer_start"]:tokens.index(t.eos_id)]) == data.training_answer(0)
+    assert tokens[sample.answer_start - 1] == t.sep_id
+    assert t.decode(tokens[sample.answer_start:tokens.index(t.eos_id)]) == data.training_answer(0)
 
 
 def test_unreadable_image_fails_or_is_skipped(dataset, tmp_path):

@@ -11,7 +11,7 @@ from mammut.tasks.vqa import answer_loss
 
 import tiny_run
 
-PEFT = "configs/finetune_vqa_peft.yaml"
+PEFT = ["configs/finetune_vqa.yaml", "configs/finetune_vqa_peft.yaml"]  # the recipe and its overlay
 FULL = "configs/finetune_vqa.yaml"
 
 
@@ -78,12 +78,12 @@ def test_peft_trains_the_prefix_alone(tiny_demo, tmp_path, pretrained, capsys):
     # Every pretrained tensor loads; only the three of the new prefix keep their initialisation.
     assert f"from {pretrained}; 3 kept their initialisation" in messages
     trainable, total = (int(n.replace(",", "")) for n in re.search(r"([\d,]+) trainable of ([\d,]+)", printed).groups())
-    assert trainable == sum(p.numel() for name, p in weights(start).items() if name.startswith("prefix."))
+    assert trainable == sum(p.numel() for name, p in weights(start).items() if name.startswith("tasks.vqa.prefix."))
     assert f"({100 * trainable / total:.2f}%)" in printed
     before, after = weights(start), weights(next((tmp_path / "peft").rglob("last.ckpt")))
     pretrained_weights = weights(pretrained)
-    prefix = {name for name in after if name.startswith("prefix.")}
-    assert prefix == {"prefix.projection.weight", "prefix.projection.bias", "prefix.prompt"}
+    prefix = {name for name in after if name.startswith("tasks.vqa.prefix.")}
+    assert prefix == {f"tasks.vqa.prefix.{name}" for name in ("projection.weight", "projection.bias", "prompt")}
     for name, value in after.items():
         if name in prefix:
             assert not torch.equal(value, before[name]), f"{name} did not train"
@@ -111,7 +111,7 @@ def test_finetune_from_a_checkpoint_reports_logs_and_answers(tiny_demo, tmp_path
         assert tag in logged, tag
     # The majority baseline on the demo world is far from 0 and from 1.
     assert 0.2 < logged["val_baseline/vqa/accuracy"][-1][1] < 0.7
-    assert "val/answers" in tiny_run.image_tags(logs)
+    assert "val/vqa/samples" in tiny_run.image_tags(logs)
     checkpoints = sorted(p.name for p in (logs / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("best-step") for name in checkpoints)
 

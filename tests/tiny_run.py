@@ -20,14 +20,25 @@ TINY_MODEL = [
 ]
 
 
-def run(command: str, data_root: Path, out: Path, *overrides: str, config: str = "configs/pretrain.yaml") -> None:
+def run(command: str, data_root: Path, out: Path, *overrides: str,
+        config: str | list[str] = "configs/pretrain.yaml") -> None:
+    """``config``: a recipe, or a recipe and its overlays (e.g. the VQA recipe and the PEFT one)."""
+    configs = [config] if isinstance(config, str) else config
     main([
-        command, "--config", str(REPO / config), *TINY_MODEL,
-        f"--data.root={data_root}", "--data.batch_size=8", "--data.eval_batch_size=12", "--data.num_workers=0",
+        command, *(argument for c in configs for argument in ("--config", str(REPO / c))), *TINY_MODEL,
+        *data_arguments(data_root, joint="multitask" in configs[0]),
         "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
         *overrides,
     ])
+
+
+def data_arguments(data_root: Path, joint: bool, batch_size: int = 8) -> list[str]:
+    """The tiny demo world in small batches, for a single task's data module or each task's of a joint one."""
+    settings = [f"root={data_root}", f"batch_size={batch_size}", "eval_batch_size=12", "num_workers=0"]
+    if not joint:
+        return [f"--data.{setting}" for setting in settings]
+    return [f"--data.tasks.{task}.init_args.{setting}" for task in ("pretrain", "vqa") for setting in settings]
 
 
 class Crash(RuntimeError):

@@ -1,9 +1,12 @@
-"""MammutModule: the one LightningModule that holds the shared encoder-decoder.
+"""MammutModule: the one LightningModule, holding the shared MaMMUT and a dict of tasks.
 
-Everything every task needs lives here: building the model, AdamW with warmup and cosine
-decay, freezing by name pattern, loading (partial) weights, compilation and FSDP2 sharding,
-the non-finite loss guard and the common logging. A task subclasses it and adds its loss,
-metrics and a light head.
+Everything every task needs is written here once: building the model, AdamW with warmup and
+cosine decay, freezing by name pattern, loading (partial) weights, compilation and FSDP2
+sharding, the training step (several tasks' losses summed with their weights), the guard for
+a rank whose samples were all bad, the non-finite and divergence checks, counting skipped
+and cut samples, evaluation, the report table with baselines and the metric names
+``{stage}/{task}/{metric}``. A task (``mammut.task.Task``) brings its head, loss, metrics and
+samples; ``tasks/<name>.py`` offers a thin preset per task, e.g. ``mammut.tasks.vqa.VQAModule``.
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ import torch
 from torch import Tensor, nn
 
 from mammut import sharding
+from mammut.loss_guard import LossGuard
 from mammut.model import GenerationConfig, Mammut, MammutConfig
 from mammut.model.weights_file import read_state_dict
+from mammut.optimization import follow_run_settings, parameter_groups, warmup_cosine
+from mammut.task import Task, TaskContext
+from mammut.visualize import captioned_images
 
 log = logging.getLogger(__name__)
 
-# Weight of the past in the running mean of the loss: it spans about the last 50 steps.
-LOSS_MEAN_DECAY = 0.98
+__all__ = ["MammutModule", "warmup_cosine"]
 
 
 class MammutModule(L.LightningModule):
     def __init__(
         self,
+        tasks: dict[str, Task] | None = None,
+        task_weights: dict[str, float] | None = None,
         architecture: MammutConfig | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -47,15 +55,20 @@ class MammutModule(L.LightningModule):
     ):
         """
         Args:
+            tasks: name -> task (``mammut.tasks.pretrain.PretrainTask``, ``mammut.tasks.vqa.VQATask``,
+                or your own ``mammut.task.Task``). The names key the metrics and the batches of a
+                joint run; a per-task preset (``PretrainModule``, ``VQAModule``) sets this itself.
+            task_weights: name -> weight of that task's loss in the sum (default 1 each).
             architecture: the model's shape (see ``mammut.model.MammutConfig`` and configs/model/).
             lr: peak learning rate, reached after ``warmup_steps``, then cosine decay.
-            weight_decay: AdamW decay, not applied to norms, biases, embeddings or the temperature.
+            weight_decay: AdamW decay, not applied to the parameters that the model and the tasks
+                declare in ``no_weight_decay()`` (norms, biases, embeddings, the temperature).
             betas: AdamW betas.
             warmup_steps: linear warmup from 0 to ``lr``.
             min_lr_ratio: the learning rate at the end of training, as a fraction of ``lr``.
             freeze: glob patterns of parameter names to freeze, e.g. ``["model.vision.*"]``.
             lr_scales: glob pattern of parameter names -> multiplier of ``lr`` for them, e.g.
-                ``{"peft.prompt": 10.0}``; the first matching pattern applies.
+                ``{"tasks.vqa.prefix.prompt": 10.0}``; the first matching pattern applies.
             init_from: weights to start from: a Lightning checkpoint, a torch state dict or a
                 .safetensors file. Parameters are matched by name and shape. The file is read
                 without running code (``weights_only``). Restoring a checkpoint of this run
@@ -76,7 +89,10 @@ class MammutModule(L.LightningModule):
                 after checkpoints had saved it). None: no such check.
         """
         super().__init__()
-        self.save_hyperparameters()
+        # A preset builds its tasks from its own arguments; tasks given as objects (not as the
+        # CLI's class_path dicts) cannot be saved as plain data and are left out.
+        given_as_config = all(isinstance(task, dict) for task in (tasks or {}).values())
+        self.save_hyperparameters(ignore=[] if given_as_config else ["tasks"])
         # Checkpoints hold settings as plain data, which loads without unpickling any class.
         for name, value in self.hparams.items():
             if dataclasses.is_dataclass(value):
@@ -85,7 +101,15 @@ class MammutModule(L.LightningModule):
         self.architecture = MammutConfig(**architecture) if isinstance(architecture, dict) else architecture or MammutConfig()
         self.generation = GenerationConfig(**generation) if isinstance(generation, dict) else generation or GenerationConfig()
         self.model = Mammut(self.architecture)
-        self.add_task_modules()
+        if not tasks:
+            raise ValueError("a MammutModule needs at least one task (model.tasks, or a preset such as VQAModule)")
+        self.tasks = nn.ModuleDict(tasks)
+        unknown = set(task_weights or {}) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"task_weights name {sorted(unknown)}, which are not among the tasks {list(self.tasks)}")
+        self.task_weights = {name: (task_weights or {}).get(name, 1.0) for name in self.tasks}
+        for task in self.tasks.values():
+            task.build(self.architecture)  # its own modules exist before init_from and freeze
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if init_from:
@@ -95,9 +119,27 @@ class MammutModule(L.LightningModule):
         self.skipped_samples = 0
         self.records_skipped: dict[str, int] = {}  # per split, records the readers dropped
         self.truncated_texts = 0
-        # The first training loss and a running mean of the losses, for the divergence check.
-        self.loss_history: dict[str, float | None] = {"first": None, "mean": None}
+        self.loss_guard = LossGuard(divergence_factor)
+        self.eval_task_names = list(self.tasks)  # the task of each evaluation dataloader, in order
         self._configured = False
+
+    # ------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        """Connect the data side and the tasks to the model's settings, once, before any step.
+
+        Settings flow one way: the data module is told the image size and context length and
+        never reads the model; each task is given the tokenizer and the data's reference
+        information, and never reads the trainer's data module itself.
+        """
+        data = getattr(self.trainer, "datamodule", None)
+        if data is not None and hasattr(data, "connect"):
+            data.connect(image_size=self.architecture.image_size, context_length=self.architecture.context_length)
+        self.eval_task_names = list(getattr(data, "task_names", None) or self.tasks)
+        for name, task in self.tasks.items():
+            task.connect(TaskContext(
+                architecture=self.architecture, generation=self.generation,
+                tokenizer=getattr(data, "tokenizer", None),
+                references=data.references_for(name) if hasattr(data, "references_for") else {}))
 
     # ------------------------------------------------- compilation, sharding
     def transformer_blocks(self) -> list[nn.Module]:
@@ -108,7 +150,7 @@ class MammutModule(L.LightningModule):
         """Called by Lightning on every process before the optimiser is built (once per module).
 
         Under ``ModelParallelStrategy`` (configs/strategy/fsdp2.yaml) the blocks, then the
-        model and any other child module, are sharded over the data-parallel ranks with FSDP2.
+        model and each task's modules, are sharded over the data-parallel ranks with FSDP2.
         """
         if self._configured:
             return
@@ -117,13 +159,15 @@ class MammutModule(L.LightningModule):
             for block in self.transformer_blocks():
                 block.compile()
         if self.device_mesh is not None:
-            entry_points = {self.model: ["encode_image", "encode_image_with_layers", "image_embedding",
-                                         "text_embedding", "caption_logits"]}
-            sharding.shard(self, self.transformer_blocks(), self.device_mesh["data_parallel"], entry_points)
+            roots = [self.model, *(child for task in self.tasks.values() for child in task.children())]
+            entry_points = {self.model: list(Mammut.fsdp_entry_points)}
+            for task in self.tasks.values():
+                entry_points.update(task.fsdp_entry_points())
+            sharding.shard(roots, self.transformer_blocks(), self.device_mesh["data_parallel"], entry_points)
 
     # Evaluation and prediction call model methods that FSDP2's hooks do not see (see
     # ``sharding.hold_full_weights``): under FSDP2 each rank holds the full weights for the
-    # duration of an evaluation batch. Subclasses that override these hooks call super().
+    # duration of an evaluation batch.
     def _hold_full_weights(self, hold: bool) -> None:
         if self.device_mesh is not None:
             sharding.hold_full_weights(self, hold)
@@ -156,17 +200,7 @@ class MammutModule(L.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def empty_inputs(self) -> tuple[Tensor, Tensor]:
-        """Images (0, 3, S, S) and tokens (0, T): what a rank whose samples were all bad feeds
-        the model, so that it still joins the other ranks' collectives."""
-        c = self.architecture
-        return (torch.zeros(0, 3, c.image_size, c.image_size, device=self.device),
-                torch.zeros(0, c.context_length, dtype=torch.long, device=self.device))
-
-    def add_task_modules(self) -> None:
-        """Where a task adds its own modules (a head, a PEFT prefix), so that ``init_from``
-        and ``freeze`` see them. ``self.hparams`` holds the task's arguments already."""
-
+    # ---------------------------------------------------------------- weights
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """Lightning's ``load_from_checkpoint``, without running code and without reading the
@@ -175,10 +209,9 @@ class MammutModule(L.LightningModule):
         kwargs["init_from"] = None
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
-    # ---------------------------------------------------------------- weights
     def load_weights(self, path: str, strict: bool = False) -> None:
         """Copy matching parameters from a checkpoint; report what did not match."""
-        state = read_state_dict(path, purpose="init_from")
+        state = self.current_key_names(read_state_dict(path, purpose="init_from"))
         own = self.state_dict()
         # A single number may be stored with shape () (older checkpoints) or (1,).
         loadable = {k: v.reshape(own[k].shape) for k, v in state.items()
@@ -192,6 +225,17 @@ class MammutModule(L.LightningModule):
         self.load_state_dict(loadable, strict=False)
         log.info("loaded %d tensors from %s; %d kept their initialisation%s", len(loadable), path, len(missing),
                  f"; shapes differ for {mismatched}" if mismatched else "")
+
+    def current_key_names(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict with the key names of checkpoints written before tasks were components
+        (a task's parameters at the top level, e.g. ``prefix.*``) mapped to ``tasks.<name>.*``."""
+        renames = {old: f"tasks.{name}.{new}" for name, task in self.tasks.items()
+                   for old, new in task.legacy_keys().items()}
+        renamed = {}
+        for key, value in state.items():
+            old = next((prefix for prefix in renames if key.startswith(prefix)), None)
+            renamed[renames[old] + key[len(old):] if old else key] = value
+        return renamed
 
     def freeze_matching(self, patterns: list[str]) -> None:
         frozen = 0
@@ -225,59 +269,93 @@ class MammutModule(L.LightningModule):
         unique = {id(p): p for p in self.parameters()}.values()
         return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
 
+    def no_weight_decay(self) -> set[str]:
+        """Every parameter that the model or a task declares free of weight decay."""
+        names = {f"model.{name}" for name in self.model.no_weight_decay()}
+        for task_name, task in self.tasks.items():
+            names |= {f"tasks.{task_name}.{name}" for name in task.no_weight_decay()}
+        return names
+
     # ------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
-        for name, parameter in self.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            # Norm scales, biases, embeddings and the temperature are not weight-decayed.
-            decayed = not (parameter.ndim < 2 or "embedding" in name or "pos_embed" in name or "cls_token" in name)
-            groups.setdefault((decayed, self.lr_scale(name)), []).append(parameter)
-        optimizer = torch.optim.AdamW(
-            [{"params": params, "weight_decay": self.hparams.weight_decay if decayed else 0.0,
-              "lr": self.hparams.lr * scale, "name": _group_name(decayed, scale), "decayed": decayed,
-              "lr_scale": scale}
-             for (decayed, scale), params in sorted(groups.items(), key=lambda group: (not group[0][0], group[0][1]))],
-            lr=self.hparams.lr, betas=self.hparams.betas,
-        )
+        h = self.hparams
+        groups = parameter_groups(self.named_parameters(), self.no_weight_decay(), self.lr_scale, h.lr, h.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=h.betas)
         total = self.trainer.estimated_stepping_batches
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio))
+            optimizer, lambda step: warmup_cosine(step, h.warmup_steps, total, h.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_train_start(self) -> None:
-        self.apply_optimizer_settings()
-
-    def apply_optimizer_settings(self) -> None:
-        """Make the optimiser follow this run's settings after a resume.
-
-        Restoring a checkpoint restores its optimiser and schedule too, with the learning rate,
-        weight decay and betas of the run that wrote it. The settings given now win (a lower
-        ``--model.lr`` is the usual cure for a diverging run); each change is logged.
-        """
         h = self.hparams
-        for config in self.trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            for index, group in enumerate(scheduler.optimizer.param_groups):
-                wanted = {"initial_lr": h.lr * group.get("lr_scale", 1.0), "betas": tuple(h.betas),
-                          "weight_decay": h.weight_decay if group.get("decayed", True) else 0.0}
-                changed = {k: (group.get(k), v) for k, v in wanted.items() if _differs(group.get(k), v)}
-                if changed:
-                    log.info("optimiser group %s follows this run's settings: %s", group.get("name", index),
-                             ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
-                group.update(wanted)
-                if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-                    # The schedule as this run defines it (its length follows max_steps too).
-                    scheduler.base_lrs[index] = wanted["initial_lr"]
-                    group["lr"] = wanted["initial_lr"] * scheduler.lr_lambdas[index](scheduler.last_epoch)
+        follow_run_settings((config.scheduler for config in self.trainer.lr_scheduler_configs),
+                            h.lr, h.weight_decay, h.betas)
 
-    # --------------------------------------------------------------- logging
     def on_fit_start(self) -> None:
         # Printed at the start of every fit: how much of the model this run trains (PEFT: under 1%).
         trainable, total = self.parameter_counts()
         if self.trainer.is_global_zero:
             print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)", flush=True)
+
+    # --------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx: int):
+        """One step of one task (a joint run's loader yields ``{task name: batch}``), or of several."""
+        batches = batch if isinstance(batch, dict) else {self._only_task(): batch}
+        if self.trainer.world_size == 1 and all(len(b) == 0 for b in batches.values()):
+            for task_batch in batches.values():
+                self.count_data(task_batch)
+            return None  # every sample of this step was bad: skip it
+        total, parts = 0.0, {}
+        for name, task_batch in batches.items():
+            self.count_data(task_batch)
+            # A rank whose samples were all bad still runs the model, on zero rows, so that the
+            # other ranks' collectives do not wait for it; it adds zero to the loss.
+            task_loss = self.tasks[name].loss(self.model, task_batch if len(task_batch) else
+                                              self.tasks[name].empty_batch(self.device))
+            total = total + self.task_weights[name] * task_loss.total
+            parts.update({f"{name}/loss": task_loss.total.detach(),
+                          **{f"{name}/{part}": value for part, value in task_loss.parts.items()}})
+        self.check_finite(total, parts)
+        self.log("train/loss", total, prog_bar=True)
+        self._log_task_metrics({f"train/{name}": value for name, value in parts.items()})
+        return total
+
+    def _log_task_metrics(self, metrics: dict[str, Tensor]) -> None:
+        """Straight to the loggers, at the logging interval: Lightning would repeat a metric's last
+        value at every later step, and a task's loss exists only at the steps that drew it."""
+        if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            values = {name: float(value.detach()) for name, value in metrics.items()}
+            for logger in self.loggers:
+                logger.log_metrics(values, step=self.global_step)
+
+    def _only_task(self) -> str:
+        if len(self.tasks) != 1:
+            raise ValueError(f"with several tasks ({list(self.tasks)}) each batch must come as {{task name: batch}}")
+        return next(iter(self.tasks))
+
+    def check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
+        """Stop before a non-finite or diverging loss reaches the weights (``LossGuard``), on the
+        largest loss of all ranks, so that they stop together."""
+        local = loss.detach().float()
+        worst = local if torch.isfinite(local) else torch.full_like(local, math.inf)
+        if self.trainer.world_size > 1:
+            worst = self.trainer.strategy.reduce(worst, reduce_op="max")
+        detail = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items())
+        self.loss_guard.check(float(worst), detail, f"at global step {self.global_step} (epoch {self.current_epoch})",
+                              self.global_step)
+
+    # ------------------------------------------------- skipped and cut samples
+    def count_data(self, batch) -> None:
+        self.count_skipped(batch.num_skipped)
+        self.count_truncated(batch.truncated)
+        # In evaluation the counts are logged once, at the end (several loaders may run).
+        if self.trainer.training:
+            self.log_data_counts()
+
+    def log_data_counts(self) -> None:
+        self.log("data/skipped_samples", float(self.skipped_samples + sum(self.records_skipped.values())),
+                 reduce_fx="max")
+        self.log("data/truncated_texts", float(self.truncated_texts), reduce_fx="max")
 
     def count_skipped(self, num_skipped: int) -> None:
         """Bad samples dropped by the data pipeline are counted and logged, never hidden.
@@ -292,10 +370,8 @@ class MammutModule(L.LightningModule):
             return
         self._count_records_skipped()
         self.skipped_samples += num_skipped
-        total = self.skipped_samples + sum(self.records_skipped.values())
         if num_skipped:
-            log.warning("skipped %d bad samples so far", total)
-        self.log("data/skipped_samples", float(total), reduce_fx="max")
+            log.warning("skipped %d bad samples so far", self.skipped_samples + sum(self.records_skipped.values()))
 
     def count_truncated(self, truncated: list[str]) -> None:
         """Texts cut to fit the context length are counted and logged; the first one is named."""
@@ -304,7 +380,6 @@ class MammutModule(L.LightningModule):
         if truncated and not self.truncated_texts:
             log.warning("%s; texts cut to fit are counted in data/truncated_texts", truncated[0])
         self.truncated_texts += len(truncated)
-        self.log("data/truncated_texts", float(self.truncated_texts), reduce_fx="max")
 
     def _count_records_skipped(self) -> None:
         """Take in what the readers dropped from the split that this loop runs on. Assigned, not
@@ -313,75 +388,89 @@ class MammutModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         self.records_skipped[split] = getattr(datamodule, "records_skipped", {}).get(split, 0)
 
-    def check_finite(self, loss: Tensor, parts: dict[str, Tensor]) -> None:
-        """Stop before a non-finite or diverging loss reaches the weights.
+    # ------------------------------------------------------------- evaluation
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, batch_idx, dataloader_idx, "val")
 
-        Every rank decides on the largest loss of all ranks, so that they stop together rather
-        than leave the others waiting in a collective. A finite loss counts as diverging when it
-        exceeds ``divergence_factor`` times the larger of the run's first loss and its running
-        mean: a loss that far above where training started is an explosion, not a hard batch,
-        and stopping at once keeps its weights out of the checkpoints written from then on.
-        """
-        local = loss.detach().float()
-        worst = local if torch.isfinite(local) else torch.full_like(local, math.inf)
-        if self.trainer.world_size > 1:
-            worst = self.trainer.strategy.reduce(worst, reduce_op="max")
-        worst = float(worst)
-        detail = ", ".join(f"{name}={value.item():.4g}" for name, value in parts.items())
-        where = f"at global step {self.global_step} (epoch {self.current_epoch})"
-        if not math.isfinite(worst):
-            raise FloatingPointError(
-                f"non-finite loss {where}: {detail}{'' if torch.isfinite(local) else ' on this rank'}. "
-                f"The weights were not updated; resume from the last checkpoint with a lower lr "
-                f"(--model.lr=...) or fix the data.")
-        factor = self.hparams.get("divergence_factor")
-        reference = max(self.loss_history["first"] or 0.0, self.loss_history["mean"] or 0.0)
-        if factor and reference > 0 and worst > factor * reference:
-            raise FloatingPointError(
-                f"diverging loss {where}: {worst:.4g}, over {factor:g} times the reference {reference:.4g} "
-                f"(the larger of the first loss and the running mean; {detail} on this rank). The weights were "
-                f"not updated by this step, but the step before produced them: a checkpoint of step "
-                f"{self.global_step} may hold them. Resume from an earlier one (the recipes keep "
-                f"the previous checkpoint too) with a lower lr (--model.lr=...), or raise "
-                f"--model.divergence_factor.")
-        if worst > 0:
-            history = self.loss_history
-            history["first"] = history["first"] or worst
-            history["mean"] = worst if history["mean"] is None else (
-                LOSS_MEAN_DECAY * history["mean"] + (1 - LOSS_MEAN_DECAY) * worst)
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, batch_idx, dataloader_idx, "test")
 
+    def _evaluate(self, batch, batch_idx: int, dataloader_idx: int, stage: str) -> None:
+        self.count_data(batch)
+        if len(batch):
+            self.tasks[self.eval_task_names[dataloader_idx]].evaluate(self.model, batch, stage, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def _report(self, stage: str) -> None:
+        if not self.trainer.sanity_checking:
+            self.log_data_counts()
+        for name in self.eval_task_names:
+            task = self.tasks[name]
+            if self.trainer.sanity_checking:
+                task.reset(stage)
+                continue
+            report = task.report(stage)
+            if report is None:
+                continue
+            # Every rank holds the same values (tasks gather the whole set); sync_dist only
+            # confirms it, and lets checkpoint monitors read them on every rank.
+            self.log_dict({f"{stage}/{name}/{metric}": float(v) for metric, v in report.scores.items()}, sync_dist=True)
+            self.log_dict({f"{stage}_baseline/{name}/{metric}": float(v) for metric, v in report.baselines.items()},
+                          sync_dist=True)
+            if self.trainer.is_global_zero:
+                print(f"\n{stage} {name} (epoch {self.current_epoch}, step {self.global_step}):\n"
+                      + report_table(report), flush=True)
+            self._log_samples(f"{stage}/{name}/samples", report.samples)
+
+    def _log_samples(self, tag: str, samples: tuple[Tensor, list[str]] | None) -> None:
+        experiment = getattr(self.logger, "experiment", None) if self.logger else None
+        if samples is None or not hasattr(experiment, "add_images"):
+            return
+        images, texts = samples
+        experiment.add_images(tag, captioned_images(images, texts), self.global_step)
+        experiment.add_text(tag, "\n\n".join(texts), self.global_step)
+
+    # ------------------------------------------------------------- prediction
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        task = self.tasks[self.eval_task_names[dataloader_idx]]
+        predictions = task.predict(self.model, batch)
+        if self.trainer.is_global_zero:
+            for prediction in predictions:
+                print(task.format_prediction(prediction), flush=True)
+        return predictions
+
+    # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["truncated_texts"] = self.truncated_texts
-        checkpoint["loss_history"] = dict(self.loss_history)
+        checkpoint["loss_history"] = dict(self.loss_guard.history)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
         self.truncated_texts = checkpoint.get("truncated_texts", 0)
-        self.loss_history = {**self.loss_history, **checkpoint.get("loss_history", {})}
+        self.loss_guard.history.update(checkpoint.get("loss_history", {}))
+        state = checkpoint.get("state_dict", {})
+        renamed = self.current_key_names(state)
+        state.clear()
+        state.update(renamed)
         # Older checkpoints hold the temperature with shape () rather than (1,).
-        own, state = dict(self.named_parameters()), checkpoint.get("state_dict", {})
+        own = dict(self.named_parameters())
         for name, value in state.items():
             if name in own and own[name].shape != value.shape and own[name].numel() == value.numel() == 1:
                 state[name] = value.reshape(own[name].shape)
 
 
-def _group_name(decayed: bool, scale: float) -> str:
-    """``decay`` / ``no_decay``, with the lr multiplier when it is not 1 (LearningRateMonitor tags)."""
-    return ("decay" if decayed else "no_decay") + ("" if scale == 1.0 else f"_x{scale:g}")
-
-
-def _differs(old, new) -> bool:
-    if isinstance(new, tuple):
-        return old is None or tuple(old) != new
-    return old is None or not math.isclose(old, new, rel_tol=1e-12, abs_tol=0.0)
-
-
-def warmup_cosine(step: int, warmup: int, total: int | float, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if not math.isfinite(total) or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def report_table(report) -> str:
+    """Each score beside its baseline, and the number of examples behind it where known."""
+    counts = bool(report.counts)
+    rows = [f"{'metric':<28}{'model':>10}{'baseline':>10}" + (f"{'examples':>10}" if counts else "")]
+    for name, value in report.scores.items():
+        base = report.baselines.get(name)
+        row = f"{name:<28}{float(value):>10.4f}{'' if base is None else f'{base:>10.4f}':>10}"
+        rows.append(row + (f"{report.counts.get(name, ''):>10}" if counts else ""))
+    return "\n".join(rows)

@@ -1,8 +1,8 @@
 """FSDP2 (torch ``fully_shard``) for a MammutModule under Lightning's ``ModelParallelStrategy``.
 
 Each transformer block becomes one FSDP unit: its weights are all-gathered just before it runs
-and freed after. Then every child of the LightningModule that holds parameters (the model,
-a task's extra modules) is sharded as a root, which covers the remaining weights: the
+and freed after. Then the model and each module of a task that holds parameters (a head, a
+PEFT prefix) is sharded as a root, which covers the remaining weights: the
 embeddings, norms and projections, the tied token embedding and output projection included
 (both sit in the same unit, so they stay one parameter). The LightningModule itself is not
 sharded: its metrics and other state are not parameters and must stay plain tensors.
@@ -17,23 +17,19 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
 
-def shard(module: nn.Module, blocks: list[nn.Module], mesh: DeviceMesh,
+def shard(roots: list[nn.Module], blocks: list[nn.Module], mesh: DeviceMesh,
           entry_points: dict[nn.Module, list[str]] | None = None) -> None:
-    """Shard ``blocks``, then the children of ``module`` that hold parameters, over ``mesh``.
+    """Shard ``blocks``, then each of ``roots`` that holds parameters, over ``mesh``.
 
     ``entry_points`` names methods other than ``forward`` that evaluation calls first on a
     root (``encode_image``, ...): FSDP runs its root set-up and gathers the root's weights
     for them as for ``forward``.
     """
-    names = [name for name, _ in module.named_parameters(recurse=False)]
-    if names:
-        raise TypeError(f"{type(module).__name__} holds parameters itself ({names}); put them in a child module "
-                        "so that they can be sharded")
     for block in blocks:
         fully_shard(block, mesh=mesh)
-    for child in module.children():
-        if next(child.parameters(), None) is not None:
-            fully_shard(child, mesh=mesh)
+    for root in roots:
+        if next(root.parameters(), None) is not None:
+            fully_shard(root, mesh=mesh)
     for root, names in (entry_points or {}).items():
         for name in names:
             register_fsdp_forward_method(root, name)

@@ -39,6 +39,7 @@ _EXPORTS = {
     "read_vqa": "vqa",
     "VQABatch": "batch",
     "VQADataset": "vqa_dataset",
+    "VQASample": "vqa_dataset",
     "collate_vqa": "vqa_dataset",
 }
 
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from mammut.data.tokenizer import DEFAULT_SPECIAL_TOKENS, CaptionTokenizer
     from mammut.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, image_transform
     from mammut.data.vqa import VQARecord, read_vqa
-    from mammut.data.vqa_dataset import VQADataset, collate_vqa
+    from mammut.data.vqa_dataset import VQADataset, VQASample, collate_vqa
 
 
 def __getattr__(name: str):

@@ -3,9 +3,10 @@
 They are dataclasses, so Lightning moves their tensors to the device, and ``pin_memory``
 makes ``DataLoader(pin_memory=True)`` pin them too. ``len(batch)`` is the number of images.
 
-A batch whose every sample was bad has zero images and ``num_skipped > 0``; its tensors
-are empty, ``images`` of shape (0, 3, 0, 0) and token tensors of shape (0, 0). A training
-step should skip it (and log ``num_skipped``).
+A batch whose every sample was bad (``Batch.empty``) has zero images and ``num_skipped > 0``;
+its tensors are empty, ``images`` of shape (0, 3, 0, 0), token tensors (named ``*tokens``)
+of shape (0, 0) and the others of shape (0,), and its lists are empty. A training step
+should skip it (and log ``num_skipped``).
 
 ``truncated`` describes each text of the batch that was cut to fit the context length
 ("image id 42: caption of 31 tokens cut to the context length 24"), so a run can count
@@ -15,13 +16,16 @@ them and name one; ``num_truncated`` is how many.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field
 
 import torch
 from torch import Tensor
 
+B = typing.TypeVar("B", bound="Batch")
 
-class _Batch:
+
+class Batch:
     """What the batch types share."""
 
     def __len__(self) -> int:
@@ -34,6 +38,20 @@ class _Batch:
     def pin_memory(self):
         return _pinned(self)
 
+    @classmethod
+    def empty(cls: type[B], num_skipped: int) -> B:
+        """A batch whose every sample was bad: each field without a default empty, as the module docstring says."""
+        hints = typing.get_type_hints(cls)
+        required = [f.name for f in dataclasses.fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        return cls(**{name: _empty_tensor(name) if hints[name] is Tensor else [] for name in required},
+                   num_skipped=num_skipped)
+
+
+def _empty_tensor(name: str) -> Tensor:
+    if name == "images":
+        return torch.empty(0, 3, 0, 0)
+    return torch.empty((0, 0) if name.endswith("tokens") else (0,), dtype=torch.long)
+
 
 def _pinned(batch):
     """A copy of a dataclass batch with every tensor field in pinned memory."""
@@ -42,7 +60,7 @@ def _pinned(batch):
 
 
 @dataclass
-class ImageTextBatch(_Batch):
+class ImageTextBatch(Batch):
     """Training: one caption per image."""
 
     images: Tensor  # (B, 3, H, W) float
@@ -53,7 +71,7 @@ class ImageTextBatch(_Batch):
 
 
 @dataclass
-class ImageCaptionsBatch(_Batch):
+class ImageCaptionsBatch(Batch):
     """Evaluation: all captions of each image, flattened over the batch."""
 
     images: Tensor  # (B, 3, H, W) float
@@ -66,7 +84,7 @@ class ImageCaptionsBatch(_Batch):
 
 
 @dataclass
-class VQABatch(_Batch):
+class VQABatch(Batch):
     """Questions about images. In training ``tokens`` hold ``[bos] question [sep] answer [eos]``;
     in evaluation and prediction only the prompt ``[bos] question [sep]``. Right-padded."""
 
@@ -78,11 +96,3 @@ class VQABatch(_Batch):
     answers: list[list[str]]  # the annotators' answers; empty lists when there are none
     num_skipped: int = 0
     truncated: list[str] = field(default_factory=list)
-
-    @classmethod
-    def empty(cls, num_skipped: int) -> VQABatch:
-        """A batch whose every sample was bad."""
-        return cls(images=torch.empty(0, 3, 0, 0), tokens=torch.empty(0, 0, dtype=torch.long),
-                   answer_start=torch.empty(0, dtype=torch.long), question_ids=torch.empty(0, dtype=torch.long),
-                   questions=[], answers=[], num_skipped=num_skipped)
-

@@ -83,6 +83,18 @@ class Mammut(nn.Module):
             logit_scale=self.scale(),
         )
 
+    # Methods other than forward that evaluation calls first: under FSDP2 they gather the
+    # root's weights as forward does (``sharding.shard``).
+    fsdp_entry_points = ("encode_image", "encode_image_with_layers", "image_embedding", "text_embedding",
+                         "caption_logits")
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay: norm scales, biases, the temperature, the
+        embeddings (the ViT's own list, as timm declares it, and the decoder's)."""
+        names = {name for name, parameter in self.named_parameters() if parameter.ndim < 2}
+        names |= {f"vision.vit.{name}" for name in self.vision.vit.no_weight_decay()}
+        return names | {"decoder.token_embedding.weight", "decoder.position_embedding"}
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable

@@ -1,0 +1,72 @@
+"""AdamW parameter groups, the warmup-cosine schedule, and an optimiser that follows a resumed run's settings."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def parameter_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], no_weight_decay: set[str],
+                     lr_scale: Callable[[str], float], lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups by (decayed, lr multiplier), trainable parameters only.
+
+    Which parameters take no decay is declared by the model and the tasks (``no_weight_decay()``,
+    as timm's models do), never guessed from names. Each group records ``decayed`` and
+    ``lr_scale`` so that a resumed run can re-apply its own settings (``follow_run_settings``).
+    """
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, parameter in named_parameters:
+        if parameter.requires_grad:
+            groups.setdefault((name not in no_weight_decay, lr_scale(name)), []).append(parameter)
+    return [{"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr": lr * scale,
+             "name": _group_name(decayed, scale), "decayed": decayed, "lr_scale": scale}
+            for (decayed, scale), params in sorted(groups.items(), key=lambda group: (not group[0][0], group[0][1]))]
+
+
+def _group_name(decayed: bool, scale: float) -> str:
+    """``decay`` / ``no_decay``, with the lr multiplier when it is not 1 (LearningRateMonitor tags)."""
+    return ("decay" if decayed else "no_decay") + ("" if scale == 1.0 else f"_x{scale:g}")
+
+
+def warmup_cosine(step: int, warmup: int, total: int | float, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if not math.isfinite(total) or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def follow_run_settings(schedulers: Iterable, lr: float, weight_decay: float, betas: tuple[float, float]) -> None:
+    """Make restored optimisers follow this run's settings.
+
+    Restoring a checkpoint restores its optimiser and schedule too, with the learning rate,
+    weight decay and betas of the run that wrote it. The settings given now win (a lower
+    ``--model.lr`` is the usual cure for a diverging run); each change is logged.
+    """
+    for scheduler in schedulers:
+        for index, group in enumerate(scheduler.optimizer.param_groups):
+            wanted = {"initial_lr": lr * group.get("lr_scale", 1.0), "betas": tuple(betas),
+                      "weight_decay": weight_decay if group.get("decayed", True) else 0.0}
+            changed = {k: (group.get(k), v) for k, v in wanted.items() if _differs(group.get(k), v)}
+            if changed:
+                log.info("optimiser group %s follows this run's settings: %s", group.get("name", index),
+                         ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
+            group.update(wanted)
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                # The schedule as this run defines it (its length follows max_steps too).
+                scheduler.base_lrs[index] = wanted["initial_lr"]
+                group["lr"] = wanted["initial_lr"] * scheduler.lr_lambdas[index](scheduler.last_epoch)
+
+
+def _differs(old, new) -> bool:
+    if isinstance(new, tuple):
+        return old is None or tuple(old) != new
+    return old is None or not math.isclose(old, new, rel_tol=1e-12, abs_tol=0.0)

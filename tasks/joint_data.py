@@ -1,0 +1,102 @@
+"""The data of a joint run: each task's own data module, mixed step by step by weight.
+
+    mammut fit --config configs/multitask.yaml
+
+Training draws one task per step (``mammut.data.task_mixing.TaskMixer``): the same task on
+every rank, from the seed alone, and exactly again after a mid-epoch resume (Lightning saves
+the mixer's position in the checkpoint). Validation and test run every task's loader in turn;
+``task_names`` tells the module which task each loader belongs to.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from mammut.data.task_mixing import TaskMixer
+from mammut.tasks.datamodule import SizesTheModel, TaskDataModule
+
+
+class JointDataModule(SizesTheModel, L.LightningDataModule):
+    """Several tasks' data modules behind one, for a ``MammutModule`` with the same task names."""
+
+    def __init__(self, tasks: dict[str, TaskDataModule], weights: dict[str, float] | None = None,
+                 steps_per_epoch: int | None = None, seed: int = 0):
+        """
+        Args:
+            tasks: task name -> that task's data module (``ImageTextDataModule``, ``VQADataModule``, ...).
+                The names must be the model's task names.
+            weights: task name -> how often training draws it, relative to the others (default 1 each).
+            steps_per_epoch: training steps per epoch; by default the tasks' batches per epoch together.
+            seed: of the task draws (each task's own data module shuffles with its own seed).
+        """
+        super().__init__()
+        if not tasks:
+            raise ValueError("a joint data module needs at least one task")
+        self.tasks = dict(tasks)
+        self.weights = {name: (weights or {}).get(name, 1.0) for name in self.tasks}
+        unknown = set(weights or {}) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"weights name {sorted(unknown)}, which are not among the tasks {list(self.tasks)}")
+        self.steps_per_epoch, self.seed = steps_per_epoch, seed
+        self.mixer: TaskMixer | None = None
+        first = next(iter(self.tasks.values()))
+        for name, data in self.tasks.items():
+            if data.tokenizer.special_token_ids != first.tokenizer.special_token_ids or \
+                    data.vocab_size != first.vocab_size:
+                raise ValueError(f"task {name!r} has another tokenizer than {next(iter(self.tasks))!r}: "
+                                 "one model needs one tokenizer")
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    @property
+    def tokenizer(self):
+        """The tasks' one tokenizer, which sizes the model."""
+        return next(iter(self.tasks.values())).tokenizer
+
+    @property
+    def records_skipped(self) -> dict[str, int]:
+        """Per split, every task's records dropped at read time, together."""
+        total: dict[str, int] = {}
+        for data in self.tasks.values():
+            for split, count in data.records_skipped.items():
+                total[split] = total.get(split, 0) + count
+        return total
+
+    def connect(self, image_size: int, context_length: int) -> None:
+        for data in self.tasks.values():
+            data.connect(image_size, context_length)
+
+    def references_for(self, task: str) -> dict:
+        return self.tasks[task].references_for(task)
+
+    def _attach(self) -> None:
+        # Each task's data module shards its loader by the trainer's ranks and reads its state.
+        for data in self.tasks.values():
+            data.trainer = self.trainer
+
+    def setup(self, stage: str) -> None:
+        self._attach()
+        for data in self.tasks.values():
+            data.setup(stage)
+
+    def train_dataloader(self) -> TaskMixer:
+        previous = self.mixer
+        self.mixer = TaskMixer({name: data.train_dataloader() for name, data in self.tasks.items()},
+                               self.weights, seed=self.seed, steps_per_epoch=self.steps_per_epoch)
+        if previous is not None:  # reloaded dataloaders continue where the last ones were
+            self.mixer.load_state_dict(previous.state_dict())
+        return self.mixer
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [data.val_dataloader() for data in self.tasks.values()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [data.test_dataloader() for data in self.tasks.values()]
+
+    # The mixer's position is saved by Lightning with the loader itself; the task data modules'
+    # own mid-epoch bookkeeping means nothing here (the mixer positions their samplers).
+    def state_dict(self) -> dict:
+        return {}
