@@ -160,7 +160,8 @@ def test_the_recipes_keep_the_previous_checkpoint_as_well_as_the_newest(trained)
 def test_a_damaged_checkpoint_fails_naming_the_file(tiny_demo, trained, tmp_path, damage):
     broken = tmp_path / f"{damage}.ckpt"
     data = (trained / "last.ckpt").read_bytes()
-    broken.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": os.urandom(4096)}[damage])
+    garbage = b"this is not a checkpoint\n" * 200
+    broken.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": garbage}[damage])
     with pytest.raises(CheckpointError, match=f"{damage}.ckpt is unreadable"):
         run("fit", tiny_demo, tmp_path, "--trainer.max_steps=4", f"--ckpt_path={broken}")
 

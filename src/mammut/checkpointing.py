@@ -51,7 +51,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             raise _unreadable(file, error) from error
         raise CheckpointError(f"checkpoint {file} was not loaded: it holds objects other than tensors and "
                               f"plain data, and unpickling them could run code ({refusal_reason(error)})") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - damaged bytes fail in many ways; each is reported with the path
         raise _unreadable(file, error) from error
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {file} holds a {type(checkpoint).__name__}, not a Lightning checkpoint")

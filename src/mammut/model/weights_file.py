@@ -43,7 +43,7 @@ def read_state_dict(path: str | os.PathLike, purpose: str = "weights") -> dict[s
             f"{purpose}: {file} was not loaded: it holds objects other than tensors and plain data, and "
             f"unpickling them could run code ({refusal_reason(error)}). If you trust its source, re-save its state dict "
             f"with torch.save(state_dict, path) or as .safetensors.") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - damaged bytes fail in many ways; each is reported with the path
         raise ValueError(f"{purpose}: cannot read {file}: not a complete torch file "
                          f"({type(error).__name__}: {error})") from error
     if isinstance(state, dict) and "state_dict" in state:
@@ -62,4 +62,5 @@ def names_a_global(error: pickle.UnpicklingError) -> bool:
 def refusal_reason(error: pickle.UnpicklingError) -> str:
     """The line of torch's long refusal message that says what the file holds."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return next((line for line in lines if "Unsupported global" in line), lines[0] if lines else repr(error))
+    reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else repr(error))
+    return reason if len(reason) <= 300 else reason[:300] + "..."  # a damaged file can name a huge "global"
