@@ -2,9 +2,10 @@
 
     mammut fit --config configs/multitask.yaml
 
-Training draws one task per step (``mammut.data.task_mixing.TaskMixer``): the same task on
-every rank, from the seed alone, and exactly again after a mid-epoch resume (Lightning saves
-the mixer's position in the checkpoint). Validation and test run every task's loader in turn;
+Training draws one task per step by weight, or takes a batch of every task at every step
+(``mixing``; ``mammut.data.task_mixing.TaskMixer``): the same tasks on every rank, from the
+seed alone, and exactly again after a mid-epoch resume (Lightning saves the mixer's position
+in the checkpoint). Validation and test run every task's loader in turn;
 ``task_names`` tells the module which task each loader belongs to.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
-from mammut.data.task_mixing import TaskMixer
+from mammut.data.task_mixing import MIXING_MODES, TaskMixer
 from mammut.tasks.datamodule import SizesTheModel, TaskDataModule
 
 
@@ -21,20 +22,31 @@ class JointDataModule(SizesTheModel, L.LightningDataModule):
     """Several tasks' data modules behind one, for a ``MammutModule`` with the same task names."""
 
     def __init__(self, tasks: dict[str, TaskDataModule], weights: dict[str, float] | None = None,
-                 steps_per_epoch: int | None = None, seed: int = 0):
+                 steps_per_epoch: int | None = None, seed: int = 0, mixing: str = "sample"):
         """
         Args:
             tasks: task name -> that task's data module (``ImageTextDataModule``, ``VQADataModule``, ...).
                 The names must be the model's task names.
-            weights: task name -> how often training draws it, relative to the others (default 1 each).
-            steps_per_epoch: training steps per epoch; by default the tasks' batches per epoch together.
+            weights: task name -> how often training draws it, relative to the others (default 1
+                each); ``mixing: sample`` only.
+            steps_per_epoch: training steps per epoch; by default the tasks' batches per epoch
+                together (``sample``) or the longest task's (``all``).
             seed: of the task draws (each task's own data module shuffles with its own seed).
+            mixing: ``sample`` draws one task per step by ``weights``; ``all`` trains every task at
+                every step, their losses weighted by the model's ``task_weights``
+                (``mammut.data.task_mixing.TaskMixer``).
         """
         super().__init__()
         if not tasks:
             raise ValueError("a joint data module needs at least one task")
         self.tasks = dict(tasks)
-        self.weights = {name: (weights or {}).get(name, 1.0) for name in self.tasks}
+        if mixing not in MIXING_MODES:
+            raise ValueError(f"mixing must be one of {MIXING_MODES}, got {mixing!r}")
+        if mixing == "all" and weights:
+            raise ValueError("data.weights draw one task per step; with mixing 'all' every task trains at every "
+                             "step: weigh the tasks' losses with model.task_weights instead")
+        self.mixing = mixing
+        self.weights = {name: (weights or {}).get(name, 1.0) for name in self.tasks} if mixing == "sample" else None
         unknown = set(weights or {}) - set(self.tasks)
         if unknown:
             raise ValueError(f"weights name {sorted(unknown)}, which are not among the tasks {list(self.tasks)}")
@@ -85,7 +97,8 @@ class JointDataModule(SizesTheModel, L.LightningDataModule):
     def train_dataloader(self) -> TaskMixer:
         previous = self.mixer
         self.mixer = TaskMixer({name: data.train_dataloader() for name, data in self.tasks.items()},
-                               self.weights, seed=self.seed, steps_per_epoch=self.steps_per_epoch)
+                               self.weights, seed=self.seed, steps_per_epoch=self.steps_per_epoch,
+                               mixing=self.mixing)
         if previous is not None:  # reloaded dataloaders continue where the last ones were
             self.mixer.load_state_dict(previous.state_dict())
         return self.mixer

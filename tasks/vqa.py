@@ -193,9 +193,6 @@ class VQATask(Task):
     def legacy_keys(self) -> dict[str, str]:
         return {"prefix.": "prefix."}  # VQAModule held the prefix itself
 
-    def fsdp_entry_points(self) -> dict:
-        return {}  # the prefix is called through its forward
-
     # --------------------------------------------------------------- forward
     def encode(self, model: Mammut, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Visual tokens, and the PEFT prefix if there is one."""

@@ -99,19 +99,24 @@ class RecordTasks(Callback):
             file.write(f"{trainer.global_step} {','.join(batch)}\n")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-def test_a_joint_run_draws_the_same_task_on_every_rank_and_does_not_hang(tiny_demo, tmp_path, strategy):
+@pytest.mark.parametrize("strategy,mixing", [("ddp", "sample"), ("fsdp2", "sample"), ("ddp", "all")])
+def test_a_joint_run_trains_the_same_tasks_on_every_rank_and_does_not_hang(tiny_demo, tmp_path, strategy, mixing):
     callbacks = tmp_path / "callbacks.yaml"
     callbacks.write_text("trainer:\n  callbacks:\n    - class_path: test_distributed_training.RecordTasks\n"
                          f"      init_args: {{folder: {tmp_path}}}\n")
-    # Under DDP a step of one task leaves the other's parameters (the contrastive projections) unused.
-    unused = ["--trainer.strategy.init_args.find_unused_parameters=true"] if strategy == "ddp" else []
+    if mixing == "sample":
+        # Under DDP a step of one task leaves the other's parameters (the contrastive projections) unused.
+        unused = ["--trainer.strategy.init_args.find_unused_parameters=true"] if strategy == "ddp" else []
+        mixing_arguments = ["--data.mixing=sample", "--data.weights={pretrain: 1, vqa: 1}", *unused]
+    else:  # every parameter is used at every step: DDP needs no search for unused ones
+        mixing_arguments = ["--data.mixing=all"]
     fit_on_two_processes(tiny_demo, tmp_path, strategy, "--trainer.max_steps=8", "--config", str(callbacks),
-                         "--trainer.logger.init_args.version=run", *unused, timeout=240,
+                         "--trainer.logger.init_args.version=run", *mixing_arguments, timeout=240,
                          config="configs/multitask.yaml")
     ranks = [(tmp_path / f"tasks-rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
     assert len(ranks[0]) == 8 and ranks[0] == ranks[1]
-    assert {line.split()[1] for line in ranks[0]} == {"pretrain", "vqa"}
+    tasks_of_steps = {line.split()[1] for line in ranks[0]}
+    assert tasks_of_steps == ({"pretrain", "vqa"} if mixing == "sample" else {"pretrain,vqa"})
     logged = scalars(tmp_path / "multitask" / "run")
     assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])
 

@@ -126,8 +126,10 @@ def test_make_multitask_trains_both_tasks_and_reports_each_beside_its_baseline(t
         assert tag in logged, tag
 
 
-def test_a_joint_run_resumed_mid_epoch_continues_with_the_same_tasks_and_losses(tiny_demo, tmp_path):
-    common = ["--trainer.max_steps=9", "--trainer.limit_val_batches=0", "--model.warmup_steps=2"]
+@pytest.mark.parametrize("mixing", [["--data.mixing=all"], ["--data.mixing=sample", "--data.weights={pretrain: 1, vqa: 1}"]],
+                         ids=["all", "sample"])
+def test_a_joint_run_resumed_mid_epoch_continues_with_the_same_tasks_and_losses(tiny_demo, tmp_path, mixing):
+    common = ["--trainer.max_steps=9", "--trainer.limit_val_batches=0", "--model.warmup_steps=2", *mixing]
     run("fit", tiny_demo, tmp_path, *common, "--trainer.logger.init_args.version=whole", config="configs/multitask.yaml")
     with pytest.raises(Crash):
         run("fit", tiny_demo, tmp_path, *common, "--trainer.logger.init_args.version=part",
@@ -139,7 +141,7 @@ def test_a_joint_run_resumed_mid_epoch_continues_with_the_same_tasks_and_losses(
     for task in ("pretrain", "vqa"):
         whole_steps = {s: v for s, v in whole.get(f"train/{task}/loss", []) if s >= 5}
         resumed_steps = dict(resumed.get(f"train/{task}/loss", []))
-        assert sorted(resumed_steps) == sorted(whole_steps), task  # the same task at every step
+        assert whole_steps and sorted(resumed_steps) == sorted(whole_steps), task  # the same tasks at every step
         for step, value in whole_steps.items():
             assert resumed_steps[step] == pytest.approx(value, rel=1e-6, abs=1e-6), (task, step)
 

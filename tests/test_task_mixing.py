@@ -149,6 +149,56 @@ def test_set_epoch_jumps_to_the_start_of_an_epoch_as_if_the_earlier_ones_had_run
     assert take(jumped, 16) == uninterrupted[32:]
 
 
+# Every task at every step
+
+def every_task_mixer(steps_per_epoch: int | None = None, **shard) -> TaskMixer:
+    return TaskMixer({task: task_loader(task, **shard) for task in TASK_SIZES}, seed=0,
+                     steps_per_epoch=steps_per_epoch, mixing="all")
+
+
+def take_every_task(mixer: TaskMixer, steps: int) -> list[dict[str, tuple[int, ...]]]:
+    taken = []
+    while len(taken) < steps:
+        for batches in mixer:
+            taken.append({task: tuple(ids.tolist()) for task, (ids,) in batches.items()})
+            if len(taken) == steps:
+                break
+    return taken
+
+
+def test_mixing_all_gives_each_task_its_own_batches_in_order_at_every_step():
+    mixed = every_task_mixer()
+    assert len(mixed) == 10  # the longer loader's length: 40 / 4 batches
+    steps = take_every_task(mixed, 25)
+    assert all(sorted(step) == ["pretrain", "vqa"] for step in steps)
+    for task in TASK_SIZES:  # each task's stream, unbroken: its loader's epochs one after another
+        alone = [tuple(ids.tolist()) for epoch in range(5) for (ids,) in epoch_of(task_loader(task), epoch)]
+        assert [step[task] for step in steps] == alone[:25]
+    assert mixed.steps_per_task == {"pretrain": 25, "vqa": 25}
+
+
+def epoch_of(loader: DataLoader, epoch: int):
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+@pytest.mark.parametrize("steps_before", [4, 10, 23])
+def test_mixing_all_resumes_where_it_was(steps_before):
+    uninterrupted = take_every_task(every_task_mixer(steps_per_epoch=7, num_replicas=2, rank=1), 30)
+    interrupted = every_task_mixer(steps_per_epoch=7, num_replicas=2, rank=1)
+    take_every_task(interrupted, steps_before)
+    resumed = every_task_mixer(steps_per_epoch=7, num_replicas=2, rank=1)
+    resumed.load_state_dict(interrupted.state_dict())
+    assert take_every_task(resumed, 30 - steps_before) == uninterrupted[steps_before:]
+
+
+def test_mixing_all_takes_no_weights():
+    with pytest.raises(ValueError, match="task_weights"):
+        TaskMixer({task: task_loader(task) for task in TASK_SIZES}, WEIGHTS, mixing="all")
+    with pytest.raises(ValueError, match="mixing must be one of"):
+        TaskMixer({task: task_loader(task) for task in TASK_SIZES}, WEIGHTS, mixing="round-robin")
+
+
 # Resume
 
 @pytest.mark.parametrize("steps_before", [5, 13, 16, 37], ids=lambda k: f"after {k} steps")

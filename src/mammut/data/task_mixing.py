@@ -1,6 +1,7 @@
-"""Joint multitask training: at every step one task, drawn by weight, gives its next batch.
+"""Joint multitask training: which tasks give their next batch at each step.
 
-Why it is written this way:
+Either every task, at every step (``mixing="all"``), or one task per step drawn by weight
+(``mixing="sample"``). Why the draws are written this way:
 
 - Rank-consistent. The task of step ``k`` of epoch ``e`` comes from a generator seeded by
   ``(seed, e)`` alone, never by the rank. Every data-parallel rank therefore draws the same task
@@ -109,14 +110,28 @@ class _TaskStream:
         return iter(self.loader)
 
 
+MIXING_MODES = ("sample", "all")
+
+
 class TaskMixer:
-    """Yields ``{task: batch}``, one task per step, drawn by weight; ``len()`` steps per epoch.
+    """Yields ``{task: batch}`` at each step; ``len()`` steps per epoch.
+
+    Two ways to mix (``mixing``):
+
+    - ``"sample"``: one task per step, drawn by weight.
+    - ``"all"``: a batch of every task at every step, their losses summed (weighted by the
+      module's ``task_weights``), as Flamingo accumulates its datasets' gradients at each step
+      (Alayrac et al. 2022, Sec. 2.4; its ablation in Sec. 3.3 found this better than taking the
+      datasets round-robin). Every step updates every shared weight with every task's gradient at once, so
+      AdamW's moments are not averaged over steps that each saw a different objective.
 
     Args:
         loaders: each task's training DataLoader, sharded for this rank by a ``ResumableRandomSampler``.
-        weights: each task's mixing weight (positive, need not sum to 1).
+        weights: each task's mixing weight (positive, need not sum to 1); ``"sample"`` only.
         seed: seeds the task draws; the same on every rank.
-        steps_per_epoch: steps in one epoch of the mixer; by default the sum of the loaders' lengths.
+        steps_per_epoch: steps in one epoch of the mixer; by default the sum of the loaders' lengths
+            (``"sample"``) or the longest loader's length (``"all"``).
+        mixing: ``"sample"`` or ``"all"``, as above.
 
     Each pass over the mixer (``for batches in mixer``) continues from its position: a pass that
     ended its epoch is followed by the next epoch, a pass abandoned mid-epoch is continued.
@@ -124,15 +139,24 @@ class TaskMixer:
     Only one pass may be under way at a time.
     """
 
-    def __init__(self, loaders: Mapping[str, DataLoader], weights: Mapping[str, float], seed: int = 0,
-                 steps_per_epoch: int | None = None):
-        self.tasks = sorted(loaders)
-        _check_weights(weights, self.tasks)
-        self.weights = {task: float(weights[task]) for task in self.tasks}
+    def __init__(self, loaders: Mapping[str, DataLoader], weights: Mapping[str, float] | None = None,
+                 seed: int = 0, steps_per_epoch: int | None = None, mixing: str = "sample"):
+        if mixing not in MIXING_MODES:
+            raise ValueError(f"mixing must be one of {MIXING_MODES}, got {mixing!r}")
+        self.tasks, self.mixing = sorted(loaders), mixing
+        if mixing == "sample":
+            _check_weights(weights or {}, self.tasks)
+            self.weights = {task: float(weights[task]) for task in self.tasks}
+        elif weights:
+            raise ValueError("with mixing 'all' every task trains at every step, so there is nothing to draw "
+                             "by weight; weigh the tasks' losses with the module's task_weights instead")
+        else:
+            self.weights = {}
         self.seed = seed
         self._streams = {task: _TaskStream(task, loaders[task]) for task in self.tasks}
         if steps_per_epoch is None:
-            steps_per_epoch = sum(stream.batches_per_epoch for stream in self._streams.values())
+            lengths = [stream.batches_per_epoch for stream in self._streams.values()]
+            steps_per_epoch = sum(lengths) if mixing == "sample" else max(lengths)
         if steps_per_epoch <= 0:
             raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
         self.steps_per_epoch = steps_per_epoch
@@ -148,11 +172,12 @@ class TaskMixer:
         if self.steps_done >= self.steps_per_epoch:
             self.set_epoch(self.epoch + 1)
         while self.steps_done < self.steps_per_epoch:
-            task = self.tasks[self._epoch_schedule()[self.steps_done]]
-            batch = self._streams[task].next_batch()
+            tasks = self.tasks if self.mixing == "all" else [self.tasks[self._epoch_schedule()[self.steps_done]]]
+            batches = {task: self._streams[task].next_batch() for task in tasks}
             self.steps_done += 1
-            self._steps_per_task[task] += 1
-            yield {task: batch}
+            for task in tasks:
+                self._steps_per_task[task] += 1
+            yield batches
 
     @property
     def steps_per_task(self) -> dict[str, int]:
@@ -168,11 +193,12 @@ class TaskMixer:
 
     def state_dict(self) -> dict[str, Any]:
         # Only (epoch, steps_done) position the mixer; the rest is there to notice a changed setup.
-        return {"epoch": self.epoch, "steps_done": self.steps_done, "seed": self.seed, "weights": dict(self.weights),
-                "steps_per_epoch": self.steps_per_epoch, "batches_per_epoch": self._batches_per_epoch()}
+        return {"epoch": self.epoch, "steps_done": self.steps_done, "seed": self.seed, "mixing": self.mixing,
+                "weights": dict(self.weights), "steps_per_epoch": self.steps_per_epoch, "batches_per_epoch": self._batches_per_epoch()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        saved = {key: state[key] for key in ("seed", "weights", "steps_per_epoch", "batches_per_epoch") if key in state}
+        saved = {key: state[key] for key in ("seed", "mixing", "weights", "steps_per_epoch", "batches_per_epoch")
+                 if key in state}
         current = {key: value for key, value in self.state_dict().items() if key in saved}
         if saved != current:
             log.warning("resuming the task mixer with a different setup (saved %s, now %s): the tasks and batches "
@@ -194,7 +220,9 @@ class TaskMixer:
             raise ValueError(f"no step {steps_done} of epoch {epoch} in a mixer of {self.steps_per_epoch} "
                              "steps per epoch")
         counts = torch.zeros(len(self.tasks), dtype=torch.long)
-        for past_epoch in range(epoch + 1):
+        if self.mixing == "all":
+            counts += epoch * self.steps_per_epoch + steps_done
+        for past_epoch in range(epoch + 1 if self.mixing == "sample" else 0):
             draws = _draw_tasks(self.weights, self.seed, past_epoch, self.steps_per_epoch)
             counts += torch.bincount(draws if past_epoch < epoch else draws[:steps_done], minlength=len(self.tasks))
         self._steps_per_task = dict(zip(self.tasks, counts.tolist()))
