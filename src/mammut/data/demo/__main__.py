@@ -3,7 +3,7 @@
 import argparse
 import time
 
-from .generate import DEFAULT_SIZES, TASKS, TINY_SIZES, generate
+from .generate import DEFAULT_CLIP_SIZES, DEFAULT_SIZES, TASKS, TINY_CLIP_SIZES, TINY_SIZES, generate
 from .world import SPLITS
 
 
@@ -25,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=f"images in the {split} split (default {DEFAULT_SIZES[split]}, {TINY_SIZES[split]} with --tiny)",
         )
+    for split in SPLITS:
+        parser.add_argument(
+            f"--{split}-clips",
+            type=int,
+            default=None,
+            help=f"video clips in the {split} split (default {DEFAULT_CLIP_SIZES[split]}, "
+            f"{TINY_CLIP_SIZES[split]} with --tiny)",
+        )
     parser.add_argument("--tiny", action="store_true", help="a few dozen images per split, for tests")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
     parser.add_argument(
@@ -41,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     sizes = {split: getattr(args, split) for split in SPLITS if getattr(args, split) is not None}
+    clip_sizes = {split: getattr(args, f"{split}_clips") for split in SPLITS if getattr(args, f"{split}_clips") is not None}
     tasks = [t for text in args.tasks for t in _task_list(text)]
     start = time.perf_counter()
     try:
@@ -52,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
             tasks=tasks,
             tiny=args.tiny,
             workers=args.workers,
+            clip_sizes=clip_sizes,
         )
     except ValueError as error:  # bad arguments: a usage message, not a traceback
         parser.error(str(error))
     elapsed = time.perf_counter() - start
     counts = ", ".join(f"{split} {n}" for split, n in manifest["sizes"].items())
-    print(f"demo world in {args.out}: {counts} images; tasks {', '.join(manifest['tasks'])}; {elapsed:.1f} s")
+    counts += " images"
+    if "video" in manifest["tasks"]:
+        counts += "; " + ", ".join(f"{split} {n}" for split, n in manifest["clip_sizes"].items()) + " clips"
+    print(f"demo world in {args.out}: {counts}; tasks {', '.join(manifest['tasks'])}; {elapsed:.1f} s")
     return 0
 
 
