@@ -1,0 +1,62 @@
+"""Sparse video tubes: token counts, kernels that start as the image patch embedding, 3D positions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mammut.model.tubes import SparseTubes, TubeShape, inflate_patch_kernel, sincos_3d
+
+CUBE = TubeShape((4, 8, 8), (8, 16, 16))
+THIN = TubeShape((8, 4, 4), (4, 16, 16), (2, 4, 4))
+FRAME = TubeShape((1, 8, 8), (16, 8, 8))
+
+
+def test_token_count_matches_a_hand_count():
+    # 16 frames of 64x64. CUBE: t (16-4)//8+1 = 2, y and x (64-8)//16+1 = 4 -> 32.
+    # THIN: t (16-2-8)//4+1 = 2, y and x (64-4-4)//16+1 = 4 -> 32. FRAME: 1 x 8 x 8 = 64.
+    assert CUBE.grid(16, 64) == (2, 4, 4) and THIN.grid(16, 64) == (2, 4, 4) and FRAME.grid(16, 64) == (1, 8, 8)
+    tubes = SparseTubes([CUBE, THIN, FRAME], width=48, frames=16, image_size=64)
+    assert tubes.num_tokens == 128
+    assert tubes(torch.randn(2, 3, 16, 64, 64)).shape == (2, 128, 48)
+
+
+def test_the_single_frame_tube_reproduces_the_image_patch_embedding_on_a_static_clip():
+    torch.manual_seed(0)
+    patch_embedding = nn.Conv2d(3, 48, kernel_size=8, stride=8)
+    tubes = SparseTubes([CUBE, THIN, FRAME], width=48, frames=16, image_size=64, patch_embedding=patch_embedding)
+    image = torch.randn(2, 3, 64, 64)
+    clip = image[:, :, None].expand(-1, -1, 16, -1, -1)
+    image_tokens = patch_embedding(image).flatten(2).transpose(1, 2)  # (2, 64, 48), as the image path's
+    frame_tokens = tubes(clip)[:, 64:] - tubes.position_embedding[64:]
+    torch.testing.assert_close(frame_tokens, image_tokens, rtol=1e-5, atol=1e-5)
+
+
+def test_inflated_kernels_respond_to_a_static_clip_as_the_resized_2d_kernel_does_to_its_frame():
+    torch.manual_seed(1)
+    weight = torch.randn(6, 3, 8, 8)
+    image = torch.randn(1, 3, 32, 32)
+    clip = image[:, :, None].expand(-1, -1, 8, -1, -1)
+    for kernel in [(4, 8, 8), (2, 12, 12), (8, 4, 4)]:
+        tube = F.conv3d(clip, inflate_patch_kernel(weight, kernel), stride=(4, 4, 4))
+        flat = F.conv2d(image, inflate_patch_kernel(weight, (1, *kernel[1:]))[:, :, 0], stride=4)
+        for t in range(tube.shape[2]):
+            torch.testing.assert_close(tube[:, :, t], flat, rtol=1e-4, atol=1e-4)
+    # Resizing keeps each kernel's sum: a flat grey region gives the same response at any size.
+    for size in (4, 12, 16):
+        torch.testing.assert_close(inflate_patch_kernel(weight, (1, size, size)).sum(dim=(2, 3, 4)),
+                                   weight.sum(dim=(2, 3)), rtol=1e-4, atol=1e-4)
+
+
+def test_position_embeddings_follow_the_tube_centres_in_time_and_space():
+    # CUBE's first tube covers frames 0-3 and pixels 0-7: centre (1.5, 3.5, 3.5).
+    assert CUBE.centres(16, 64)[0].tolist() == [1.5, 3.5, 3.5]
+    assert THIN.centres(16, 64)[0].tolist() == [5.5, 5.5, 5.5]  # frames 2-9, pixels 4-7
+    embedding = sincos_3d(torch.tensor([[1.5, 3.5, 3.5], [1.5, 3.5, 3.5], [9.5, 3.5, 3.5], [1.5, 3.5, 19.5]]), 48)
+    assert torch.equal(embedding[0], embedding[1])
+    # Moving in time changes only the time third of the embedding; moving in x only the x third.
+    assert not torch.equal(embedding[0, :16], embedding[2, :16]) and torch.equal(embedding[0, 16:], embedding[2, 16:])
+    assert torch.equal(embedding[0, :32], embedding[3, :32]) and not torch.equal(embedding[0, 32:], embedding[3, 32:])
+    tubes = SparseTubes([CUBE, FRAME], width=48, frames=16, image_size=64)
+    assert not tubes.position_embedding.requires_grad and "position_embedding" not in tubes.state_dict()
