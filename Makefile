@@ -26,7 +26,7 @@ $(DEMO)/tokenizer.json: | $(STAMP)
 	$(BIN)/python -m mammut.data.demo --out $(DEMO)
 	$(BIN)/python -m mammut.data.tokenizer --captions $(DEMO)/annotations/captions_train.json --out $(DEMO)/tokenizer.json
 
-data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, detection) and train its tokenizer
+data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, detection, video clips) and train its tokenizer
 
 pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
 	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)
