@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from mammut.data import CaptionTokenizer
+from mammut.data import CaptionTokenizer, image_transform
 from mammut.data.sampling import ResumableRandomSampler
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,19 @@ class SizesTheModel:
         return self.tokenizer.special_token_ids
 
 
+# The splits each stage reads: the training split too when evaluating, for the baselines.
+SPLITS_READ = {"fit": ["train", "val"], "validate": ["train", "val"], "test": ["train", "test"], "predict": []}
+
+
 class TaskDataModule(SizesTheModel, L.LightningDataModule):
     """Subclasses call ``save_arguments(locals())`` with at least ``batch_size``,
-    ``eval_batch_size``, ``num_workers`` and ``seed`` among their arguments."""
+    ``eval_batch_size``, ``num_workers``, ``seed`` and ``skip_bad_samples`` among their
+    arguments, implement ``read_split``, and name their dataset class and collate functions."""
+
+    # Built as dataset_class(records, tokenizer, transform, context_length, train=, seed=, skip_bad_samples=).
+    dataset_class: type[Dataset]
+    collate_train: Callable  # a staticmethod: training batches
+    collate_eval: Callable  # a staticmethod: evaluation batches
 
     def __init__(self, root: str, tokenizer: str, image_size: int | None, context_length: int | None):
         super().__init__()
@@ -86,8 +96,15 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
             self.datasets[split] = self.build_dataset(split)
         return self.datasets[split]
 
+    def setup(self, stage: str) -> None:
+        for split in SPLITS_READ[stage]:
+            self.read_records(split)
+
     def build_dataset(self, split: str) -> Dataset:
-        raise NotImplementedError
+        h, train = self.hparams, split == "train"
+        return self.dataset_class(self.read_records(split), self.tokenizer,
+                                  image_transform(self.image_size, train=train), self.context_length, train=train,
+                                  seed=h.seed, skip_bad_samples=h.skip_bad_samples)
 
     def read_records(self, split: str) -> list:
         """The records of a split, read once; what the reader dropped is counted and logged."""
@@ -134,6 +151,15 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
     def eval_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
         return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, shuffle=False,
                           num_workers=self.hparams.num_workers, collate_fn=collate_fn)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.train_loader(self.dataset("train"), self.collate_train)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.dataset("val"), self.collate_eval)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.dataset("test"), self.collate_eval)
 
     # Mid-epoch resume: remember how many samples of this epoch the model has seen, all ranks together.
     def state_dict(self) -> dict:

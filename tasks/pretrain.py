@@ -35,6 +35,9 @@ from mammut.tasks.datamodule import TaskDataModule
 class ImageTextDataModule(TaskDataModule):
     """Image-caption pairs in COCO captions format: the demo world, COCO, or your own files."""
 
+    dataset_class = CaptionDataset
+    collate_train, collate_eval = staticmethod(collate_train), staticmethod(collate_eval)
+
     def __init__(
         self,
         root: str = "data/demo",
@@ -87,30 +90,9 @@ class ImageTextDataModule(TaskDataModule):
                                          h.annotation_format)
         return records, skipped, self.path(annotations)
 
-    def setup(self, stage: str) -> None:
-        # The training captions are read in every stage: the captioning baseline needs them.
-        splits = {"fit": ["train", "val"], "validate": ["train", "val"], "test": ["train", "test"],
-                  "predict": []}[stage]
-        for split in splits:
-            self.read_records(split)
-
-    def build_dataset(self, split: str) -> CaptionDataset:
-        h, train = self.hparams, split == "train"
-        return CaptionDataset(self.read_records(split), self.tokenizer, image_transform(self.image_size, train=train),
-                              self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples)
-
     def references_for(self, task: str) -> dict:
         """The training captions, whose most frequent one is the captioning baseline."""
         return {"train_captions": [c for record in self.records.get("train", []) for c in record.captions]}
-
-    def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self.dataset("train"), collate_train)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.dataset("val"), collate_eval)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.dataset("test"), collate_eval)
 
     def predict_dataloader(self) -> DataLoader:
         paths = self.hparams.predict_images

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from mammut.data import VQABatch, VQADataset, VQARecord, collate_vqa, image_transform, read_vqa
+from mammut.data import VQABatch, VQADataset, VQARecord, collate_vqa, read_vqa
 from mammut.data.transforms import denormalize
 from mammut.metrics.vqa import VQAAccuracy, accuracy_breakdown, majority_answers, most_frequent_answer, vqa_accuracy
 from mammut.model import Mammut, MammutConfig, PrefixConfig, VisualPrefix, generate_after_prompts
@@ -35,6 +35,9 @@ GROUPINGS = ("question_type", "answer_type")
 
 class VQADataModule(TaskDataModule):
     """Questions about images in VQAv2 format: the demo world, VQAv2 itself, or your own files."""
+
+    dataset_class = VQADataset
+    collate_train = collate_eval = staticmethod(collate_vqa)
 
     def __init__(
         self,
@@ -92,18 +95,9 @@ class VQADataModule(TaskDataModule):
         return records, skipped, self.path(questions)
 
     def setup(self, stage: str) -> None:
-        # The training answers are read in every evaluating stage: the majority baseline needs them.
-        needed = {"fit": ["train", "val"], "validate": ["train", "val"], "test": ["train", "test"],
-                  "predict": []}[stage]
-        for split in needed:
-            self.read_records(split)
+        super().setup(stage)  # the training answers too when evaluating: the majority baseline needs them
         if stage == "predict":
             self.records["predict"] = self._predict_records()
-
-    def build_dataset(self, split: str) -> VQADataset:
-        h, train = self.hparams, split == "train"
-        return VQADataset(self.read_records(split), self.tokenizer, image_transform(self.image_size, train=train),
-                          self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples)
 
     def _predict_records(self) -> list[VQARecord]:
         images, questions = self.hparams.predict_images or [], self.hparams.predict_questions or []
@@ -138,15 +132,6 @@ class VQADataModule(TaskDataModule):
                     r.question_id: vqa_accuracy(majority.get(r.question_type, overall), r.answers) for r in records}
         references["predict"] = {r.question_id: (str(r.path), r.question) for r in self.records.get("predict", [])}
         return references
-
-    def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self.dataset("train"), collate_vqa)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.dataset("val"), collate_vqa)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.dataset("test"), collate_vqa)
 
     def predict_dataloader(self) -> DataLoader:
         return self.eval_loader(self.dataset("predict"), collate_vqa)
