@@ -122,8 +122,8 @@ class TaskMixer:
     - ``"all"``: a batch of every task at every step, their losses summed (weighted by the
       module's ``task_weights``), as Flamingo accumulates its datasets' gradients at each step
       (Alayrac et al. 2022, Sec. 2.4; its ablation in Sec. 3.3 found this better than taking the
-      datasets round-robin). Every step updates every shared weight with every task's gradient at once, so
-      AdamW's moments are not averaged over steps that each saw a different objective.
+      datasets round-robin). Every update of the shared weights carries every task's gradient,
+      so AdamW's moments are not averaged over steps that each saw another objective.
 
     Args:
         loaders: each task's training DataLoader, sharded for this rank by a ``ResumableRandomSampler``.
@@ -194,7 +194,8 @@ class TaskMixer:
     def state_dict(self) -> dict[str, Any]:
         # Only (epoch, steps_done) position the mixer; the rest is there to notice a changed setup.
         return {"epoch": self.epoch, "steps_done": self.steps_done, "seed": self.seed, "mixing": self.mixing,
-                "weights": dict(self.weights), "steps_per_epoch": self.steps_per_epoch, "batches_per_epoch": self._batches_per_epoch()}
+                "weights": dict(self.weights), "steps_per_epoch": self.steps_per_epoch,
+                "batches_per_epoch": self._batches_per_epoch()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved = {key: state[key] for key in ("seed", "mixing", "weights", "steps_per_epoch", "batches_per_epoch")
@@ -220,11 +221,13 @@ class TaskMixer:
             raise ValueError(f"no step {steps_done} of epoch {epoch} in a mixer of {self.steps_per_epoch} "
                              "steps per epoch")
         counts = torch.zeros(len(self.tasks), dtype=torch.long)
-        if self.mixing == "all":
+        if self.mixing == "all":  # every task had every step
             counts += epoch * self.steps_per_epoch + steps_done
-        for past_epoch in range(epoch + 1 if self.mixing == "sample" else 0):
-            draws = _draw_tasks(self.weights, self.seed, past_epoch, self.steps_per_epoch)
-            counts += torch.bincount(draws if past_epoch < epoch else draws[:steps_done], minlength=len(self.tasks))
+        else:
+            for past_epoch in range(epoch + 1):
+                draws = _draw_tasks(self.weights, self.seed, past_epoch, self.steps_per_epoch)
+                counts += torch.bincount(draws if past_epoch < epoch else draws[:steps_done],
+                                         minlength=len(self.tasks))
         self._steps_per_task = dict(zip(self.tasks, counts.tolist()))
         for task, stream in self._streams.items():
             stream.seek(self._steps_per_task[task])
