@@ -19,6 +19,7 @@ import numpy as np
 
 from .render import render
 from .scene import Scene, SceneObject
+from .split import split_rng
 from .world import BACKGROUND_KINDS, BORDER_FRACTION, COLOURS, EXTENT_FRACTION, SHAPES
 
 FRAMES = 16
@@ -188,7 +189,7 @@ class ClipRecord:
 
 def build_clip_split(split: str, size: int, seed: int, image_size: int) -> list[ClipRecord]:
     """``size`` clips for ``split`` with their captions, deterministically for ``seed``."""
-    rng = random.Random(f"mammut-demo:{seed}:{split}:clips")
+    rng = split_rng(seed, split, "clips")
     records = []
     for index in range(size):
         clip = sample_clip(rng, image_size)
