@@ -126,8 +126,10 @@ def test_make_multitask_trains_both_tasks_and_reports_each_beside_its_baseline(t
         assert tag in logged, tag
 
 
-@pytest.mark.parametrize("mixing", [["--data.mixing=all"], ["--data.mixing=sample", "--data.weights={pretrain: 1, vqa: 1}"]],
-                         ids=["all", "sample"])
+@pytest.mark.parametrize("mixing", [["--data.mixing=all"], ["--data.mixing=sample", "--data.weights={pretrain: 1, vqa: 1}"],
+                                    ["--data.mixing=all", "--model.task_weighting=loss_balanced",
+                                     "--model.loss_balance_alpha=1.0"]],
+                         ids=["all", "sample", "all-loss-balanced"])
 def test_a_joint_run_resumed_mid_epoch_continues_with_the_same_tasks_and_losses(tiny_demo, tmp_path, mixing):
     common = ["--trainer.max_steps=9", "--trainer.limit_val_batches=0", "--model.warmup_steps=2", *mixing]
     run("fit", tiny_demo, tmp_path, *common, "--trainer.logger.init_args.version=whole", config="configs/multitask.yaml")
@@ -138,6 +140,9 @@ def test_a_joint_run_resumed_mid_epoch_continues_with_the_same_tasks_and_losses(
     run("fit", tiny_demo, tmp_path, *common, "--trainer.logger.init_args.version=resumed", f"--ckpt_path={last}",
         config="configs/multitask.yaml")
     whole, resumed = scalars(tmp_path / "multitask" / "whole"), scalars(tmp_path / "multitask" / "resumed")
+    if "--model.task_weighting=loss_balanced" in mixing:  # the weights follow the losses, and resume with them
+        assert whole["train/pretrain/weight"][-1][1] != pytest.approx(1.0)
+        assert resumed["train/vqa/weight"][-1] == pytest.approx(whole["train/vqa/weight"][-1], rel=1e-6)
     for task in ("pretrain", "vqa"):
         whole_steps = {s: v for s, v in whole.get(f"train/{task}/loss", []) if s >= 5}
         resumed_steps = dict(resumed.get(f"train/{task}/loss", []))
