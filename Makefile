@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft multitask tensorboard test test-fast bench clean
+.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft finetune-video multitask tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,7 +26,11 @@ $(DEMO)/tokenizer.json: | $(STAMP)
 	$(BIN)/python -m mammut.data.demo --out $(DEMO)
 	$(BIN)/python -m mammut.data.tokenizer --captions $(DEMO)/annotations/captions_train.json --out $(DEMO)/tokenizer.json
 
-data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, detection, video clips) and train its tokenizer
+# A demo world written before it had video clips is written again (the same images, byte for byte).
+$(DEMO)/video/train_qa.json: | $(STAMP)
+	$(BIN)/python -m mammut.data.demo --out $(DEMO)
+
+data: $(DEMO)/tokenizer.json $(DEMO)/video/train_qa.json  ## write the demo world (images, captions, VQA, detection, video clips) and train its tokenizer
 
 pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
 	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)
@@ -38,6 +42,11 @@ finetune-vqa: data  ## fine-tune the pretrained model for VQA (CKPT=... to choos
 finetune-vqa-peft: data  ## VQA with eP-ALM-style PEFT: frozen model, trained prefix (<1% of the weights)
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
 	$(BIN)/mammut fit --config configs/finetune_vqa.yaml --config configs/finetune_vqa_peft.yaml --model.init_from=$(CKPT) $(ARGS)
+
+finetune-video: data  ## video captioning, then video QA, each from the pretrain checkpoint (CKPT=...)
+	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
+	$(BIN)/mammut fit --config configs/finetune_video_caption.yaml --model.init_from=$(CKPT) $(ARGS)
+	$(BIN)/mammut fit --config configs/finetune_video_qa.yaml --model.init_from=$(CKPT) $(ARGS)
 
 multitask: data  ## pretraining and VQA trained jointly, from scratch, in one run (configs/multitask.yaml)
 	$(BIN)/mammut fit --config configs/multitask.yaml $(ARGS)

@@ -77,10 +77,17 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
     def path(self, relative: str) -> Path:
         return self.root / relative
 
-    def connect(self, image_size: int, context_length: int) -> None:
-        """Take the model's image size and context length, unless set here; a value set here
-        that differs from the model's is an error."""
-        for name, model_value in (("image_size", image_size), ("context_length", context_length)):
+    # The model's settings that the data needs, given by ``connect`` unless set here.
+    model_settings = ("image_size", "context_length")
+
+    def connect(self, **model_settings: int) -> None:
+        """Take the model's settings this data module needs (``model_settings``: image size and
+        context length, and a video module's frames per clip), unless set here; a value set here
+        that differs from the model's is an error. Settings it does not need are ignored."""
+        for name in self.model_settings:
+            model_value = model_settings.get(name)
+            if model_value is None:
+                continue
             if getattr(self, name) is None:
                 setattr(self, name, model_value)
             elif getattr(self, name) != model_value:
@@ -89,7 +96,7 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
     def dataset(self, split: str) -> Dataset:
         """The dataset of a split, built on first use from the records ``setup`` read."""
         if split not in self.datasets:
-            missing = [name for name in ("image_size", "context_length") if getattr(self, name) is None]
+            missing = [name for name in self.model_settings if getattr(self, name) is None]
             if missing:
                 raise ValueError(f"data.{' and data.'.join(missing)} not set: set them, or connect the data module to "
                                  "the model (MammutModule does this in its setup)")

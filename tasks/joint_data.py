@@ -77,9 +77,9 @@ class JointDataModule(SizesTheModel, L.LightningDataModule):
                 total[split] = total.get(split, 0) + count
         return total
 
-    def connect(self, image_size: int, context_length: int) -> None:
+    def connect(self, **model_settings: int) -> None:
         for data in self.tasks.values():
-            data.connect(image_size, context_length)
+            data.connect(**model_settings)
 
     def references_for(self, task: str) -> dict:
         return self.tasks[task].references_for(task)

@@ -158,7 +158,7 @@ class PretrainTask(Task):
     # --------------------------------------------------------------- training
     def empty_batch(self, device) -> ImageTextBatch:
         c = self.context.architecture
-        return ImageTextBatch(images=torch.zeros(0, 3, c.image_size, c.image_size, device=device),
+        return ImageTextBatch(images=self.empty_inputs(device),
                               tokens=torch.zeros(0, c.context_length, dtype=torch.long, device=device),
                               image_ids=torch.zeros(0, dtype=torch.long, device=device))
 

@@ -24,20 +24,77 @@ from torch.utils.data import DataLoader
 
 from mammut.data import VQABatch, VQADataset, VQARecord, collate_vqa, read_vqa
 from mammut.data.transforms import denormalize
-from mammut.metrics.vqa import VQAAccuracy, accuracy_breakdown, majority_answers, most_frequent_answer, vqa_accuracy
+from mammut.metrics.vqa import (ANSWER_SCORING, VQAAccuracy, accuracy_breakdown, majority_answers,
+                                most_frequent_answer)
 from mammut.model import Mammut, MammutConfig, PrefixConfig, VisualPrefix, generate_after_prompts
 from mammut.module import MammutModule
-from mammut.task import Task, TaskLoss, TaskReport
+from mammut.task import Task, TaskContext, TaskLoss, TaskReport
 from mammut.tasks.datamodule import TaskDataModule
 
 GROUPINGS = ("question_type", "answer_type")
 
 
-class VQADataModule(TaskDataModule):
+class QuestionData:
+    """What a question-answering data module adds to ``TaskDataModule``, for images or video:
+    the collation, predictions from input files and questions, and the references of
+    ``VQATask`` (question groups, the majority baseline, the answer scoring)."""
+
+    collate_train = collate_eval = staticmethod(collate_vqa)
+    # VQAv2's 10 annotators per question: scored by the VQA accuracy, broken down by both types.
+    answer_scoring = "vqa"
+    groupings = GROUPINGS
+    predict_inputs = "predict_images"  # the argument that lists the files to ask about
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)  # the training answers too when evaluating: the majority baseline needs them
+        if stage == "predict":
+            self.records["predict"] = self._predict_records()
+
+    def _predict_records(self) -> list[VQARecord]:
+        name = self.predict_inputs
+        inputs, questions = self.hparams[name] or [], self.hparams.predict_questions or []
+        if not inputs or not questions:
+            raise ValueError(f"nothing to answer: set --data.{name}=[...] and "
+                             "--data.predict_questions=['what color is the star?', ...]")
+        if len(questions) == 1:
+            questions = questions * len(inputs)
+        if len(questions) != len(inputs):
+            raise ValueError(f"{len(inputs)} {name} but {len(questions)} predict_questions: "
+                             "give one question per input, or one for all")
+        return [VQARecord(question_id=i, image_id=-1, path=Path(path), question=question.strip())
+                for i, (path, question) in enumerate(zip(inputs, questions))]
+
+    def references_for(self, task: str) -> dict:
+        """Per evaluated split: each question's groups (``groupings``), and the accuracy of the
+        majority baseline (the most frequent training answer of its question type); how answers
+        are scored; and the input and question of each prediction."""
+        references = {"question_groups": {}, "majority_baseline": {}, "predict": {},
+                      "answer_scoring": self.answer_scoring}
+        score = ANSWER_SCORING[self.answer_scoring]
+        train = self.records.get("train")
+        if train:
+            majority = majority_answers((r.question_type, r.answers) for r in train)
+            overall = most_frequent_answer(a for r in train for a in r.answers)
+        for split in ("val", "test"):
+            records = self.records.get(split)
+            if not records:
+                continue
+            references["question_groups"][split] = {g: {r.question_id: getattr(r, g) for r in records}
+                                                    for g in self.groupings}
+            if train and all(r.answers for r in records):
+                references["majority_baseline"][split] = {
+                    r.question_id: score(majority.get(r.question_type, overall), r.answers) for r in records}
+        references["predict"] = {r.question_id: (str(r.path), r.question) for r in self.records.get("predict", [])}
+        return references
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.dataset("predict"), collate_vqa)
+
+
+class VQADataModule(QuestionData, TaskDataModule):
     """Questions about images in VQAv2 format: the demo world, VQAv2 itself, or your own files."""
 
     dataset_class = VQADataset
-    collate_train = collate_eval = staticmethod(collate_vqa)
 
     def __init__(
         self,
@@ -94,49 +151,6 @@ class VQADataModule(TaskDataModule):
                                     self.path(images), h.image_pattern, h.skip_bad_samples)
         return records, skipped, self.path(questions)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)  # the training answers too when evaluating: the majority baseline needs them
-        if stage == "predict":
-            self.records["predict"] = self._predict_records()
-
-    def _predict_records(self) -> list[VQARecord]:
-        images, questions = self.hparams.predict_images or [], self.hparams.predict_questions or []
-        if not images or not questions:
-            raise ValueError("nothing to answer: set --data.predict_images=[a.jpg, ...] and "
-                             "--data.predict_questions=['what color is the star?', ...]")
-        if len(questions) == 1:
-            questions = questions * len(images)
-        if len(questions) != len(images):
-            raise ValueError(f"{len(images)} predict_images but {len(questions)} predict_questions: "
-                             "give one question per image, or one for all")
-        return [VQARecord(question_id=i, image_id=-1, path=Path(image), question=question.strip())
-                for i, (image, question) in enumerate(zip(images, questions))]
-
-    def references_for(self, task: str) -> dict:
-        """Per evaluated split: each question's type and answer type, and the VQA accuracy of the
-        majority baseline (the most frequent training answer of its question type); and the
-        image and question of each prediction."""
-        references = {"question_groups": {}, "majority_baseline": {}, "predict": {}}
-        train = self.records.get("train")
-        if train:
-            majority = majority_answers((r.question_type, r.answers) for r in train)
-            overall = most_frequent_answer(a for r in train for a in r.answers)
-        for split in ("val", "test"):
-            records = self.records.get(split)
-            if not records:
-                continue
-            references["question_groups"][split] = {g: {r.question_id: getattr(r, g) for r in records}
-                                                    for g in GROUPINGS}
-            if train and all(r.answers for r in records):
-                references["majority_baseline"][split] = {
-                    r.question_id: vqa_accuracy(majority.get(r.question_type, overall), r.answers) for r in records}
-        references["predict"] = {r.question_id: (str(r.path), r.question) for r in self.records.get("predict", [])}
-        return references
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.dataset("predict"), collate_vqa)
-
-
 def answer_loss(logits: Tensor, tokens: Tensor, answer_start: Tensor, pad_id: int,
                 label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of the answer tokens (and their eos) only.
@@ -178,6 +192,13 @@ class VQATask(Task):
     def legacy_keys(self) -> dict[str, str]:
         return {"prefix.": "prefix."}  # VQAModule held the prefix itself
 
+    def connect(self, context: TaskContext) -> None:
+        super().connect(context)
+        # The data says how its answers are scored: VQAv2's formula, or exact match for one reference.
+        scoring = context.references.get("answer_scoring", "vqa")
+        for metric in self.metrics.values():
+            metric.scoring = scoring
+
     # --------------------------------------------------------------- forward
     def encode(self, model: Mammut, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Visual tokens, and the PEFT prefix if there is one."""
@@ -191,7 +212,7 @@ class VQATask(Task):
     def empty_batch(self, device) -> VQABatch:
         c = self.context.architecture
         empty = VQABatch.empty(num_skipped=0)
-        empty.images = torch.zeros(0, 3, c.image_size, c.image_size, device=device)
+        empty.images = self.empty_inputs(device)
         empty.tokens = torch.zeros(0, c.context_length, dtype=torch.long, device=device)
         return empty
 

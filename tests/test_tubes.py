@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,24 +14,50 @@ THIN = TubeShape((8, 4, 4), (4, 16, 16), (2, 4, 4))
 FRAME = TubeShape((1, 8, 8), (16, 8, 8))
 
 
+def patch_tokens(patch_embedding: nn.Conv2d):
+    """The image path's tokens of frames (B', 3, H, W): what a frame tube is given."""
+    return lambda frames: patch_embedding(frames).flatten(2).transpose(1, 2)
+
+
 def test_token_count_matches_a_hand_count():
     # 16 frames of 64x64. CUBE: t (16-4)//8+1 = 2, y and x (64-8)//16+1 = 4 -> 32.
     # THIN: t (16-2-8)//4+1 = 2, y and x (64-4-4)//16+1 = 4 -> 32. FRAME: 1 x 8 x 8 = 64.
     assert CUBE.grid(16, 64) == (2, 4, 4) and THIN.grid(16, 64) == (2, 4, 4) and FRAME.grid(16, 64) == (1, 8, 8)
-    tubes = SparseTubes([CUBE, THIN, FRAME], width=48, frames=16, image_size=64)
+    tubes = SparseTubes([CUBE, THIN, FRAME], width=48, frames=16, image_size=64, patch_size=8)
     assert tubes.num_tokens == 128
-    assert tubes(torch.randn(2, 3, 16, 64, 64)).shape == (2, 128, 48)
+    assert [tubes.is_frame_tube(shape) for shape in (CUBE, THIN, FRAME)] == [False, False, True]
+    assert set(tubes.kernels) == {"0", "1"}  # the frame tube has no kernel of its own
+    clips = torch.randn(2, 3, 16, 64, 64)
+    assert tubes(clips, patch_tokens(nn.Conv2d(3, 48, 8, 8))).shape == (2, 128, 48)
+    with pytest.raises(ValueError, match="frame tube"):
+        tubes(clips)
+    with pytest.raises(ValueError, match="does not fit"):
+        SparseTubes([TubeShape((32, 8, 8), (1, 8, 8))], width=48, frames=16, image_size=64, patch_size=8)
 
 
-def test_the_single_frame_tube_reproduces_the_image_patch_embedding_on_a_static_clip():
+def test_the_frame_tube_is_the_image_path_on_the_frames_it_picks():
     torch.manual_seed(0)
     patch_embedding = nn.Conv2d(3, 48, kernel_size=8, stride=8)
-    tubes = SparseTubes([CUBE, THIN, FRAME], width=48, frames=16, image_size=64, patch_embedding=patch_embedding)
+    two_frames = TubeShape((1, 8, 8), (8, 8, 8), (3, 0, 0))  # frames 3 and 11
+    tubes = SparseTubes([two_frames], width=48, frames=16, image_size=64, patch_size=8)
+    clip = torch.randn(2, 3, 16, 64, 64)
+    tokens = tubes(clip, patch_tokens(patch_embedding)) - tubes.position_scale * tubes.position_embedding
+    for position, frame in enumerate((3, 11)):
+        torch.testing.assert_close(tokens[:, 64 * position:64 * (position + 1)],
+                                   patch_tokens(patch_embedding)(clip[:, :, frame]), rtol=1e-5, atol=1e-5)
+
+
+def test_an_inflated_single_frame_kernel_reproduces_the_patch_embedding_on_a_static_clip():
+    torch.manual_seed(0)
+    patch_embedding = nn.Conv2d(3, 48, kernel_size=8, stride=8)
+    sparse_frame = TubeShape((1, 8, 8), (16, 16, 16))  # spatially sparse: a 3D kernel, not the image path
+    tubes = SparseTubes([sparse_frame], width=48, frames=16, image_size=64, patch_size=8,
+                        patch_embedding=patch_embedding)
     image = torch.randn(2, 3, 64, 64)
     clip = image[:, :, None].expand(-1, -1, 16, -1, -1)
-    image_tokens = patch_embedding(image).flatten(2).transpose(1, 2)  # (2, 64, 48), as the image path's
-    frame_tokens = tubes(clip)[:, 64:] - tubes.position_embedding[64:]
-    torch.testing.assert_close(frame_tokens, image_tokens, rtol=1e-5, atol=1e-5)
+    tokens = tubes(clip) - tubes.position_embedding
+    every_other_patch = patch_embedding(image)[:, :, ::2, ::2].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(tokens, every_other_patch, rtol=1e-5, atol=1e-5)
 
 
 def test_inflated_kernels_respond_to_a_static_clip_as_the_resized_2d_kernel_does_to_its_frame():
@@ -58,5 +85,6 @@ def test_position_embeddings_follow_the_tube_centres_in_time_and_space():
     # Moving in time changes only the time third of the embedding; moving in x only the x third.
     assert not torch.equal(embedding[0, :16], embedding[2, :16]) and torch.equal(embedding[0, 16:], embedding[2, 16:])
     assert torch.equal(embedding[0, :32], embedding[3, :32]) and not torch.equal(embedding[0, 32:], embedding[3, 32:])
-    tubes = SparseTubes([CUBE, FRAME], width=48, frames=16, image_size=64)
+    tubes = SparseTubes([CUBE, FRAME], width=48, frames=16, image_size=64, patch_size=8)
     assert not tubes.position_embedding.requires_grad and "position_embedding" not in tubes.state_dict()
+    assert tubes.position_scale.requires_grad  # its gain is learned

@@ -26,6 +26,7 @@ from mammut.model import GenerationConfig, Mammut, MammutConfig
 from mammut.model.weights_file import read_state_dict
 from mammut.optimization import follow_run_settings, parameter_groups, warmup_cosine
 from mammut.task import Task, TaskContext
+from mammut.task_weighting import TaskWeighting
 from mammut.visualize import captioned_images
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class MammutModule(L.LightningModule):
         self,
         tasks: dict[str, Task] | None = None,
         task_weights: dict[str, float] | None = None,
+        task_weighting: str = "fixed",
+        loss_balance_alpha: float = 0.5,
         architecture: MammutConfig | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -59,6 +62,10 @@ class MammutModule(L.LightningModule):
                 or your own ``mammut.task.Task``). The names key the metrics and the batches of a
                 joint run; a per-task preset (``PretrainModule``, ``VQAModule``) sets this itself.
             task_weights: name -> weight of that task's loss in the sum (default 1 each).
+            task_weighting: ``"fixed"``: the weights stay ``task_weights``; ``"loss_balanced"``:
+                each is scaled by (its task's loss now / its first loss) ** ``loss_balance_alpha``,
+                so the tasks that have learned least weigh most (``mammut.task_weighting``).
+            loss_balance_alpha: the exponent of the loss ratio in ``"loss_balanced"`` weighting.
             architecture: the model's shape (see ``mammut.model.MammutConfig`` and configs/model/).
             lr: peak learning rate, reached after ``warmup_steps``, then cosine decay.
             weight_decay: AdamW decay, not applied to the parameters that the model and the tasks
@@ -107,7 +114,8 @@ class MammutModule(L.LightningModule):
         unknown = set(task_weights or {}) - set(self.tasks)
         if unknown:
             raise ValueError(f"task_weights name {sorted(unknown)}, which are not among the tasks {list(self.tasks)}")
-        self.task_weights = {name: (task_weights or {}).get(name, 1.0) for name in self.tasks}
+        self.task_weighting = TaskWeighting({name: (task_weights or {}).get(name, 1.0) for name in self.tasks},
+                                            task_weighting, loss_balance_alpha)
         for task in self.tasks.values():
             task.build(self.architecture)  # its own modules exist before init_from and freeze
         if grad_checkpointing:
@@ -133,7 +141,8 @@ class MammutModule(L.LightningModule):
         """
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and hasattr(data, "connect"):
-            data.connect(image_size=self.architecture.image_size, context_length=self.architecture.context_length)
+            a = self.architecture
+            data.connect(image_size=a.image_size, context_length=a.context_length, frames=a.video_frames)
         self.eval_task_names = list(getattr(data, "task_names", None) or self.tasks)
         for name, task in self.tasks.items():
             task.connect(TaskContext(
@@ -223,6 +232,8 @@ class MammutModule(L.LightningModule):
         if not loadable:
             raise ValueError(f"{path}: no parameter matches this model by name and shape")
         self.load_state_dict(loadable, strict=False)
+        if self.model.vision.tubes is not None and not any(k.startswith("model.vision.tubes.") for k in loadable):
+            self.model.vision.initialise_tubes()  # image weights: the video tubes start from their patch embedding
         log.info("loaded %d tensors from %s; %d kept their initialisation%s", len(loadable), path, len(missing),
                  f"; shapes differ for {mismatched}" if mismatched else "")
 
@@ -305,20 +316,35 @@ class MammutModule(L.LightningModule):
             for task_batch in batches.values():
                 self.count_data(task_batch)
             return None  # every sample of this step was bad: skip it
-        total, parts = 0.0, {}
+        total, parts, task_losses = 0.0, {}, {}
+        weights = self.task_weighting.weights()
         for name, task_batch in batches.items():
             self.count_data(task_batch)
             # A rank whose samples were all bad still runs the model, on zero rows, so that the
             # other ranks' collectives do not wait for it; it adds zero to the loss.
             task_loss = self.tasks[name].loss(self.model, task_batch if len(task_batch) else
                                               self.tasks[name].empty_batch(self.device))
-            total = total + self.task_weights[name] * task_loss.total
+            total = total + weights[name] * task_loss.total
+            task_losses[name] = task_loss.total.detach()
             parts.update({f"{name}/loss": task_loss.total.detach(),
                           **{f"{name}/{part}": value for part, value in task_loss.parts.items()}})
         self.check_finite(total, parts)
+        self.update_task_weighting(task_losses)
+        if self.task_weighting.mode != "fixed":
+            parts.update({f"{name}/weight": torch.tensor(weights[name]) for name in batches})
         self.log("train/loss", total, prog_bar=True)
         self._log_task_metrics({f"train/{name}": value for name, value in parts.items()})
         return total
+
+    def update_task_weighting(self, task_losses: dict[str, Tensor]) -> None:
+        """Feed this step's task losses, averaged over the ranks, to the loss-balanced weighting,
+        so that every rank weighs the next step's tasks alike."""
+        if self.task_weighting.mode == "fixed":
+            return
+        losses = torch.stack([loss.float() for loss in task_losses.values()])
+        if self.trainer.world_size > 1:
+            losses = self.trainer.strategy.reduce(losses, reduce_op="mean")
+        self.task_weighting.update(dict(zip(task_losses, losses.tolist())))
 
     def _log_task_metrics(self, metrics: dict[str, Tensor]) -> None:
         """Straight to the loggers, at the logging interval: Lightning would repeat a metric's last
@@ -449,11 +475,13 @@ class MammutModule(L.LightningModule):
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["truncated_texts"] = self.truncated_texts
         checkpoint["loss_history"] = dict(self.loss_guard.history)
+        checkpoint["task_weighting"] = self.task_weighting.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_samples = checkpoint.get("skipped_samples", 0)
         self.truncated_texts = checkpoint.get("truncated_texts", 0)
         self.loss_guard.history.update(checkpoint.get("loss_history", {}))
+        self.task_weighting.load_state_dict(checkpoint.get("task_weighting", {}))
         state = checkpoint.get("state_dict", {})
         renamed = self.current_key_names(state)
         state.clear()

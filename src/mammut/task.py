@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from mammut.data.batch import Batch
@@ -39,7 +40,7 @@ class TaskReport:
     scores: dict[str, float]
     baselines: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # examples behind a score, for the table
-    samples: tuple[Tensor, list[str]] | None = None  # images (B, 3, H, W) in [0, 1] and their texts
+    samples: tuple[Tensor, list[str]] | None = None  # images (B, 3, H, W) or clips (B, 3, T, H, W) in [0, 1], texts
 
 
 @dataclass
@@ -85,6 +86,13 @@ class Task(nn.Module):
     def empty_batch(self, device) -> Batch:
         """A batch of zero samples with the model's shapes, for that rank."""
         raise NotImplementedError
+
+    def empty_inputs(self, device) -> Tensor:
+        """Zero images, or zero clips when the task's data is video (its references give the
+        ``input_shape``), so that the empty batch runs the same encoder path as the others' batches."""
+        c = self.context.architecture
+        shape = self.context.references.get("input_shape") or (3, c.image_size, c.image_size)
+        return torch.zeros(0, *shape, device=device)
 
     # ----------------------------------------------------------- evaluation
     def evaluate(self, model: Mammut, batch: Batch, stage: str, batch_idx: int) -> None:

@@ -10,8 +10,20 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 
+def frame_strips(clips: Tensor, max_frames: int = 8) -> Tensor:
+    """Clips (B, 3, T, H, W) -> (B, 3, H, k * W): ``k`` = up to ``max_frames`` frames, evenly
+    spread from the first to the last, side by side in time order."""
+    frames = clips.shape[2]
+    chosen = torch.linspace(0, frames - 1, min(frames, max_frames)).round().long().unique()
+    picked = clips[:, :, chosen.to(clips.device)]  # (B, 3, k, H, W)
+    return picked.permute(0, 1, 3, 2, 4).flatten(3)  # (B, 3, H, k, W) -> (B, 3, H, k * W)
+
+
 def captioned_images(images: Tensor, texts: list[str], scale: int = 3, lines: int = 4) -> Tensor:
-    """images: (B, 3, H, W) in [0, 1]. Returns (B, 3, H', W') in [0, 1], upscaled, text below."""
+    """images: (B, 3, H, W), or clips (B, 3, T, H, W) shown as strips of frames, in [0, 1].
+    Returns (B, 3, H', W') in [0, 1], upscaled, text below."""
+    if images.ndim == 5:
+        images, scale = frame_strips(images), max(1, scale - 1)
     font = ImageFont.load_default()
     out = []
     for image, text in zip(images, texts):

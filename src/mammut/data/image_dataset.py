@@ -70,17 +70,22 @@ class ImageRecordsDataset(Dataset):
         """How messages name a record, e.g. "image id 5"."""
         raise NotImplementedError
 
-    def draw(self, index: int, epoch: int | None = None) -> random.Random:
-        """The random source of sample ``index`` in ``epoch`` (default: the current one)."""
+    def draw(self, index: int, epoch: int | None = None, purpose: str = "") -> random.Random:
+        """The random source of sample ``index`` in ``epoch`` (default: the current one); each
+        ``purpose`` (a caption, the frames of a clip) draws from its own stream."""
         epoch = self.epoch if epoch is None else epoch
         # A string seed goes through SHA-512: the same draw in every process and Python run.
-        return random.Random(f"{self.seed}/{epoch}/{index}")
+        return random.Random(f"{self.seed}/{epoch}/{index}" + (f"/{purpose}" if purpose else ""))
+
+    def read(self, index: int) -> Tensor:
+        """Record ``index``'s model input: its image, transformed (a video dataset reads a clip)."""
+        return self.transform(load_rgb_image(self.records[index].path))
 
     def load_image(self, index: int) -> Tensor | None:
-        """The transformed image of record ``index``; None if it is bad and bad samples are skipped."""
+        """The model input of record ``index``; None if it is bad and bad samples are skipped."""
         record = self.records[index]
         try:
-            return self.transform(load_rgb_image(record.path))
+            return self.read(index)
         except BadSampleError as error:
             if not self.skip_bad_samples:
                 raise

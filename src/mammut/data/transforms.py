@@ -56,8 +56,27 @@ def image_transform(
     )
 
 
+def clip_transform(image_size: int, mean: Sequence[float] = CLIP_MEAN,
+                   std: Sequence[float] = CLIP_STD) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Frames (T, H, W, 3) uint8 -> a normalised clip (3, T, image_size, image_size) float, each
+    frame resized as ``image_transform`` resizes an image (no augmentation, for the same reasons)."""
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    frame_transform = v2.Compose([
+        v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ])
+
+    def transform(frames: torch.Tensor) -> torch.Tensor:
+        return frame_transform(frames.permute(0, 3, 1, 2)).transpose(0, 1)  # (T, 3, H, W) -> (3, T, H, W)
+
+    return transform
+
+
 def denormalize(images: torch.Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """Undo ``Normalize``: (B, 3, H, W) model inputs back to [0, 1] pixels, for display."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    """Undo ``Normalize``: (B, 3, H, W) images or (B, 3, T, H, W) clips back to [0, 1] pixels, for display."""
+    shape = (1, 3) + (1,) * (images.ndim - 2)
+    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(shape)
+    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(shape)
     return (images * std_t + mean_t).clamp(0, 1)

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mammut.data.errors import BadSampleError
+
 log = logging.getLogger(__name__)
 
 SAMPLINGS = ("uniform", "random")
@@ -42,7 +44,7 @@ SHORT_CLIPS = ("loop", "pad")
 BACKENDS = ("auto", "decord", "pyav")
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(BadSampleError):
     """A video file that cannot be read; the message names the file and what went wrong."""
 
     def __init__(self, path: str | Path, reason: str):

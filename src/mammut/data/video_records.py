@@ -6,7 +6,8 @@
 - MSRVTT-QA and MSVD-QA (``train_qa.json``, ...): a list of ``question``, ``answer``, ``id`` and
   a numeric ``video_id``. MSRVTT-QA's video ``7`` is the file of MSR-VTT's ``"video7"``; MSVD-QA's
   ``7`` is the clip that ``youtube_mapping.txt`` maps to ``vid7`` (lines like
-  ``-4wsuPCjDBc_5_15 vid1``). Read into ``VQARecord``s whose one answer is the reference.
+  ``-4wsuPCjDBc_5_15 vid1``). Read into ``VQARecord``s whose one answer is the reference and
+  whose question type is the question's first word.
 
 Video files are found by name through a pattern, ``{video}.mp4`` by default (MSVD's clips are
 ``{video}.avi``). Files are not opened here. Every format error names the file and the record.
@@ -127,6 +128,7 @@ def read_video_qa(questions_file: str | os.PathLike, video_root: str | os.PathLi
             skipped += 1
             continue
         name = mapping[number] if mapping is not None else f"video{number}"
+        # Results on these datasets are broken down by the question's first word (what, who, how, ...).
         records[question_id] = VQARecord(question_id, number, video_path(video_root, video_pattern, name), question,
-                                         (answer,), answer)
+                                         (answer,), answer, question_type=question.split()[0].lower())
     return [records[question_id] for question_id in sorted(records)], skipped

@@ -53,6 +53,19 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(min(1.0, (total - match) / 3) for match in matches) / len(answers)
 
 
+def exact_match_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """1 if the normalised answer equals a normalised reference, else 0: the accuracy of
+    single-answer datasets (MSRVTT-QA, MSVD-QA), where the VQAv2 formula, made for 10
+    annotators, would score a right answer 0."""
+    if not answers:
+        raise ValueError("a question needs at least one ground-truth answer")
+    return float(normalize_answer(prediction) in {normalize_answer(answer) for answer in answers})
+
+
+# How a generated answer is scored: "vqa" for VQAv2's 10 annotators, "exact_match" for one reference.
+ANSWER_SCORING = {"vqa": vqa_accuracy, "exact_match": exact_match_accuracy}
+
+
 def most_frequent_answer(answers: Iterable[str]) -> str:
     """The most common normalised answer; ties go to the one seen first."""
     counts = Counter(normalize_answer(answer) for answer in answers)
@@ -73,7 +86,8 @@ def majority_answers(groups: Iterable[tuple[str, Sequence[str]]]) -> dict[str, s
 class VQAAccuracy(Metric):
     """Per-question VQA accuracy, kept with the question ids so the caller can break it down.
 
-    ``update(predictions, answers, question_ids)`` scores each prediction; ``compute()``
+    ``update(predictions, answers, question_ids)`` scores each prediction (``scoring``: "vqa" or
+    "exact_match", see ``ANSWER_SCORING``); ``compute()``
     returns ``{question_id: accuracy}`` over every rank's questions. A question seen twice
     (DistributedSampler pads ranks by repeating samples) counts once.
     """
@@ -82,8 +96,11 @@ class VQAAccuracy(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, scoring: str = "vqa", **kwargs) -> None:
         super().__init__(**kwargs)
+        if scoring not in ANSWER_SCORING:
+            raise ValueError(f"answer scoring must be one of {sorted(ANSWER_SCORING)}, got {scoring!r}")
+        self.scoring = scoring
         self.add_state("question_ids", default=[], dist_reduce_fx="cat")
         self.add_state("scores", default=[], dist_reduce_fx="cat")
 
@@ -91,7 +108,8 @@ class VQAAccuracy(Metric):
         if not len(predictions) == len(answers) == len(question_ids):
             raise ValueError(f"{len(predictions)} predictions, {len(answers)} answer lists, "
                              f"{len(question_ids)} question ids")
-        scores = [vqa_accuracy(prediction, truth) for prediction, truth in zip(predictions, answers)]
+        score = ANSWER_SCORING[self.scoring]
+        scores = [score(prediction, truth) for prediction, truth in zip(predictions, answers)]
         self.question_ids.append(question_ids.detach().long().reshape(-1))
         self.scores.append(torch.tensor(scores, dtype=torch.float64, device=self.device))
 

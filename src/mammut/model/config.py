@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .tubes import TubeShape
+
 
 @dataclass
 class MammutConfig:
@@ -29,6 +31,13 @@ class MammutConfig:
     patch_embedding: str = "linear"
     # Optional local weights for the ViT (.safetensors or a torch state dict).
     vision_weights: str | None = None
+    # Video (Sec. 3.4): clips of video_frames frames become sparse tube tokens (TubeViT, see
+    # model/tubes.py) that go through the same ViT blocks once. Each tube is
+    # {kernel: [t, h, w], stride: [t, h, w], offset: [t, h, w]} in frames and pixels; a kernel
+    # [1, patch_size, patch_size] of spatial stride patch_size and no spatial offset is the image
+    # path on the frames it picks. None: an image-only model (no tube parameters).
+    video_frames: int = 16
+    tube_shapes: list[dict[str, list[int]]] | None = None
 
     # Text decoder (Sec. 3.2), shared by the contrastive and the generative pass.
     vocab_size: int = 4096
@@ -73,9 +82,29 @@ class MammutConfig:
             raise ValueError(f"text_pooling must be 'eos' or 'mean', got {self.text_pooling!r}")
         if self.image_pooling not in ("mean", "cls"):
             raise ValueError(f"image_pooling must be 'mean' or 'cls', got {self.image_pooling!r}")
+        if self.tube_shapes is not None:
+            self.tubes()  # each shape is well formed and fits a clip
         bad = [i for i in self.cross_attention_layer_set if not 0 <= i < self.text_depth]
         if bad:
             raise ValueError(f"cross_attention_layers {bad} are outside 0..{self.text_depth - 1}")
+
+    def tubes(self) -> list[TubeShape]:
+        """The tube shapes as ``TubeShape``s, checked against the clip size."""
+        shapes = []
+        for position, spec in enumerate(self.tube_shapes or []):
+            unknown = set(spec) - {"kernel", "stride", "offset"}
+            sizes = {key: tuple(spec.get(key, (0, 0, 0))) for key in ("kernel", "stride", "offset")}
+            if unknown or "kernel" not in spec or "stride" not in spec or any(
+                    len(size) != 3 for size in sizes.values()) or min(sizes["kernel"] + sizes["stride"]) < 1 or min(
+                    sizes["offset"]) < 0:
+                raise ValueError(f"tube_shapes[{position}] = {spec}: expected {{kernel: [t, h, w], stride: [t, h, w], "
+                                 "offset: [t, h, w]}} with positive kernel and stride and an offset of 0 or more")
+            shape = TubeShape(sizes["kernel"], sizes["stride"], sizes["offset"])
+            shape.grid(self.video_frames, self.image_size)
+            shapes.append(shape)
+        if self.tube_shapes is not None and not shapes:
+            raise ValueError("tube_shapes is empty: give at least one tube, or null for an image-only model")
+        return shapes
 
     @property
     def cross_attention_layer_set(self) -> set[int]:

@@ -7,15 +7,18 @@ After TubeViT (Piergiovanni et al., "Rethinking Video ViTs: Sparse Video Tubes",
   a cube, a long thin tube that follows motion over many frames, a wide flat one, and a
   single-frame patch. Sparse strides keep the token count near that of one image.
 - Each token gets the fixed 3D sin-cos position embedding of its tube's centre in (time, y, x)
-  (Sec. 3.2), so tokens of different shapes that cover the same place and time agree.
+  (Sec. 3.2), so tokens of different shapes that cover the same place and time agree; one
+  learned gain sets its size.
 - The kernels start from the image model's 2D patch embedding (Sec. 3.3): resized to the
   tube's spatial size and spread evenly over its frames, as I3D inflates 2D filters (Carreira
   and Zisserman 2017, Sec. 2.2). On a clip of one repeated frame each tube then responds as the
   2D patch embedding does to that frame, so a pretrained image model works on video at once.
+  The single-frame tube is the image model's own patch embedding, applied to the frames it picks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,17 +73,36 @@ def inflate_patch_kernel(weight: Tensor, kernel: tuple[int, int, int]) -> Tensor
 
 
 class SparseTubes(nn.Module):
-    """Clip (B, 3, T, H, W) -> tube tokens (B, N, width), each with its 3D position added."""
+    """Clip (B, 3, T, H, W) -> tube tokens (B, N, width), each with its 3D position added.
 
-    def __init__(self, shapes: list[TubeShape], width: int, frames: int, image_size: int,
+    A tube of kernel (1, p, p) with spatial stride p and no spatial offset, where p is the image
+    model's patch size, is the image path itself on the frames it picks: those frames go through
+    the image model's own patch embedding and learned 2D position embedding
+    (``frame_embedding``), so a clip's frame tokens are an image's tokens, whatever that
+    embedding is (a linear patch or a convolutional stem). "An image is the one-frame case of the
+    same path." Every other tube is a 3D convolution of its own.
+    """
+
+    def __init__(self, shapes: list[TubeShape], width: int, frames: int, image_size: int, patch_size: int,
                  patch_embedding: nn.Conv2d | None = None):
         super().__init__()
-        self.shapes, self.frames, self.image_size = list(shapes), frames, image_size
-        self.kernels = nn.ModuleList(nn.Conv3d(3, width, shape.kernel, shape.stride) for shape in self.shapes)
+        self.shapes, self.frames, self.image_size, self.patch_size = list(shapes), frames, image_size, patch_size
+        for shape in self.shapes:
+            shape.grid(frames, image_size)  # every tube fits the clip
+        self.kernels = nn.ModuleDict({str(i): nn.Conv3d(3, width, shape.kernel, shape.stride)
+                                      for i, shape in enumerate(self.shapes) if not self.is_frame_tube(shape)})
         positions = torch.cat([shape.centres(frames, image_size) for shape in self.shapes])
         self.register_buffer("position_embedding", sincos_3d(positions, width), persistent=False)
+        # The fixed embedding's gain, learned. Sin-cos values are of order 1 in every channel, far
+        # louder than the small learned position embedding of a trained ViT; the encoder sets the
+        # gain to speak as loudly as its own (``VisionEncoder.initialise_tubes``).
+        self.position_scale = nn.Parameter(torch.ones(1))
         if patch_embedding is not None:
             self.initialise_from(patch_embedding)
+
+    def is_frame_tube(self, shape: TubeShape) -> bool:
+        p = self.patch_size
+        return shape.kernel == (1, p, p) and shape.stride[1:] == (p, p) and shape.offset[1:] == (0, 0)
 
     @property
     def num_tokens(self) -> int:
@@ -88,18 +110,29 @@ class SparseTubes(nn.Module):
 
     @torch.no_grad()
     def initialise_from(self, patch_embedding: nn.Conv2d) -> None:
-        """Every tube kernel from the image model's patch embedding (TubeViT Sec. 3.3)."""
-        for shape, conv in zip(self.shapes, self.kernels):
-            conv.weight.copy_(inflate_patch_kernel(patch_embedding.weight, shape.kernel))
+        """Every 3D tube kernel from the image model's linear patch embedding (TubeViT Sec. 3.3)."""
+        for index, conv in self.kernels.items():
+            conv.weight.copy_(inflate_patch_kernel(patch_embedding.weight, self.shapes[int(index)].kernel))
             if patch_embedding.bias is not None:
                 conv.bias.copy_(patch_embedding.bias)
 
-    def forward(self, clips: Tensor) -> Tensor:
+    def forward(self, clips: Tensor, frame_embedding: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """``frame_embedding``: frames (B', 3, H, W) -> their image-path tokens (B', H/p * W/p, width),
+        positions included; needed when a tube is a frame tube."""
         if clips.shape[2:] != (self.frames, self.image_size, self.image_size):
             raise ValueError(f"clips must be (B, 3, {self.frames}, {self.image_size}, {self.image_size}), "
                              f"got {tuple(clips.shape)}")
         tokens = []
-        for shape, conv in zip(self.shapes, self.kernels):
+        for index, shape in enumerate(self.shapes):
             t, y, x = shape.offset
-            tokens.append(conv(clips[:, :, t:, y:, x:]).flatten(2).transpose(1, 2))  # (B, N_tube, width)
-        return torch.cat(tokens, dim=1) + self.position_embedding.to(clips.dtype)
+            if self.is_frame_tube(shape):
+                if frame_embedding is None:
+                    raise ValueError(f"tube {shape} is a frame tube: pass the image path's frame_embedding")
+                picked = clips[:, :, t::shape.stride[0]][:, :, :shape.grid(self.frames, self.image_size)[0]]
+                batch, _, count = picked.shape[:3]
+                frame_tokens = frame_embedding(picked.transpose(1, 2).flatten(0, 1))  # (B * count, N_frame, width)
+                tokens.append(frame_tokens.reshape(batch, count * frame_tokens.shape[1], -1))
+            else:
+                conv = self.kernels[str(index)]
+                tokens.append(conv(clips[:, :, t:, y:, x:]).flatten(2).transpose(1, 2))  # (B, N_tube, width)
+        return torch.cat(tokens, dim=1) + (self.position_scale * self.position_embedding).to(tokens[0].dtype)

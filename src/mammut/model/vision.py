@@ -1,4 +1,9 @@
-"""The image encoder: a timm Vision Transformer that returns visual tokens (MaMMUT Sec. 3.1)."""
+"""The image encoder: a timm Vision Transformer that returns visual tokens (MaMMUT Sec. 3.1).
+
+Images (B, 3, H, W) take the ViT's own patch and position embedding; clips (B, 3, T, H, W) are
+cut into sparse tubes (``tubes.SparseTubes``, MaMMUT Sec. 3.4) whose tokens go through the same
+blocks once, so the input's shape decides which path runs.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import checkpoint_attention_contexts, cpu_bf16_friendly_attention
 from .config import MammutConfig
 from .patch_embedding import ConvStem, overlapping_patches
+from .tubes import SparseTubes
 from .weights_file import read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -49,23 +55,84 @@ class VisionEncoder(nn.Module):
         self.num_prefix_tokens = self.vit.num_prefix_tokens
         self.pooling = config.image_pooling
         self.grad_checkpointing = False
+        self.tubes = None
+        if config.tube_shapes is not None:
+            self.tubes = SparseTubes(config.tubes(), config.vision_width, config.video_frames, config.image_size,
+                                     config.patch_size)
+            self.initialise_tubes()
 
-    def forward(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width)."""
-        with cpu_bf16_friendly_attention():
-            if not (self.grad_checkpointing and self.training):
-                return self.vit.forward_features(images)
-            vit = self.vit  # timm's forward_features, with each block checkpointed
-            x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
-            for block in vit.blocks:
+    @torch.no_grad()
+    def initialise_tubes(self) -> None:
+        """Start the video tubes from the image model; called again when weights are loaded that
+        hold the image model but no tubes.
+
+        The 3D kernels are inflated from the linear patch embedding (TubeViT Sec. 3.3); a
+        convolutional stem has no linear kernel to inflate, so they keep their random
+        initialisation (the frame tubes use the stem as it is). The 3D position embedding's gain
+        is set so that it is as large (root mean square) as the ViT's learned one.
+        """
+        if self.tubes is None:
+            return
+        projection = self.vit.patch_embed.proj
+        if isinstance(projection, nn.Conv2d):
+            self.tubes.initialise_from(projection)
+        elif self.tubes.kernels:
+            logger.info("the 3D video tubes start from random initialisation: the %s patch embedding has no linear "
+                        "kernel to inflate (the frame tubes use it as it is)", type(projection).__name__)
+        learned = self.vit.pos_embed
+        if learned is not None:
+            patches = learned[:, 0 if self.vit.no_embed_class else self.num_prefix_tokens:]
+            rms = lambda x: x.float().pow(2).mean().sqrt()  # noqa: E731
+            self.tubes.position_scale.fill_(float(rms(patches) / rms(self.tubes.position_embedding)))
+
+    def embed(self, inputs: Tensor) -> Tensor:
+        """Tokens before the first block: of images (B, 3, H, W) by the ViT's patch and position
+        embedding, of clips (B, 3, T, H, W) by the tubes, behind the same class token."""
+        vit = self.vit
+        if inputs.ndim == 4:
+            return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(inputs))))
+        if inputs.ndim != 5:
+            raise ValueError(f"expected images (B, 3, H, W) or clips (B, 3, T, H, W), got shape {tuple(inputs.shape)}")
+        if self.tubes is None:
+            raise ValueError("this model has no video path: set architecture.tube_shapes to encode clips")
+        tokens = self.tubes(inputs, frame_embedding=lambda frames: vit._pos_embed(vit.patch_embed(frames))[
+            :, self.num_prefix_tokens:])
+        return vit.norm_pre(vit.patch_drop(torch.cat([self._prefix_tokens(len(inputs), tokens.dtype), tokens], dim=1)))
+
+    def _prefix_tokens(self, batch: int, dtype: torch.dtype) -> Tensor:
+        """The class (and register) tokens with their position embedding, as timm adds them."""
+        vit = self.vit
+        prefix = [token for token in (vit.cls_token, vit.reg_token) if token is not None]
+        if not prefix:
+            return torch.zeros(batch, 0, vit.embed_dim, dtype=dtype, device=vit.pos_embed.device)
+        tokens = torch.cat(prefix, dim=1)
+        if vit.pos_embed is not None and not vit.no_embed_class:
+            tokens = tokens + vit.pos_embed[:, :self.num_prefix_tokens]
+        return tokens.expand(batch, -1, -1).to(dtype)
+
+    def run_blocks(self, x: Tensor, keep: set[int] = frozenset()) -> tuple[Tensor, list[Tensor]]:
+        """The blocks, then the final norm; also the normed output of each block in ``keep``."""
+        kept = []
+        for index, block in enumerate(self.vit.blocks):
+            if self.grad_checkpointing and self.training:
                 # The recomputation must use the forward's attention kernel; timm's own
                 # checkpointing would recompute outside cpu_bf16_friendly_attention.
                 x = checkpoint(block, x, use_reentrant=False, context_fn=checkpoint_attention_contexts)
-            return vit.norm(x)
+            else:
+                x = block(x)
+            if index in keep:
+                kept.append(self.vit.norm(x))
+        return self.vit.norm(x), kept
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width);
+        clips (B, 3, T, H, W) -> visual tokens (B, prefix + tube tokens, vision_width)."""
+        with cpu_bf16_friendly_attention():
+            return self.run_blocks(self.embed(inputs))[0]
 
     def forward_with_layers(self, images: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
         """Visual tokens, and the pooled token of each block in ``layers`` (B, len(layers), width),
-        in block order.
+        in block order; of images or clips.
 
         Block indices count from 0 (negative ones from the end); their outputs pass through the
         encoder's final norm, so every layer's token is on the scale of the last one.
@@ -73,12 +140,9 @@ class VisionEncoder(nn.Module):
         depth = len(self.vit.blocks)
         if any(not -depth <= i < depth for i in layers) or not layers:
             raise ValueError(f"visual layers {layers} must be block indices in [-{depth}, {depth})")
-        blocks = sorted({i % depth for i in layers})
         with cpu_bf16_friendly_attention():
-            tokens, intermediates = self.vit.forward_intermediates(
-                images, indices=blocks, norm=True, output_fmt="NLC", return_prefix_tokens=True)
-        pooled = [self.pool(torch.cat([prefix, patches], dim=1)) for patches, prefix in intermediates]
-        return tokens, torch.stack(pooled, dim=1)
+            tokens, intermediates = self.run_blocks(self.embed(images), keep={i % depth for i in layers})
+        return tokens, torch.stack([self.pool(x) for x in intermediates], dim=1)
 
     def pool(self, visual_tokens: Tensor) -> Tensor:
         if self.pooling == "cls":

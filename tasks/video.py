@@ -1,0 +1,228 @@
+"""Video captioning and video QA: the captioning and VQA tasks, fed clips (MaMMUT Sec. 3.4 and 4.4).
+
+    mammut fit --config configs/finetune_video_qa.yaml --model.init_from=runs/pretrain/.../last.ckpt
+    mammut fit --config configs/finetune_video_caption.yaml --model.init_from=...
+
+There is no video task class: ``VQATask`` and ``PretrainTask`` train on whatever the batch
+holds, and a batch of clips (B, 3, T, H, W) runs the encoder's tube path (``model/tubes.py``),
+one pass of the same ViT per clip. What is video-specific is the data, here:
+
+- ``VideoCaptionDataModule``: MSR-VTT captions (``*_videodatainfo.json``), evaluated with
+  CIDEr-D and BLEU-4 of generated captions (and video-text retrieval, which the task adds);
+- ``VideoQADataModule``: MSRVTT-QA or, with MSVD's ``youtube_mapping.txt``, MSVD-QA, evaluated
+  by exact match with the one reference answer, broken down by the question's first word.
+
+Clips are read with decord or PyAV (``backend``), ``frames`` per clip (by default the model's
+``architecture.video_frames``); ``single_frame`` feeds one frame repeated instead, the
+single-frame baseline that shows what the model gains from time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mammut.data.captions_dataset import collate_eval, collate_train
+from mammut.data.coco import CaptionRecord
+from mammut.data.transforms import clip_transform
+from mammut.data.video import count_frames, frame_indices, read_frames, resolve_backend
+from mammut.data.video_dataset import ClipSampling, VideoCaptionDataset, VideoQADataset
+from mammut.data.video_records import read_msrvtt_captions, read_video_qa
+from mammut.data.vqa import VQARecord
+from mammut.tasks.datamodule import TaskDataModule
+from mammut.tasks.vqa import QuestionData
+
+log = logging.getLogger(__name__)
+
+
+class VideoDataModule(TaskDataModule):
+    """What the video data modules add to ``TaskDataModule``: clips read from video files,
+    ``frames`` per clip, sized by the model like the image size. Subclasses save ``frames``,
+    ``backend``, ``short_clips`` and ``single_frame`` among their arguments."""
+
+    model_settings = ("image_size", "context_length", "frames")
+
+    def __init__(self, root: str, tokenizer: str, frames: int | None, image_size: int | None,
+                 context_length: int | None):
+        super().__init__(root, tokenizer, image_size, context_length)
+        self.frames = frames
+
+    @property
+    def clip_sampling(self) -> ClipSampling:
+        h = self.hparams
+        return ClipSampling(self.frames, h.backend, h.short_clips, h.single_frame)
+
+    def build_dataset(self, split: str) -> Dataset:
+        h, clips = self.hparams, self.clip_sampling
+        log.info("%s clips: %d frames each, read with %s%s", split, clips.frames, resolve_backend(clips.backend),
+                 ", one frame repeated (single-frame baseline)" if clips.single_frame else "")
+        return self.dataset_class(self.read_records(split), self.tokenizer, clip_transform(self.image_size),
+                                  self.context_length, train=split == "train", seed=h.seed,
+                                  skip_bad_samples=h.skip_bad_samples, clips=clips)
+
+    def references_for(self, task: str) -> dict:
+        """The clip shape, for the empty batch of a rank whose samples were all bad."""
+        return {"input_shape": (3, self.frames, self.image_size, self.image_size)}
+
+
+class VideoCaptionDataModule(VideoDataModule):
+    """Videos with captions in MSR-VTT's ``videodatainfo`` schema: the demo clips, MSR-VTT, or your own."""
+
+    dataset_class = VideoCaptionDataset
+    collate_train, collate_eval = staticmethod(collate_train), staticmethod(collate_eval)
+
+    def __init__(
+        self,
+        root: str = "data/demo",
+        tokenizer: str = "tokenizer.json",
+        train_annotations: str = "video/train_videodatainfo.json",
+        val_annotations: str = "video/val_videodatainfo.json",
+        test_annotations: str | None = "video/test_videodatainfo.json",
+        videos: str = "video/videos",
+        video_pattern: str = "{video}.mp4",
+        split_names: dict[str, str] | None = None,
+        predict_videos: list[str] | None = None,
+        frames: int | None = None,
+        backend: str = "auto",
+        short_clips: str = "loop",
+        single_frame: bool = False,
+        image_size: int | None = None,
+        context_length: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 100,
+        num_workers: int = 2,
+        skip_bad_samples: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            root: folder that the relative paths below are resolved against.
+            tokenizer: the tokenizer.json the model was pretrained with.
+            train_annotations: MSR-VTT JSON holding the training split (MSR-VTT itself:
+                ``train_val_videodatainfo.json`` for both train and val); ``val_`` and ``test_`` likewise.
+            videos: the folder of the video files, found by ``video_pattern`` from a ``video_id``.
+            split_names: our split -> the ``split`` value in the file; MSR-VTT's by default
+                (``{train: train, val: validate, test: test}``).
+            predict_videos: video files to caption with ``mammut predict``.
+            frames: frames per clip; by default the model's ``architecture.video_frames``.
+            backend: "decord", "pyav", or "auto" (decord where installed).
+            short_clips: a clip of fewer frames is played again ("loop") or held on its last frame ("pad").
+            single_frame: feed one frame repeated: the single-frame baseline.
+            image_size: side of each square frame; by default the model's.
+            context_length: tokens per caption; by default the model's.
+            batch_size: training clips per step and device.
+            eval_batch_size: clips per evaluation step.
+            num_workers: DataLoader worker processes (decoding runs there).
+            skip_bad_samples: skip (and count) videos that cannot be decoded and empty captions.
+            seed: shuffling, caption draws and training frame offsets.
+        """
+        super().__init__(root, tokenizer, frames, image_size, context_length)
+        self.save_arguments(locals())
+
+    def read_split(self, split: str) -> tuple[list[CaptionRecord], int, Path]:
+        h = self.hparams
+        annotations = h[f"{split}_annotations"]
+        if annotations is None:
+            raise ValueError(f"data.{split}_annotations is not set")
+        names = {"train": "train", "val": "validate", "test": "test", **(h.split_names or {})}
+        records, skipped = read_msrvtt_captions(self.path(annotations), self.path(h.videos), names[split],
+                                                h.video_pattern, h.skip_bad_samples)
+        return records, skipped, self.path(annotations)
+
+    def references_for(self, task: str) -> dict:
+        """The training captions (the most frequent is the captioning baseline) and the clip shape."""
+        return {**super().references_for(task),
+                "train_captions": [c for record in self.records.get("train", []) for c in record.captions]}
+
+    def predict_dataloader(self) -> DataLoader:
+        paths = self.hparams.predict_videos
+        if not paths:
+            raise ValueError("nothing to predict: set --data.predict_videos=[clip.mp4, ...]")
+        return DataLoader(VideoFiles(paths, self.clip_sampling, clip_transform(self.image_size)),
+                          batch_size=self.hparams.eval_batch_size)
+
+
+class VideoFiles(Dataset):
+    """Video files given by path, for prediction: each a clip of uniformly sampled frames."""
+
+    def __init__(self, paths: list[str], clips: ClipSampling, transform):
+        self.paths, self.clips, self.transform = list(paths), clips, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path, clips = self.paths[index], self.clips
+        indices = frame_indices(count_frames(path), clips.frames, "uniform", clips.short_clips)
+        return {"image": self.transform(torch.from_numpy(read_frames(path, indices, clips.backend))), "path": path}
+
+
+class VideoQADataModule(QuestionData, VideoDataModule):
+    """Open-ended questions about videos in MSRVTT-QA's schema, or MSVD-QA's with its mapping file."""
+
+    dataset_class = VideoQADataset
+    # One reference answer per question: exact match, broken down by the question's first word.
+    answer_scoring = "exact_match"
+    groupings = ("question_type",)
+    predict_inputs = "predict_videos"
+
+    def __init__(
+        self,
+        root: str = "data/demo",
+        tokenizer: str = "tokenizer.json",
+        train_questions: str = "video/train_qa.json",
+        val_questions: str = "video/val_qa.json",
+        test_questions: str | None = "video/test_qa.json",
+        videos: str = "video/videos",
+        video_pattern: str = "{video}.mp4",
+        msvd_mapping: str | None = None,
+        predict_videos: list[str] | None = None,
+        predict_questions: list[str] | None = None,
+        frames: int | None = None,
+        backend: str = "auto",
+        short_clips: str = "loop",
+        single_frame: bool = False,
+        image_size: int | None = None,
+        context_length: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 200,
+        num_workers: int = 2,
+        skip_bad_samples: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            root: folder that the relative paths below are resolved against.
+            tokenizer: the tokenizer.json the model was pretrained with.
+            train_questions: MSRVTT-QA-style JSON list of ``question``, ``answer``, ``id``, ``video_id``.
+            videos: the folder of the video files; ``video_pattern`` names a file from its video,
+                ``video7`` for MSRVTT-QA's ``video_id`` 7, or MSVD's clip name (``{video}.avi``).
+            msvd_mapping: MSVD's ``youtube_mapping.txt``: read the questions as MSVD-QA.
+            predict_videos: video files to ask about with ``mammut predict``.
+            predict_questions: one question per video, or one question for all of them.
+            frames, backend, short_clips, single_frame: how clips are read (``VideoCaptionDataModule``).
+            image_size: side of each square frame; by default the model's.
+            context_length: tokens of question and answer together; by default the model's.
+            batch_size: training questions per step and device.
+            eval_batch_size: questions per evaluation step.
+            num_workers: DataLoader worker processes (decoding runs there).
+            skip_bad_samples: skip (and count) videos that cannot be decoded and empty questions or answers.
+            seed: shuffling and training frame offsets.
+        """
+        super().__init__(root, tokenizer, frames, image_size, context_length)
+        self.save_arguments(locals())
+
+    def read_split(self, split: str) -> tuple[list[VQARecord], int, Path]:
+        h = self.hparams
+        questions = h[f"{split}_questions"]
+        if questions is None:
+            raise ValueError(f"data.{split}_questions is not set")
+        records, skipped = read_video_qa(self.path(questions), self.path(h.videos), h.video_pattern,
+                                         h.msvd_mapping and self.path(h.msvd_mapping), h.skip_bad_samples)
+        return records, skipped, self.path(questions)
+
+    def references_for(self, task: str) -> dict:
+        return {**QuestionData.references_for(self, task), **VideoDataModule.references_for(self, task)}

@@ -1,0 +1,145 @@
+"""Video captioning and video QA: the captioning and VQA tasks fed clips read from real mp4 files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_run
+from mammut.data import CaptionTokenizer
+from mammut.data.captions_dataset import collate_train
+from mammut.data.errors import BadSampleError
+from mammut.data.transforms import clip_transform
+from mammut.data.video_dataset import ClipSampling, VideoCaptionDataset, VideoQADataset
+from mammut.data.video_records import read_msrvtt_captions, read_video_qa
+from mammut.data.vqa_dataset import collate_vqa
+from mammut.metrics.vqa import VQAAccuracy, exact_match_accuracy
+from mammut.tasks.video import VideoQADataModule
+
+QA = "configs/finetune_video_qa.yaml"
+CAPTION = "configs/finetune_video_caption.yaml"
+# The tubes' fixed 3D position embedding needs a width divisible by 6.
+VIDEO_WIDTH = ["--model.architecture.vision_width=48", "--model.architecture.vision_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_demo, tmp_path_factory) -> Path:
+    """An image pretraining checkpoint of the video model's shape, as `make finetune-video` starts from."""
+    out = tmp_path_factory.mktemp("pretrain")
+    tiny_run.run("fit", tiny_demo, out, *VIDEO_WIDTH, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+                 *tiny_run.checkpoint_every(out, 2))
+    return next(out.rglob("last.ckpt"))
+
+
+def qa_records(root: Path, split: str = "train"):
+    return read_video_qa(root / f"video/{split}_qa.json", root / "video/videos")[0]
+
+
+def qa_dataset(root: Path, records, train: bool = True, skip: bool = False, frames: int = 16,
+               **sampling) -> VideoQADataset:
+    return VideoQADataset(records, CaptionTokenizer.from_file(root / "tokenizer.json"), clip_transform(64), 24,
+                          train=train, clips=ClipSampling(frames, **sampling), skip_bad_samples=skip)
+
+
+@pytest.mark.slow
+def test_video_qa_fine_tunes_from_an_image_checkpoint_and_reports_exact_match(tiny_demo, tmp_path, pretrained,
+                                                                              capsys):
+    out = tmp_path / "qa"
+    capsys.readouterr()
+    tiny_run.run("fit", tiny_demo, out, *VIDEO_WIDTH, f"--model.init_from={pretrained}", "--trainer.max_steps=2",
+                 "--trainer.val_check_interval=2", "--trainer.logger.init_args.version=run", config=QA)
+    printed, messages = capsys.readouterr()
+    assert "read with" in messages  # the log names the decoder
+    # The question types of the demo clips: direction ("which"), colour change ("what"), size change ("does").
+    for row in ("accuracy", "question_type/which", "question_type/what", "question_type/does"):
+        assert re.search(rf"^{re.escape(row)}\s+[\d.]+\s+[\d.]+\s+\d+$", printed, re.MULTILINE), row
+    logs = out / "finetune_video_qa" / "run"
+    logged = tiny_run.scalars(logs)
+    assert {"train/vqa/answer_loss", "val/vqa/accuracy", "val_baseline/vqa/accuracy"} <= set(logged)
+    # Exact match against one answer: the majority answer per question type scores well above 0.
+    assert 0.1 < logged["val_baseline/vqa/accuracy"][-1][1] < 0.9
+    assert "val/vqa/samples" in tiny_run.image_tags(logs)
+
+    video = sorted((tiny_demo / "video/videos").glob("*.mp4"))[0]
+    tiny_run.run("predict", tiny_demo, tmp_path / "predict", *VIDEO_WIDTH,
+                 f"--ckpt_path={logs / 'checkpoints' / 'last.ckpt'}", f"--data.predict_videos=[{video}]",
+                 "--data.predict_questions=[which way does the circle move?]", config=QA)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(str(video)))
+    assert line.split("\t")[:2] == [str(video), "which way does the circle move?"]
+
+
+@pytest.mark.slow
+def test_video_captioning_fine_tunes_and_logs_frame_strips(tiny_demo, tmp_path, pretrained, capsys):
+    out = tmp_path / "caption"
+    capsys.readouterr()
+    tiny_run.run("fit", tiny_demo, out, *VIDEO_WIDTH, f"--model.init_from={pretrained}", "--trainer.max_steps=2",
+                 "--trainer.val_check_interval=2", "--trainer.logger.init_args.version=run", config=CAPTION)
+    printed = capsys.readouterr().out
+    for row in ("CIDEr-D", "BLEU-4", "image_to_text/R@1"):
+        assert re.search(rf"^{re.escape(row)}\s+[\d.]+\s+[\d.]+$", printed, re.MULTILINE), row
+    logs = out / "finetune_video_caption" / "run"
+    logged = tiny_run.scalars(logs)
+    assert {"train/video_caption/caption_loss", "val/video_caption/CIDEr-D", "val_baseline/video_caption/CIDEr-D"} <= set(logged)
+    events = tiny_run.EventAccumulator(str(logs), size_guidance={"images": 0})
+    events.Reload()
+    strip = events.Images("val/video_caption/samples")[0]
+    assert strip.width == 8 * 64 * 2  # 8 of the 16 frames side by side, at twice their size
+
+
+def test_a_clip_is_read_into_frames_and_the_single_frame_baseline_repeats_one(tiny_demo):
+    records = qa_records(tiny_demo)
+    moving = qa_dataset(tiny_demo, records, train=False)[0].image
+    static = qa_dataset(tiny_demo, records, train=False, single_frame=True)[0].image
+    assert moving.shape == static.shape == (3, 16, 64, 64)
+    assert not torch.equal(moving[:, 0], moving[:, -1])  # the demo objects move, turn or grow
+    assert all(torch.equal(static[:, t], static[:, 0]) for t in range(16))
+    assert torch.equal(static[:, 0], moving[:, 8])  # the middle frame of those sampled
+
+
+def test_training_frames_are_drawn_per_epoch_and_repeat_on_resume(tiny_demo):
+    def frames_of(dataset, epoch):
+        dataset.set_epoch(epoch)
+        return dataset[3].image
+
+    # 8 of the clip's 16 frames: one drawn from each pair of frames.
+    first, second = (qa_dataset(tiny_demo, qa_records(tiny_demo), frames=8) for _ in range(2))
+    assert torch.equal(frames_of(first, 0), frames_of(second, 0))  # the same draw in another dataset (a resumed run)
+    assert not torch.equal(frames_of(first, 0), frames_of(first, 1))  # another epoch, other frames
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a video"])
+def test_a_bad_video_is_named_or_skipped_and_counted(tiny_demo, tmp_path, damage):
+    records = qa_records(tiny_demo)[:3]
+    good = records[1].path.read_bytes()
+    bad = tmp_path / records[1].path.name
+    bad.write_bytes({"truncated": good[: len(good) // 3], "empty": b"", "not a video": b"question,answer\n"}[damage])
+    records[1] = records[1].__class__(**{**records[1].__dict__, "path": bad})
+    with pytest.raises(BadSampleError, match=re.escape(str(bad))):
+        qa_dataset(tiny_demo, records)[1]
+    batch = collate_vqa([qa_dataset(tiny_demo, records, skip=True)[i] for i in range(3)])
+    assert len(batch) == 2 and batch.num_skipped == 1 and batch.images.shape == (2, 3, 16, 64, 64)
+
+
+def test_captions_of_clips_collate_into_a_batch_of_clips(tiny_demo):
+    records, _ = read_msrvtt_captions(tiny_demo / "video/train_videodatainfo.json", tiny_demo / "video/videos", "train")
+    dataset = VideoCaptionDataset(records, CaptionTokenizer.from_file(tiny_demo / "tokenizer.json"), clip_transform(64),
+                                  24, train=True, clips=ClipSampling(16))
+    batch = collate_train([dataset[i] for i in range(4)])
+    assert batch.images.shape == (4, 3, 16, 64, 64) and batch.tokens.shape == (4, 24)
+
+
+def test_single_answer_datasets_are_scored_by_exact_match(tiny_demo):
+    assert exact_match_accuracy("Left.", ["left"]) == 1.0 and exact_match_accuracy("right", ["left"]) == 0.0
+    metric = VQAAccuracy(scoring="exact_match")
+    metric.update(["left", "blue"], [["left"], ["red"]], torch.tensor([1, 2]))
+    assert metric.compute() == {1: 1.0, 2: 0.0}
+    data = VideoQADataModule(root=str(tiny_demo))
+    data.connect(image_size=64, context_length=24, frames=16)
+    data.setup("validate")
+    references = data.references_for("vqa")
+    assert references["answer_scoring"] == "exact_match" and references["input_shape"] == (3, 16, 64, 64)
+    baseline = references["majority_baseline"]["val"]
+    assert set(baseline.values()) <= {0.0, 1.0} and 0 < sum(baseline.values()) < len(baseline)
