@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MeanAbsoluteError
@@ -24,7 +25,8 @@ from mammut.tasks.pretrain import ImageTextDataModule, PretrainModule, PretrainT
 from mammut.tasks.vqa import VQAModule
 
 from conftest import REPO
-from tiny_run import Crash, checkpoint_every, run, scalars
+from mammut.cli import main
+from tiny_run import TINY_MODEL, Crash, checkpoint_every, run, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +151,28 @@ def test_a_joint_run_resumed_mid_epoch_continues_with_the_same_tasks_and_losses(
         assert whole_steps and sorted(resumed_steps) == sorted(whole_steps), task  # the same tasks at every step
         for step, value in whole_steps.items():
             assert resumed_steps[step] == pytest.approx(value, rel=1e-6, abs=1e-6), (task, step)
+
+
+def test_a_joint_run_resumes_with_its_data_settings_in_a_config_file(tiny_demo, tmp_path):
+    # The tasks are saved in no checkpoint (they were given as objects): a resumed run takes them
+    # from the config, however the rest of it was given.
+    settings = tmp_path / "tiny.yaml"  # the tiny model and data, in a file rather than on the command line
+    model: dict = {}
+    for argument in TINY_MODEL:  # "--model.architecture.text_width=32" -> {"architecture": {"text_width": 32}}
+        key, value = argument[len("--model."):].split("=")
+        group, name = key.split(".")
+        model.setdefault(group, {})[name] = yaml.safe_load(value)
+    data = {"root": str(tiny_demo), "batch_size": 8, "eval_batch_size": 12, "num_workers": 0}
+    settings.write_text(yaml.safe_dump({"model": {"init_args": model}, "data": {"init_args": {"tasks": {
+        task: {"init_args": data} for task in ("pretrain", "vqa")}}}}))
+    common = ["fit", "--config", str(REPO / "configs/multitask.yaml"), "--config", str(settings),
+              "--trainer.precision=32-true", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+              "--trainer.log_every_n_steps=1"]
+    main([*common, "--trainer.max_steps=2", *checkpoint_every(tmp_path, 2)])
+    last = next(tmp_path.rglob("last.ckpt"))
+    main([*common, "--trainer.max_steps=3", f"--ckpt_path={last}", "--trainer.logger.init_args.version=resumed"])
+    assert scalars(tmp_path / "multitask" / "resumed")["train/vqa/loss"][-1][0] == 2  # the third step ran
 
 
 def test_checkpoints_from_before_tasks_were_components_still_load(tiny_demo, tmp_path):

@@ -55,9 +55,16 @@ def apply_checkpoint_settings(parser, config: Namespace, subcommand: str, args: 
         hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         if hparams:
+            saved = set(hparams) - {"_class_path"}
             if "_class_path" in hparams:
                 hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
             merged = parser.parse_object({subcommand: {"model": hparams}}, config.clone())
+            # What the checkpoint does not hold (tasks given as objects are not saved) stays as
+            # configured; parse_object may have reset it to its default.
+            arguments = f"{subcommand}.model.init_args"
+            for key in vars(config[arguments]) if arguments in config else []:
+                if key not in saved:
+                    merged[f"{arguments}.{key}"] = config[f"{arguments}.{key}"]
             _report_changes(config, merged, subcommand, ckpt_path, "the checkpoint's settings replace the config's")
         given = merged.clone()
         for key in model_keys_on_command_line(args):
