@@ -53,6 +53,7 @@ def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: 
     # Each process gets one thread: two of them share the test machine's cores.
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    (out / "stderr.txt").write_text(result.stderr)  # both ranks' whole output, for a failure's first error
     assert result.returncode == 0, result.stderr[-4000:]
 
 

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 
 from mammut.data import read_coco_captions, read_vqa
 from mammut.data.sampling import ResumableRandomSampler
+from mammut.data.video_records import read_video_qa
 from mammut.tasks.pretrain import PretrainModule
 
 from distributed import fit_on_two_processes
@@ -121,18 +122,26 @@ def test_a_joint_run_trains_the_same_tasks_on_every_rank_and_does_not_hang(tiny_
     assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])
 
 
-def test_ddp_vqa_rank_with_only_bad_samples_does_not_hang(tiny_demo, tmp_path):
-    """The all-bad-batch guard of the VQA task: rank 0's first batch of questions has only corrupt images."""
+@pytest.mark.parametrize("inputs", ["images", "video"])
+def test_ddp_vqa_rank_with_only_bad_samples_does_not_hang(tiny_demo, tmp_path, inputs):
+    """The all-bad-batch guard of the VQA task: rank 0's first batch of questions has only corrupt
+    images, or corrupt videos, whose empty batch must take the same (tube) path as rank 1's clips."""
     root = tmp_path / "demo"
     subprocess.run(["cp", "-r", str(tiny_demo), str(root)], check=True)
-    records, _ = read_vqa(root / "vqa/v2_OpenEnded_mscoco_train_questions.json",
-                          root / "vqa/v2_mscoco_train_annotations.json", root / "images/train")
+    if inputs == "images":
+        records, _ = read_vqa(root / "vqa/v2_OpenEnded_mscoco_train_questions.json",
+                              root / "vqa/v2_mscoco_train_annotations.json", root / "images/train")
+        config, name, extra = "configs/finetune_vqa.yaml", "finetune_vqa", []
+    else:
+        records, _ = read_video_qa(root / "video/train_qa.json", root / "video/videos")
+        config, name = "configs/finetune_video_qa.yaml", "finetune_video_qa"
+        extra = ["--model.architecture.vision_width=48", "--model.architecture.vision_heads=2"]
     first_batch_of_rank_0 = list(ResumableRandomSampler(len(records), seed=0, num_replicas=2, rank=0))[:4]
     for index in first_batch_of_rank_0:
-        records[index].path.write_bytes(b"not a JPEG")
-    fit_on_two_processes(root, tmp_path, "ddp", "--trainer.max_steps=3", "--data.skip_bad_samples=true",
-                         "--trainer.logger.init_args.version=run", timeout=180, config="configs/finetune_vqa.yaml")
-    logged = scalars(tmp_path / "finetune_vqa" / "run")
+        records[index].path.write_bytes(b"not a JPEG, not a video")
+    fit_on_two_processes(root, tmp_path, "ddp", "--trainer.max_steps=3", "--data.skip_bad_samples=true", *extra,
+                         "--trainer.logger.init_args.version=run", timeout=180, config=config)
+    logged = scalars(tmp_path / name / "run")
     assert logged["data/skipped_samples"][0][1] >= 4
     assert [step for step, _ in logged["train/loss"]] == [0, 1, 2]
     assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])

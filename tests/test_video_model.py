@@ -63,6 +63,9 @@ def test_clips_and_images_run_the_same_blocks_once():
         model.encode_image(torch.randn(2, 3, 32, 32))
     clip_tokens = 1 + model.vision.tubes.num_tokens
     assert calls == [clip_tokens, clip_tokens, 17, 17]  # two blocks per input, each run once
+    # A rank whose clips were all bad runs the same path on zero of them.
+    with torch.no_grad():
+        assert model.encode_image(torch.zeros(0, 3, 16, 32, 32)).shape == (0, clip_tokens, 48)
 
 
 def test_the_3d_tubes_start_from_the_image_weights_an_image_checkpoint_brings(tmp_path):

@@ -131,7 +131,8 @@ class SparseTubes(nn.Module):
                 picked = clips[:, :, t::shape.stride[0]][:, :, :shape.grid(self.frames, self.image_size)[0]]
                 batch, _, count = picked.shape[:3]
                 frame_tokens = frame_embedding(picked.transpose(1, 2).flatten(0, 1))  # (B * count, N_frame, width)
-                tokens.append(frame_tokens.reshape(batch, count * frame_tokens.shape[1], -1))
+                _, per_frame, width = frame_tokens.shape  # explicit: an empty batch (a rank of bad samples) too
+                tokens.append(frame_tokens.reshape(batch, count * per_frame, width))
             else:
                 conv = self.kernels[str(index)]
                 tokens.append(conv(clips[:, :, t:, y:, x:]).flatten(2).transpose(1, 2))  # (B, N_tube, width)
