@@ -82,8 +82,8 @@ class VisionEncoder(nn.Module):
         learned = self.vit.pos_embed
         if learned is not None:
             patches = learned[:, 0 if self.vit.no_embed_class else self.num_prefix_tokens:]
-            rms = lambda x: x.float().pow(2).mean().sqrt()  # noqa: E731
-            self.tubes.position_scale.fill_(float(rms(patches) / rms(self.tubes.position_embedding)))
+            self.tubes.position_scale.fill_(float(root_mean_square(patches) /
+                                                  root_mean_square(self.tubes.position_embedding)))
 
     def embed(self, inputs: Tensor) -> Tensor:
         """Tokens before the first block: of images (B, 3, H, W) by the ViT's patch and position
@@ -154,3 +154,6 @@ class VisionEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+
+def root_mean_square(x: Tensor) -> Tensor:
+    return x.float().pow(2).mean().sqrt()
