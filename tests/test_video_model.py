@@ -103,3 +103,24 @@ def test_bad_tube_settings_and_inputs_are_refused_with_the_reason():
         Mammut(MammutConfig(**SMALL)).encode_image(torch.randn(1, 3, 16, 32, 32))
     with pytest.raises(ValueError, match="clips must be"):
         Mammut(small_config()).encode_image(torch.randn(1, 3, 8, 32, 32))  # 8 frames, not 16
+
+
+def test_video_only_blocks_see_clips_never_images_and_start_near_the_identity():
+    torch.manual_seed(3)
+    shared = Mammut(small_config()).eval()
+    with_video_blocks = Mammut(small_config(video_layers=[1])).eval()
+    missing, unexpected = with_video_blocks.load_state_dict(shared.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("vision.video_blocks.1.") for name in missing)
+    images, clips = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(with_video_blocks.encode_image(images), shared.encode_image(images))
+        torch.testing.assert_close(with_video_blocks.encode_image(clips), shared.encode_image(clips),
+                                   rtol=0, atol=1e-2)
+    video_block = with_video_blocks.vision.video_blocks["1"]
+    with_video_blocks.train()
+    with_video_blocks.encode_image(images).sum().backward()
+    assert all(p.grad is None for p in video_block.parameters())  # images never reach it
+    with_video_blocks.encode_image(clips).sum().backward()
+    assert all(p.grad is not None for p in video_block.parameters())
+    with pytest.raises(ValueError, match="video_layers"):
+        MammutConfig(**SMALL, video_layers=[0])  # no tubes, no video path

@@ -153,7 +153,7 @@ class MammutModule(L.LightningModule):
     # ------------------------------------------------- compilation, sharding
     def transformer_blocks(self) -> list[nn.Module]:
         """The repeated blocks: the units of compilation, sharding and activation checkpointing."""
-        return [*self.model.vision.vit.blocks, *self.model.decoder.layers]
+        return [*self.model.vision.vit.blocks, *self.model.vision.video_blocks.values(), *self.model.decoder.layers]
 
     def configure_model(self) -> None:
         """Called by Lightning on every process before the optimiser is built (once per module).

@@ -38,6 +38,10 @@ class MammutConfig:
     # path on the frames it picks. None: an image-only model (no tube parameters).
     video_frames: int = 16
     tube_shapes: list[dict[str, list[int]]] | None = None
+    # Modality-specific layers for video beside the shared ones (mPLUG-2, Xu et al. 2023): before
+    # each ViT block listed here, clips (never images) pass a block of their own, whose residual
+    # branches start near zero (LayerScale 1e-4) so that a pretrained image model is kept at first.
+    video_layers: list[int] = field(default_factory=list)
 
     # Text decoder (Sec. 3.2), shared by the contrastive and the generative pass.
     vocab_size: int = 4096
@@ -84,6 +88,10 @@ class MammutConfig:
             raise ValueError(f"image_pooling must be 'mean' or 'cls', got {self.image_pooling!r}")
         if self.tube_shapes is not None:
             self.tubes()  # each shape is well formed and fits a clip
+        if self.video_layers and self.tube_shapes is None:
+            raise ValueError("video_layers need a video path: set tube_shapes too")
+        if any(not 0 <= i < self.vision_depth for i in self.video_layers):
+            raise ValueError(f"video_layers {self.video_layers} must be ViT block indices in 0..{self.vision_depth - 1}")
         bad = [i for i in self.cross_attention_layer_set if not 0 <= i < self.text_depth]
         if bad:
             raise ValueError(f"cross_attention_layers {bad} are outside 0..{self.text_depth - 1}")

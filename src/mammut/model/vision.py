@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import timm
+from timm.models.vision_transformer import Block
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -21,6 +22,9 @@ from .tubes import SparseTubes
 from .weights_file import read_state_dict
 
 logger = logging.getLogger(__name__)
+
+# LayerScale of the video-only blocks at the start (CaiT's small init): each starts as nearly the identity.
+VIDEO_BLOCK_INIT = 1e-4
 
 
 class VisionEncoder(nn.Module):
@@ -60,6 +64,11 @@ class VisionEncoder(nn.Module):
             self.tubes = SparseTubes(config.tubes(), config.vision_width, config.video_frames, config.image_size,
                                      config.patch_size)
             self.initialise_tubes()
+        # mPLUG-2's modality-specific modules: a block of its own before each listed shared block,
+        # run on clips only. A ModuleDict keyed by the shared block's index.
+        self.video_blocks = nn.ModuleDict({
+            str(i): Block(config.vision_width, config.vision_heads, config.mlp_ratio, qkv_bias=True,
+                          init_values=VIDEO_BLOCK_INIT) for i in sorted(set(config.video_layers))})
 
     @torch.no_grad()
     def initialise_tubes(self) -> None:
@@ -110,16 +119,21 @@ class VisionEncoder(nn.Module):
             tokens = tokens + vit.pos_embed[:, :self.num_prefix_tokens]
         return tokens.expand(batch, -1, -1).to(dtype)
 
-    def run_blocks(self, x: Tensor, keep: set[int] = frozenset()) -> tuple[Tensor, list[Tensor]]:
-        """The blocks, then the final norm; also the normed output of each block in ``keep``."""
+    def run_blocks(self, x: Tensor, video: bool, keep: set[int] = frozenset()) -> tuple[Tensor, list[Tensor]]:
+        """The blocks (for ``video``, each listed video block before its shared one), then the
+        final norm; also the normed output of each shared block in ``keep``."""
         kept = []
         for index, block in enumerate(self.vit.blocks):
-            if self.grad_checkpointing and self.training:
-                # The recomputation must use the forward's attention kernel; timm's own
-                # checkpointing would recompute outside cpu_bf16_friendly_attention.
-                x = checkpoint(block, x, use_reentrant=False, context_fn=checkpoint_attention_contexts)
-            else:
-                x = block(x)
+            layers = [block]
+            if video and str(index) in self.video_blocks:
+                layers.insert(0, self.video_blocks[str(index)])
+            for layer in layers:
+                if self.grad_checkpointing and self.training:
+                    # The recomputation must use the forward's attention kernel; timm's own
+                    # checkpointing would recompute outside cpu_bf16_friendly_attention.
+                    x = checkpoint(layer, x, use_reentrant=False, context_fn=checkpoint_attention_contexts)
+                else:
+                    x = layer(x)
             if index in keep:
                 kept.append(self.vit.norm(x))
         return self.vit.norm(x), kept
@@ -128,7 +142,7 @@ class VisionEncoder(nn.Module):
         """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width);
         clips (B, 3, T, H, W) -> visual tokens (B, prefix + tube tokens, vision_width)."""
         with cpu_bf16_friendly_attention():
-            return self.run_blocks(self.embed(inputs))[0]
+            return self.run_blocks(self.embed(inputs), video=inputs.ndim == 5)[0]
 
     def forward_with_layers(self, images: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
         """Visual tokens, and the pooled token of each block in ``layers`` (B, len(layers), width),
@@ -141,7 +155,8 @@ class VisionEncoder(nn.Module):
         if any(not -depth <= i < depth for i in layers) or not layers:
             raise ValueError(f"visual layers {layers} must be block indices in [-{depth}, {depth})")
         with cpu_bf16_friendly_attention():
-            tokens, intermediates = self.run_blocks(self.embed(images), keep={i % depth for i in layers})
+            tokens, intermediates = self.run_blocks(self.embed(images), video=images.ndim == 5,
+                                                    keep={i % depth for i in layers})
         return tokens, torch.stack([self.pool(x) for x in intermediates], dim=1)
 
     def pool(self, visual_tokens: Tensor) -> Tensor:
