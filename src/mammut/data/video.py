@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,8 +78,9 @@ def frame_indices(num_frames: int, count: int, sampling: str = "uniform", short_
     return (starts + offsets).floor().clamp(max=num_frames - 1).long().tolist()
 
 
-def count_frames(path: str | Path) -> int:
-    """The video stream's frames, counted from its packets (demuxed, not decoded)."""
+@contextmanager
+def _open(path: str | Path) -> Iterator[tuple[Any, Any]]:
+    """The PyAV container of a video file and its video stream; any failure is a ``VideoDecodeError``."""
     import av
 
     if not Path(path).is_file():
@@ -88,15 +92,24 @@ def count_frames(path: str | Path) -> int:
             # FFmpeg reads a still image as a video of one frame; as a clip it would be a silent mistake.
             if container.format.name == "image2" or container.format.name.endswith("_pipe"):
                 raise VideoDecodeError(path, f"it is a still image ({container.format.name}), not a video")
-            stream = container.streams.video[0]
-            count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            yield container, container.streams.video[0]
     except VideoDecodeError:
         raise
     except Exception as error:  # PyAV raises its own FFmpeg error classes, and OSError
         raise VideoDecodeError(path, f"{type(error).__name__}: {error}") from error
+
+
+def _count_packets(path: str | Path, container, stream) -> int:
+    count = sum(1 for packet in container.demux(stream) if packet.size > 0)
     if count == 0:
         raise VideoDecodeError(path, "its video stream holds no frames")
     return count
+
+
+def count_frames(path: str | Path) -> int:
+    """The video stream's frames, counted from its packets (demuxed, not decoded)."""
+    with _open(path) as (container, stream):
+        return _count_packets(path, container, stream)
 
 
 def _read_with_decord(path: Path, indices: list[int]) -> np.ndarray:
@@ -121,18 +134,20 @@ def _read_with_decord(path: Path, indices: list[int]) -> np.ndarray:
 
 
 def _read_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
-    import av
+    with _open(path) as (container, stream):
+        return _decode_with_pyav(path, container, stream, indices)
 
+
+def _decode_with_pyav(path: Path, container, stream, indices: list[int]) -> np.ndarray:
+    """Sequential decoding up to the last index; one thread, as DataLoader workers decode in parallel
+    already (FFmpeg's frame threads cost more than they give on small frames)."""
     wanted, frames = set(indices), {}
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for index, frame in enumerate(container.decode(stream)):
-                if index in wanted:
-                    frames[index] = frame.to_ndarray(format="rgb24")
-                if index >= max(wanted):
-                    break
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                frames[index] = frame.to_ndarray(format="rgb24")
+            if index >= max(wanted):
+                break
     except Exception as error:
         raise VideoDecodeError(path, f"{type(error).__name__}: {error}") from error
     if missing := sorted(wanted - set(frames)):
@@ -160,7 +175,11 @@ def read_frames(path: str | Path, indices: list[int], backend: str = "auto") -> 
     if not path.is_file():
         raise VideoDecodeError(path, "no such file")
     unique = sorted(set(indices))
-    frames = _READERS[resolve_backend(backend)](path, unique)
+    return _in_order(_READERS[resolve_backend(backend)](path, unique), unique, indices)
+
+
+def _in_order(frames: np.ndarray, unique: list[int], indices: list[int]) -> np.ndarray:
+    """Frames decoded once each, at the sorted ``unique`` indices, laid out as ``indices`` asks."""
     position = {index: i for i, index in enumerate(unique)}
     return frames[[position[index] for index in indices]]
 
@@ -168,5 +187,13 @@ def read_frames(path: str | Path, indices: list[int], backend: str = "auto") -> 
 def read_clip(path: str | Path, count: int, sampling: str = "uniform", short_clips: str = "loop",
               backend: str = "auto", generator: torch.Generator | None = None) -> torch.Tensor:
     """``count`` frames of the video at ``path``, chosen by ``frame_indices``: (count, H, W, 3) uint8."""
-    indices = frame_indices(count_frames(path), count, sampling, short_clips, generator)
-    return torch.from_numpy(read_frames(path, indices, backend))
+    if resolve_backend(backend) == "decord":
+        indices = frame_indices(count_frames(path), count, sampling, short_clips, generator)
+        return torch.from_numpy(read_frames(path, indices, backend))
+    # PyAV counts and decodes in one opening of the file.
+    with _open(path) as (container, stream):
+        indices = frame_indices(_count_packets(path, container, stream), count, sampling, short_clips, generator)
+        container.seek(0)
+        unique = sorted(set(indices))
+        frames = _decode_with_pyav(Path(path), container, stream, unique)
+    return torch.from_numpy(_in_order(frames, unique, indices))
