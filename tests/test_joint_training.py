@@ -128,10 +128,11 @@ def test_make_multitask_trains_both_tasks_and_reports_each_beside_its_baseline(t
         assert tag in logged, tag
 
 
-@pytest.mark.parametrize("mixing", [["--data.mixing=all"], ["--data.mixing=sample", "--data.weights={pretrain: 1, vqa: 1}"],
+@pytest.mark.parametrize("mixing", [["--data.mixing=all", "--model.task_weighting=fixed"],
+                                    ["--data.mixing=sample", "--data.weights={pretrain: 1, vqa: 1}"],
                                     ["--data.mixing=all", "--model.task_weighting=loss_balanced",
                                      "--model.loss_balance_alpha=1.0"]],
-                         ids=["all", "sample", "all-loss-balanced"])
+                         ids=["all-fixed", "sample", "all-loss-balanced"])
 def test_a_joint_run_resumed_mid_epoch_continues_with_the_same_tasks_and_losses(tiny_demo, tmp_path, mixing):
     common = ["--trainer.max_steps=9", "--trainer.limit_val_batches=0", "--model.warmup_steps=2", *mixing]
     run("fit", tiny_demo, tmp_path, *common, "--trainer.logger.init_args.version=whole", config="configs/multitask.yaml")
