@@ -151,6 +151,7 @@ class VQADataModule(QuestionData, TaskDataModule):
                                     self.path(images), h.image_pattern, h.skip_bad_samples)
         return records, skipped, self.path(questions)
 
+
 def answer_loss(logits: Tensor, tokens: Tensor, answer_start: Tensor, pad_id: int,
                 label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of the answer tokens (and their eos) only.
