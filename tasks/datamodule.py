@@ -111,7 +111,11 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
         h, train = self.hparams, split == "train"
         return self.dataset_class(self.read_records(split), self.tokenizer,
                                   image_transform(self.image_size, train=train), self.context_length, train=train,
-                                  seed=h.seed, skip_bad_samples=h.skip_bad_samples)
+                                  seed=h.seed, skip_bad_samples=h.skip_bad_samples, **self.dataset_arguments())
+
+    def dataset_arguments(self) -> dict:
+        """Arguments of ``dataset_class`` of this kind of data only (e.g. a question's answer room)."""
+        return {}
 
     def read_records(self, split: str) -> list:
         """The records of a split, read once; what the reader dropped is counted and logged."""

@@ -61,7 +61,7 @@ class VideoDataModule(TaskDataModule):
                  ", one frame repeated (single-frame baseline)" if clips.single_frame else "")
         return self.dataset_class(self.read_records(split), self.tokenizer, clip_transform(self.image_size),
                                   self.context_length, train=split == "train", seed=h.seed,
-                                  skip_bad_samples=h.skip_bad_samples, clips=clips)
+                                  skip_bad_samples=h.skip_bad_samples, clips=clips, **self.dataset_arguments())
 
     def references_for(self, task: str) -> dict:
         """The clip shape, for the empty batch of a rank whose samples were all bad."""
@@ -181,6 +181,7 @@ class VideoQADataModule(QuestionData, VideoDataModule):
         msvd_mapping: str | None = None,
         predict_videos: list[str] | None = None,
         predict_questions: list[str] | None = None,
+        answer_room: int = 6,
         frames: int | None = None,
         backend: str = "auto",
         short_clips: str = "loop",
@@ -203,6 +204,9 @@ class VideoQADataModule(QuestionData, VideoDataModule):
             msvd_mapping: MSVD's ``youtube_mapping.txt``: read the questions as MSVD-QA.
             predict_videos: video files to ask about with ``mammut predict``.
             predict_questions: one question per video, or one question for all of them.
+            answer_room: tokens kept for the answer and its end of text: a longer question is
+                cut to leave them, the same in training and evaluation. The demo's answers take
+                up to 5 tokens of the image-trained tokenizer.
             frames, backend, short_clips, single_frame: how clips are read (``VideoCaptionDataModule``).
             image_size: side of each square frame; by default the model's.
             context_length: tokens of question and answer together; by default the model's.

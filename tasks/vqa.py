@@ -90,6 +90,9 @@ class QuestionData:
     def predict_dataloader(self) -> DataLoader:
         return self.eval_loader(self.dataset("predict"), collate_vqa)
 
+    def dataset_arguments(self) -> dict:
+        return {"answer_room": self.hparams.answer_room}
+
 
 class VQADataModule(QuestionData, TaskDataModule):
     """Questions about images in VQAv2 format: the demo world, VQAv2 itself, or your own files."""
@@ -112,6 +115,7 @@ class VQADataModule(QuestionData, TaskDataModule):
         image_pattern: str = "{image_id:012d}.jpg",
         predict_images: list[str] | None = None,
         predict_questions: list[str] | None = None,
+        answer_room: int = 4,
         image_size: int | None = None,
         context_length: int | None = None,
         batch_size: int = 128,
@@ -128,6 +132,9 @@ class VQADataModule(QuestionData, TaskDataModule):
             image_pattern: an image's file name from its id, e.g. ``COCO_train2014_{image_id:012d}.jpg``.
             predict_images: image files to ask about with ``mammut predict``.
             predict_questions: one question per image, or one question for all of them.
+            answer_room: tokens kept for the answer and its end of text: a longer question is cut
+                to leave them, the same in training and evaluation (so that a training prompt never
+                tells the length of its answer).
             image_size: side of the square model input; by default the model's ``architecture.image_size``.
             context_length: tokens of question and answer together; by default the model's.
             batch_size: training questions per step and device.

@@ -79,10 +79,6 @@ def test_the_3d_tubes_start_from_the_image_weights_an_image_checkpoint_brings(tm
     tubes = video.model.vision.tubes
     torch.testing.assert_close(tubes.kernels["1"].weight, inflate_patch_kernel(patch, (4, 16, 16)))
     torch.testing.assert_close(tubes.kernels["2"].weight, inflate_patch_kernel(patch, (16, 4, 4)))
-    # The fixed 3D position embedding speaks as loudly as the loaded model's learned one.
-    learned = image_only.model.vision.vit.pos_embed[:, 1:]
-    scaled = tubes.position_scale * tubes.position_embedding
-    torch.testing.assert_close(scaled.pow(2).mean().sqrt(), learned.pow(2).mean().sqrt(), rtol=1e-4, atol=1e-6)
 
 
 def test_the_prefix_reads_clip_layers_as_it_reads_image_layers():

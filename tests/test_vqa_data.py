@@ -133,6 +133,20 @@ def test_long_questions_are_cut_keeping_the_answer(dataset):
     assert t.decode(tokens[sample.answer_start:tokens.index(t.eos_id)]) == data.training_answer(0)
 
 
+def test_a_training_prompt_never_tells_the_length_of_its_answer(dataset):
+    # A question cut by the room its drawn answer leaves would be cut shorter before long answers:
+    # training could read the answer off the prompt, and evaluation prompts (no answer) would differ.
+    train, evaluate = dataset(train=True, context_length=12), dataset(train=False, context_length=12)
+    t = train.tokenizer
+    long_answer = t.token_ids("a much longer answer")
+    for index in range(8):
+        record = train.records[index]
+        layouts = [train._layout(record, answer) for answer in ([5], long_answer)]
+        prompts = {tuple(tokens[:start]) for tokens, start, _ in layouts}
+        evaluation = evaluate[index]
+        assert prompts == {tuple(evaluation.tokens[:evaluation.answer_start].tolist())}
+
+
 def test_unreadable_image_fails_or_is_skipped(dataset, tmp_path):
     data = dataset(train=False)
     broken = tmp_path / "broken.jpg"

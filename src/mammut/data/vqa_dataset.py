@@ -1,13 +1,15 @@
 """VQA samples: the question is a prefix to the decoder and the answer is generated after it.
 
 Layout of a training sequence: ``[bos] question [sep] answer [eos] pad ...``; ``answer_start``
-is the index of the first answer token, and the loss covers the answer and its eos only.
+is the index of the first answer token, and the loss covers the answer and its eos only. The
+question is cut to leave ``answer_room`` tokens for the answer and its eos, the same in training
+and evaluation.
 In evaluation the sequence stops after ``[sep]``: that prompt is what generation continues.
 
 A training answer is drawn from the annotators' answers, normalised, with the probability of
 how many annotators gave it, from ``(seed, epoch, index)`` alone (``ImageRecordsDataset.draw``),
-so a resumed run draws the same answers. A question too long for the context is cut from its end, keeping the answer
-whole (an answer is cut only if it alone overflows the context); a sample with a cut text is
+so a resumed run draws the same answers. A question too long for its room is cut from its end
+(an answer is cut only if it overflows what its question leaves); a sample with a cut text is
 described in its ``truncated``, which ``collate_vqa`` gathers so that the run counts the cuts.
 """
 
@@ -44,6 +46,13 @@ class VQADataset(ImageRecordsDataset):
 
     records: list[VQARecord]
 
+    def __init__(self, *args, answer_room: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 2 <= answer_room <= self.context_length - 3:
+            raise ValueError(f"answer_room {answer_room} must leave a question token and fit an answer token and its "
+                             f"end of text in the context of {self.context_length}")
+        self.answer_room = answer_room
+
     def record_name(self, record: VQARecord) -> str:
         return f"question id {record.question_id}"
 
@@ -72,19 +81,26 @@ class VQADataset(ImageRecordsDataset):
                          truncated=truncated)
 
     def _layout(self, record: VQARecord, answer: list[int]) -> tuple[list[int], int, list[str]]:
-        """Tokens, the answer's start and the description of the cut, if the text was cut."""
+        """Tokens, the answer's start and the description of the cut, if the text was cut.
+
+        The question is cut to leave ``answer_room`` tokens, whatever the answer: a prompt cut
+        by the length of the answer drawn would tell the answer's length in training (and a
+        training prompt would differ from the evaluation prompt of the same question). An answer
+        longer than the room left after its question is cut instead.
+        """
         t = self.tokenizer
         cuts = []
-        answer_room = self.context_length - 4  # bos, sep, eos and at least one question token
-        if len(answer) > answer_room:
-            cuts.append(f"answer of {len(answer)} tokens cut to {answer_room}")
-        answer = answer[:answer_room] + [t.eos_id] if answer else []
-        room = self.context_length - 2 - len(answer)  # bos and sep
+        room = self.context_length - 2 - self.answer_room  # bos and sep
         question = t.token_ids(record.question)
         if len(question) > room:
             cuts.append(f"question of {len(question)} tokens cut to {room}")
             question = question[:room]
         prompt = [t.bos_id, *question, t.sep_id]
+        if answer:
+            answer_room = self.context_length - len(prompt) - 1  # and eos
+            if len(answer) > answer_room:
+                cuts.append(f"answer of {len(answer)} tokens cut to {answer_room}")
+            answer = answer[:answer_room] + [t.eos_id]
         truncated = [f"{self.record_name(record)}: {' and '.join(cuts)} "
                      f"to fit the context length {self.context_length}"] if cuts else []
         return t.pad(prompt + answer, self.context_length), len(prompt), truncated

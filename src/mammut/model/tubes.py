@@ -93,9 +93,9 @@ class SparseTubes(nn.Module):
                                       for i, shape in enumerate(self.shapes) if not self.is_frame_tube(shape)})
         positions = torch.cat([shape.centres(frames, image_size) for shape in self.shapes])
         self.register_buffer("position_embedding", sincos_3d(positions, width), persistent=False)
-        # The fixed embedding's gain, learned. Sin-cos values are of order 1 in every channel, far
-        # louder than the small learned position embedding of a trained ViT; the encoder sets the
-        # gain to speak as loudly as its own (``VisionEncoder.initialise_tubes``).
+        # The fixed embedding's gain, learned, from 1 as TubeViT adds it. Sin-cos values are of
+        # the order of the tokens themselves: loud enough for the blocks to tell early tubes from
+        # late ones, which the directions of motion and changes of size need.
         self.position_scale = nn.Parameter(torch.ones(1))
         if patch_embedding is not None:
             self.initialise_from(patch_embedding)

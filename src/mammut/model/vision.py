@@ -77,8 +77,7 @@ class VisionEncoder(nn.Module):
 
         The 3D kernels are inflated from the linear patch embedding (TubeViT Sec. 3.3); a
         convolutional stem has no linear kernel to inflate, so they keep their random
-        initialisation (the frame tubes use the stem as it is). The 3D position embedding's gain
-        is set so that it is as large (root mean square) as the ViT's learned one.
+        initialisation (the frame tubes use the stem as it is).
         """
         if self.tubes is None:
             return
@@ -88,11 +87,6 @@ class VisionEncoder(nn.Module):
         elif self.tubes.kernels:
             logger.info("the 3D video tubes start from random initialisation: the %s patch embedding has no linear "
                         "kernel to inflate (the frame tubes use it as it is)", type(projection).__name__)
-        learned = self.vit.pos_embed
-        if learned is not None:
-            patches = learned[:, 0 if self.vit.no_embed_class else self.num_prefix_tokens:]
-            self.tubes.position_scale.fill_(float(root_mean_square(patches) /
-                                                  root_mean_square(self.tubes.position_embedding)))
 
     def embed(self, inputs: Tensor) -> Tensor:
         """Tokens before the first block: of images (B, 3, H, W) by the ViT's patch and position
@@ -168,7 +162,3 @@ class VisionEncoder(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
-
-
-def root_mean_square(x: Tensor) -> Tensor:
-    return x.float().pow(2).mean().sqrt()
