@@ -214,12 +214,12 @@ def test_cut_vqa_texts_are_named_and_counted_in_the_batch(tiny_demo):
 
     batch = collate_vqa([data[0], data[1], data[2]])
 
-    room = 16 - 3 - len(tokenizer.token_ids("yes"))  # bos, sep, the answer and its eos
+    room = 16 - 2 - data.answer_room  # bos, sep and the room kept for the answer and its eos
+    left_for_answer = 16 - (len(tokenizer.token_ids("what color?")) + 2) - 1  # after the prompt, before eos
     assert batch.num_truncated == 2
     assert batch.truncated == [
         f"question id 2: question of {question} tokens cut to {room} to fit the context length 16",
-        f"question id 3: answer of {answer} tokens cut to 12 and question of {len(tokenizer.token_ids('what color?'))} "
-        "tokens cut to 1 to fit the context length 16",
+        f"question id 3: answer of {answer} tokens cut to {left_for_answer} to fit the context length 16",
     ]
 
 
