@@ -105,7 +105,8 @@ def test_video_captioning_fine_tunes_and_logs_frame_strips(tiny_demo, tmp_path, 
     events = tiny_run.EventAccumulator(str(logs), size_guidance={"images": 0})
     events.Reload()
     strip = events.Images("val/video_caption/samples")[0]
-    assert strip.width == 8 * 64 * 2  # 8 of the 16 frames side by side, at twice their size
+    # TensorBoard tiles the 8 val clips in a row; each is 8 of its 16 frames side by side, at twice their size.
+    assert strip.width == 8 * (8 * 64 * 2)
 
 
 def test_a_clip_is_read_into_frames_and_the_single_frame_baseline_repeats_one(tiny_demo):
