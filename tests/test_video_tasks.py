@@ -74,15 +74,9 @@ def test_video_qa_fine_tunes_from_an_image_checkpoint_and_reports_exact_match(ti
 @pytest.mark.slow
 def test_the_prefix_peft_trains_on_clips_with_the_whole_model_frozen(tiny_demo, tmp_path, pretrained):
     start = tmp_path / "start.pt"
-    callbacks = tmp_path / "callbacks.yaml"
-    callbacks.write_text(
-        "trainer:\n  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {save_last: true, save_top_k: 0, every_n_train_steps: 2}\n"
-        f"    - class_path: test_vqa_task.SnapshotAtStart\n      init_args: {{path: {start}}}\n")
     tiny_run.run("fit", tiny_demo, tmp_path / "peft", *VIDEO_WIDTH, f"--model.init_from={pretrained}",
                  "--trainer.max_steps=2", "--model.peft.visual_layers=[0,1]", "--trainer.limit_val_batches=0",
-                 "--config", str(callbacks), config=[QA, "configs/finetune_vqa_peft.yaml"])
+                 *tiny_run.checkpoint_every(tmp_path, 2, snapshot=start), config=[QA, "configs/finetune_vqa_peft.yaml"])
     before = torch.load(start, weights_only=True)
     after = torch.load(next((tmp_path / "peft").rglob("last.ckpt")), weights_only=True)["state_dict"]
     changed = {name for name, value in after.items() if not torch.equal(value, before[name])}

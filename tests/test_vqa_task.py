@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from mammut.tasks.vqa import answer_loss
 
@@ -37,16 +36,6 @@ def test_answer_loss_ignores_question_tokens():
     assert not torch.isclose(answer_loss(changed, tokens, answer_start, pad), loss)
 
 
-class SnapshotAtStart(Callback):
-    """Saves the module's weights when training starts, before the first step."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def on_train_start(self, trainer, pl_module):
-        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()}, self.path)
-
-
 @pytest.fixture(scope="module")
 def pretrained(tiny_demo, tmp_path_factory) -> Path:
     """A checkpoint of a tiny pretraining run, as `make finetune-vqa` starts from."""
@@ -64,16 +53,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_peft_trains_the_prefix_alone(tiny_demo, tmp_path, pretrained, capsys):
     start = tmp_path / "start.pt"
-    callbacks = tmp_path / "callbacks.yaml"
-    callbacks.write_text(
-        "trainer:\n  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {save_last: true, save_top_k: 0, every_n_train_steps: 2}\n"
-        f"    - class_path: test_vqa_task.SnapshotAtStart\n      init_args: {{path: {start}}}\n")
     capsys.readouterr()
     tiny_run.run("fit", tiny_demo, tmp_path / "peft", f"--model.init_from={pretrained}", "--trainer.max_steps=2",
-                 "--model.peft.visual_layers=[0,1]", "--trainer.limit_val_batches=0", "--config", str(callbacks),
-                 config=PEFT)
+                 "--model.peft.visual_layers=[0,1]", "--trainer.limit_val_batches=0",
+                 *tiny_run.checkpoint_every(tmp_path, 2, snapshot=start), config=PEFT)
     printed, messages = capsys.readouterr()
     # Every pretrained tensor loads; only the three of the new prefix keep their initialisation.
     assert f"from {pretrained}; 3 kept their initialisation" in messages

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -56,17 +57,30 @@ class CrashAtStep(Callback):
             raise Crash(f"crashed before step {self.step}")
 
 
-def checkpoint_every(folder: Path, steps: int, crash_at: int | None = None) -> list[str]:
+def checkpoint_every(folder: Path, steps: int, crash_at: int | None = None, snapshot: Path | None = None) -> list[str]:
     """Arguments that replace the config's callbacks: last.ckpt every ``steps`` steps, and
-    optionally a crash before step ``crash_at``."""
+    optionally a crash before step ``crash_at`` and the weights at the start of training saved to
+    ``snapshot``."""
     override = folder / f"checkpoint_every_{steps}_crash_{crash_at}.yaml"
     text = ("trainer:\n  callbacks:\n"
             "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
             f"      init_args: {{save_last: true, save_top_k: 0, every_n_train_steps: {steps}}}\n")
     if crash_at is not None:
         text += f"    - class_path: tiny_run.CrashAtStep\n      init_args: {{step: {crash_at}}}\n"
+    if snapshot is not None:
+        text += f"    - class_path: tiny_run.SnapshotAtStart\n      init_args: {{path: {snapshot}}}\n"
     override.write_text(text)
     return ["--config", str(override)]
+
+
+class SnapshotAtStart(Callback):
+    """Saves the module's weights when training starts, before the first step."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module):
+        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()}, self.path)
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
