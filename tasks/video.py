@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mammut.data.captions_dataset import collate_eval, collate_train
 from mammut.data.coco import CaptionRecord
 from mammut.data.transforms import clip_transform
-from mammut.data.video import count_frames, frame_indices, read_frames, resolve_backend
+from mammut.data.video import read_clip, resolve_backend
 from mammut.data.video_dataset import ClipSampling, VideoCaptionDataset, VideoQADataset
 from mammut.data.video_records import read_msrvtt_captions, read_video_qa
 from mammut.data.vqa import VQARecord
@@ -156,8 +155,8 @@ class VideoFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, clips = self.paths[index], self.clips
-        indices = frame_indices(count_frames(path), clips.frames, "uniform", clips.short_clips)
-        return {"image": self.transform(torch.from_numpy(read_frames(path, indices, clips.backend))), "path": path}
+        frames = read_clip(path, clips.frames, "uniform", clips.short_clips, clips.backend)
+        return {"image": self.transform(frames), "path": path}
 
 
 class VideoQADataModule(QuestionData, VideoDataModule):

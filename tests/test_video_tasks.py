@@ -102,6 +102,12 @@ def test_video_captioning_fine_tunes_and_logs_frame_strips(tiny_demo, tmp_path, 
     # TensorBoard tiles the 8 val clips in a row; each is 8 of its 16 frames side by side, at twice their size.
     assert strip.width == 8 * (8 * 64 * 2)
 
+    video = sorted((tiny_demo / "video/videos").glob("*.mp4"))[0]
+    tiny_run.run("predict", tiny_demo, tmp_path / "predict", *VIDEO_WIDTH,
+                 f"--ckpt_path={logs / 'checkpoints' / 'last.ckpt'}", f"--data.predict_videos=[{video}]", config=CAPTION)
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(str(video)))
+    assert len(line.split("\t")) == 2  # the video and its generated caption
+
 
 def test_a_clip_is_read_into_frames_and_the_single_frame_baseline_repeats_one(tiny_demo):
     records = qa_records(tiny_demo)
