@@ -100,11 +100,10 @@ class MammutConfig:
         """The tube shapes as ``TubeShape``s, checked against the clip size."""
         shapes = []
         for position, spec in enumerate(self.tube_shapes or []):
-            unknown = set(spec) - {"kernel", "stride", "offset"}
             sizes = {key: tuple(spec.get(key, (0, 0, 0))) for key in ("kernel", "stride", "offset")}
-            if unknown or "kernel" not in spec or "stride" not in spec or any(
-                    len(size) != 3 for size in sizes.values()) or min(sizes["kernel"] + sizes["stride"]) < 1 or min(
-                    sizes["offset"]) < 0:
+            well_formed = (set(spec) <= set(sizes) and {"kernel", "stride"} <= set(spec)
+                           and all(len(size) == 3 for size in sizes.values()))
+            if not well_formed or min(sizes["kernel"] + sizes["stride"]) < 1 or min(sizes["offset"]) < 0:
                 raise ValueError(f"tube_shapes[{position}] = {spec}: expected {{kernel: [t, h, w], stride: [t, h, w], "
                                  "offset: [t, h, w]}} with positive kernel and stride and an offset of 0 or more")
             shape = TubeShape(sizes["kernel"], sizes["stride"], sizes["offset"])
