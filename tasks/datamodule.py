@@ -47,16 +47,39 @@ SPLITS_READ = {"fit": ["train", "val"], "validate": ["train", "val"], "test": ["
 
 
 class TaskDataModule(SizesTheModel, L.LightningDataModule):
-    """Subclasses call ``save_arguments(locals())`` with at least ``batch_size``,
-    ``eval_batch_size``, ``num_workers``, ``seed`` and ``skip_bad_samples`` among their
-    arguments, implement ``read_split``, and name their dataset class and collate functions."""
+    """Subclasses take their own arguments, with at least ``batch_size`` and ``eval_batch_size``,
+    pass the shared ones on as ``**kwargs`` and then call ``save_arguments(locals())``;
+    they implement ``read_split`` and name their dataset class and collate functions."""
 
     # Built as dataset_class(records, tokenizer, transform, context_length, train=, seed=, skip_bad_samples=).
     dataset_class: type[Dataset]
     collate_train: Callable  # a staticmethod: training batches
     collate_eval: Callable  # a staticmethod: evaluation batches
 
-    def __init__(self, root: str, tokenizer: str, image_size: int | None, context_length: int | None):
+    def __init__(
+        self,
+        root: str = "data/demo",
+        tokenizer: str = "tokenizer.json",
+        image_size: int | None = None,
+        context_length: int | None = None,
+        num_workers: int = 2,
+        skip_bad_samples: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            root: folder that the data module's relative paths are resolved against.
+            tokenizer: a tokenizer.json: the one the model was pretrained with, or one trained
+                by ``python -m mammut.data.tokenizer``.
+            image_size: side of the square model input (each frame's, for a clip); by default
+                the model's ``architecture.image_size``.
+            context_length: tokens per text, bos and eos included; by default the model's.
+            num_workers: DataLoader worker processes (image and video decoding run there).
+            skip_bad_samples: skip (and count) unreadable images and videos, and records that
+                cannot be trained on (an empty caption, a question without answers), instead of failing.
+            seed: shuffling and per-sample draws (a caption, an answer, a clip's frames); a
+                resumed run repeats them exactly.
+        """
         super().__init__()
         self.root = Path(root)
         self.tokenizer = CaptionTokenizer.from_file(self.path(tokenizer))
@@ -67,12 +90,15 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
         # Records dropped (with skip_bad_samples) when each split's files were read; the module
         # adds a split's to its count of skipped samples once that split's loop runs.
         self.records_skipped: dict[str, int] = {}
+        self.save_arguments(locals())
 
     def save_arguments(self, arguments: dict) -> None:
-        """``save_hyperparameters`` of exactly this data module's arguments, ``locals()`` of its
-        ``__init__``. (LightningCLI hands a data module built inside another one, as the tasks of
-        a ``JointDataModule``, the outer module's configuration instead.)"""
-        self.save_hyperparameters({k: v for k, v in arguments.items() if k not in ("self", "__class__")})
+        """Add one ``__init__``'s arguments, its ``locals()``, to the saved hyperparameters, so that
+        they hold exactly this data module's arguments. (``save_hyperparameters()`` alone would take
+        what LightningCLI hands it, which for a data module built inside another one, as the tasks
+        of a ``JointDataModule``, is the outer module's configuration.)"""
+        own = {k: v for k, v in arguments.items() if k not in ("self", "__class__", "kwargs")}
+        self.save_hyperparameters({**self.hparams, **own})
 
     def path(self, relative: str) -> Path:
         return self.root / relative

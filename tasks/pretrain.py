@@ -40,45 +40,34 @@ class ImageTextDataModule(TaskDataModule):
 
     def __init__(
         self,
-        root: str = "data/demo",
-        tokenizer: str = "tokenizer.json",
         train_annotations: str = "annotations/captions_train.json",
         train_images: str = "images/train",
         val_annotations: str = "annotations/captions_val.json",
         val_images: str = "images/val",
         test_annotations: str | None = "annotations/captions_test.json",
         test_images: str | None = "images/test",
+        annotation_format: str = "auto",
         predict_images: list[str] | None = None,
-        image_size: int | None = None,
-        context_length: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 250,
-        num_workers: int = 2,
-        skip_bad_samples: bool = False,
-        seed: int = 0,
-        annotation_format: str = "auto",
+        **kwargs,
     ):
         """
         Args:
-            root: folder that the relative paths below are resolved against.
-            tokenizer: a tokenizer.json (trained by ``python -m mammut.data.tokenizer`` or your own).
-            train_annotations: caption JSON of the training split (see ``annotation_format``);
-                ``*_images`` are image folders.
+            train_annotations: caption JSON of the training split (see ``annotation_format``),
+                relative to ``root``; ``*_images`` are image folders.
+            annotation_format: "coco" (a captions file per split), "karpathy" (one
+                ``dataset_coco.json``-style file of every split, read for the split's images:
+                train = "train" + "restval"), or "auto" to tell them apart by content.
             predict_images: image files to caption with ``mammut predict``.
-            image_size: side of the square model input; by default the model's ``architecture.image_size``.
-            context_length: tokens per caption, bos and eos included; by default the model's.
             batch_size: training images per step and device. The contrastive batch is the
                 batch of all devices together (embeddings are gathered); with
                 ``trainer.accumulate_grad_batches`` it is still one step's, not the accumulated one.
             eval_batch_size: images per validation step.
-            num_workers: DataLoader worker processes.
-            skip_bad_samples: skip (and count) unreadable images and empty captions instead of failing.
-            seed: shuffling and per-sample caption choice; a resumed run repeats them exactly.
-            annotation_format: "coco" (a captions file per split), "karpathy" (one
-                ``dataset_coco.json``-style file of every split, read for the split's images:
-                train = "train" + "restval"), or "auto" to tell them apart by content.
+            **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length,
+                num_workers, skip_bad_samples, seed.
         """
-        super().__init__(root, tokenizer, image_size, context_length)
+        super().__init__(**kwargs)
         self.save_arguments(locals())
 
     def read_split(self, split: str) -> tuple[list[CaptionRecord], int, Path]:

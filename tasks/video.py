@@ -39,15 +39,24 @@ log = logging.getLogger(__name__)
 
 class VideoDataModule(TaskDataModule):
     """What the video data modules add to ``TaskDataModule``: clips read from video files,
-    ``frames`` per clip, sized by the model like the image size. Subclasses save ``frames``,
-    ``backend``, ``short_clips`` and ``single_frame`` among their arguments."""
+    ``frames`` per clip, sized by the model like the image size."""
 
     model_settings = ("image_size", "context_length", "frames")
 
-    def __init__(self, root: str, tokenizer: str, frames: int | None, image_size: int | None,
-                 context_length: int | None):
-        super().__init__(root, tokenizer, image_size, context_length)
+    def __init__(self, frames: int | None = None, backend: str = "auto", short_clips: str = "loop",
+                 single_frame: bool = False, **kwargs):
+        """
+        Args:
+            frames: frames per clip; by default the model's ``architecture.video_frames``.
+            backend: "decord", "pyav", or "auto" (decord where installed).
+            short_clips: a clip of fewer frames is played again ("loop") or held on its last frame ("pad").
+            single_frame: feed one frame repeated: the single-frame baseline.
+            **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length,
+                num_workers, skip_bad_samples, seed (of shuffling, draws and training frame offsets).
+        """
+        super().__init__(**kwargs)
         self.frames = frames
+        self.save_arguments(locals())
 
     @property
     def clip_sampling(self) -> ClipSampling:
@@ -75,8 +84,6 @@ class VideoCaptionDataModule(VideoDataModule):
 
     def __init__(
         self,
-        root: str = "data/demo",
-        tokenizer: str = "tokenizer.json",
         train_annotations: str = "video/train_videodatainfo.json",
         val_annotations: str = "video/val_videodatainfo.json",
         test_annotations: str | None = "video/test_videodatainfo.json",
@@ -84,41 +91,25 @@ class VideoCaptionDataModule(VideoDataModule):
         video_pattern: str = "{video}.mp4",
         split_names: dict[str, str] | None = None,
         predict_videos: list[str] | None = None,
-        frames: int | None = None,
-        backend: str = "auto",
-        short_clips: str = "loop",
-        single_frame: bool = False,
-        image_size: int | None = None,
-        context_length: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 100,
-        num_workers: int = 2,
-        skip_bad_samples: bool = False,
-        seed: int = 0,
+        **kwargs,
     ):
         """
         Args:
-            root: folder that the relative paths below are resolved against.
-            tokenizer: the tokenizer.json the model was pretrained with.
-            train_annotations: MSR-VTT JSON holding the training split (MSR-VTT itself:
-                ``train_val_videodatainfo.json`` for both train and val); ``val_`` and ``test_`` likewise.
+            train_annotations: MSR-VTT JSON holding the training split, relative to ``root``
+                (MSR-VTT itself: ``train_val_videodatainfo.json`` for both train and val);
+                ``val_`` and ``test_`` likewise.
             videos: the folder of the video files, found by ``video_pattern`` from a ``video_id``.
             split_names: our split -> the ``split`` value in the file; MSR-VTT's by default
                 (``{train: train, val: validate, test: test}``).
             predict_videos: video files to caption with ``mammut predict``.
-            frames: frames per clip; by default the model's ``architecture.video_frames``.
-            backend: "decord", "pyav", or "auto" (decord where installed).
-            short_clips: a clip of fewer frames is played again ("loop") or held on its last frame ("pad").
-            single_frame: feed one frame repeated: the single-frame baseline.
-            image_size: side of each square frame; by default the model's.
-            context_length: tokens per caption; by default the model's.
             batch_size: training clips per step and device.
             eval_batch_size: clips per evaluation step.
-            num_workers: DataLoader worker processes (decoding runs there).
-            skip_bad_samples: skip (and count) videos that cannot be decoded and empty captions.
-            seed: shuffling, caption draws and training frame offsets.
+            **kwargs: those of ``VideoDataModule`` (frames, backend, short_clips, single_frame)
+                and ``TaskDataModule`` (root, tokenizer, image_size, context_length, ...).
         """
-        super().__init__(root, tokenizer, frames, image_size, context_length)
+        super().__init__(**kwargs)
         self.save_arguments(locals())
 
     def read_split(self, split: str) -> tuple[list[CaptionRecord], int, Path]:
@@ -170,8 +161,6 @@ class VideoQADataModule(QuestionData, VideoDataModule):
 
     def __init__(
         self,
-        root: str = "data/demo",
-        tokenizer: str = "tokenizer.json",
         train_questions: str = "video/train_qa.json",
         val_questions: str = "video/val_qa.json",
         test_questions: str | None = "video/test_qa.json",
@@ -181,23 +170,14 @@ class VideoQADataModule(QuestionData, VideoDataModule):
         predict_videos: list[str] | None = None,
         predict_questions: list[str] | None = None,
         answer_room: int = 6,
-        frames: int | None = None,
-        backend: str = "auto",
-        short_clips: str = "loop",
-        single_frame: bool = False,
-        image_size: int | None = None,
-        context_length: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 200,
-        num_workers: int = 2,
-        skip_bad_samples: bool = False,
-        seed: int = 0,
+        **kwargs,
     ):
         """
         Args:
-            root: folder that the relative paths below are resolved against.
-            tokenizer: the tokenizer.json the model was pretrained with.
-            train_questions: MSRVTT-QA-style JSON list of ``question``, ``answer``, ``id``, ``video_id``.
+            train_questions: MSRVTT-QA-style JSON list of ``question``, ``answer``, ``id``,
+                ``video_id``, relative to ``root``.
             videos: the folder of the video files; ``video_pattern`` names a file from its video,
                 ``video7`` for MSRVTT-QA's ``video_id`` 7, or MSVD's clip name (``{video}.avi``).
             msvd_mapping: MSVD's ``youtube_mapping.txt``: read the questions as MSVD-QA.
@@ -206,16 +186,12 @@ class VideoQADataModule(QuestionData, VideoDataModule):
             answer_room: tokens kept for the answer and its end of text: a longer question is
                 cut to leave them, the same in training and evaluation. The demo's answers take
                 up to 5 tokens of the image-trained tokenizer.
-            frames, backend, short_clips, single_frame: how clips are read (``VideoCaptionDataModule``).
-            image_size: side of each square frame; by default the model's.
-            context_length: tokens of question and answer together; by default the model's.
             batch_size: training questions per step and device.
             eval_batch_size: questions per evaluation step.
-            num_workers: DataLoader worker processes (decoding runs there).
-            skip_bad_samples: skip (and count) videos that cannot be decoded and empty questions or answers.
-            seed: shuffling and training frame offsets.
+            **kwargs: those of ``VideoDataModule`` (frames, backend, short_clips, single_frame)
+                and ``TaskDataModule`` (root, tokenizer, image_size, context_length, ...).
         """
-        super().__init__(root, tokenizer, frames, image_size, context_length)
+        super().__init__(**kwargs)
         self.save_arguments(locals())
 
     def read_split(self, split: str) -> tuple[list[VQARecord], int, Path]:

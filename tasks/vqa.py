@@ -101,8 +101,6 @@ class VQADataModule(QuestionData, TaskDataModule):
 
     def __init__(
         self,
-        root: str = "data/demo",
-        tokenizer: str = "tokenizer.json",
         train_questions: str = "vqa/v2_OpenEnded_mscoco_train_questions.json",
         train_annotations: str = "vqa/v2_mscoco_train_annotations.json",
         train_images: str = "images/train",
@@ -116,35 +114,26 @@ class VQADataModule(QuestionData, TaskDataModule):
         predict_images: list[str] | None = None,
         predict_questions: list[str] | None = None,
         answer_room: int = 4,
-        image_size: int | None = None,
-        context_length: int | None = None,
         batch_size: int = 128,
         eval_batch_size: int = 250,
-        num_workers: int = 2,
-        skip_bad_samples: bool = False,
-        seed: int = 0,
+        **kwargs,
     ):
         """
         Args:
-            root: folder that the relative paths below are resolved against.
-            tokenizer: the tokenizer.json the model was pretrained with.
-            train_questions: VQAv2 questions JSON; ``*_annotations`` its answers, ``*_images`` the image folder.
+            train_questions: VQAv2 questions JSON, relative to ``root``; ``*_annotations`` its
+                answers, ``*_images`` the image folder.
             image_pattern: an image's file name from its id, e.g. ``COCO_train2014_{image_id:012d}.jpg``.
             predict_images: image files to ask about with ``mammut predict``.
             predict_questions: one question per image, or one question for all of them.
             answer_room: tokens kept for the answer and its end of text: a longer question is cut
                 to leave them, the same in training and evaluation (so that a training prompt never
                 tells the length of its answer).
-            image_size: side of the square model input; by default the model's ``architecture.image_size``.
-            context_length: tokens of question and answer together; by default the model's.
             batch_size: training questions per step and device.
             eval_batch_size: questions per evaluation step.
-            num_workers: DataLoader worker processes.
-            skip_bad_samples: skip (and count) unreadable images, empty questions and questions
-                without answers instead of failing.
-            seed: shuffling and the per-question answer draw; a resumed run repeats them exactly.
+            **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length
+                (question and answer together), num_workers, skip_bad_samples, seed.
         """
-        super().__init__(root, tokenizer, image_size, context_length)
+        super().__init__(**kwargs)
         self.save_arguments(locals())
 
     def read_split(self, split: str) -> tuple[list[VQARecord], int, Path]:

@@ -8,9 +8,13 @@ from dataclasses import asdict
 
 import pytest
 import yaml
+from jsonargparse import ArgumentParser
 
 from conftest import REPO
 from mammut.model import PRESETS
+from mammut.tasks.pretrain import ImageTextDataModule
+from mammut.tasks.video import VideoCaptionDataModule, VideoQADataModule
+from mammut.tasks.vqa import VQADataModule
 
 RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "configs").glob("*.yaml"))
 # Overlays change a recipe rather than stand alone: each parses on top of its recipe.
@@ -42,3 +46,18 @@ def test_a_preset_file_switches_the_architecture():
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["model"]["init_args"]["architecture"]["vision_width"] == PRESETS["small"].vision_width
+
+
+@pytest.mark.parametrize("data_class", [ImageTextDataModule, VQADataModule, VideoCaptionDataModule, VideoQADataModule],
+                         ids=lambda c: c.__name__)
+def test_a_data_module_saves_every_argument_the_cli_offers(data_class, tiny_demo):
+    # The shared arguments reach TaskDataModule through **kwargs: the CLI must still offer them,
+    # and the checkpoint (which a resumed run's data settings come from) must still hold them.
+    parser = ArgumentParser()
+    parser.add_class_arguments(data_class, "data")
+    offered = set(vars(parser.get_defaults().data))
+    data = data_class(root=str(tiny_demo), num_workers=0, seed=5, batch_size=3)
+    assert set(data.hparams) == offered
+    assert {"root", "tokenizer", "image_size", "context_length", "num_workers", "skip_bad_samples", "seed"} <= offered
+    assert (data.hparams.root, data.hparams.num_workers, data.hparams.seed, data.hparams.batch_size) == \
+        (str(tiny_demo), 0, 5, 3)
