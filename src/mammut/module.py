@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from mammut import sharding
 from mammut.loss_guard import LossGuard
 from mammut.model import GenerationConfig, Mammut, MammutConfig
+from mammut.model.openmammut import convert as convert_openmammut
+from mammut.model.openmammut import is_openmammut
 from mammut.model.weights_file import read_state_dict
 from mammut.optimization import follow_run_settings, parameter_groups, warmup_cosine
 from mammut.task import Task, TaskContext
@@ -30,6 +32,10 @@ from mammut.task_weighting import TaskWeighting
 from mammut.visualize import captioned_images
 
 log = logging.getLogger(__name__)
+
+# Parameters of the video path, which image-text weights do not hold: the tubes start from the
+# patch embedding (``VisionEncoder.initialise_tubes``), the video blocks from their own init.
+VIDEO_PATH = ("model.vision.tubes.", "model.vision.video_blocks.")
 
 __all__ = ["MammutModule", "warmup_cosine"]
 
@@ -219,16 +225,23 @@ class MammutModule(L.LightningModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def load_weights(self, path: str, strict: bool = False) -> None:
-        """Copy matching parameters from a checkpoint; report what did not match."""
-        state = self.current_key_names(read_state_dict(path, purpose="init_from"))
+        """Copy matching parameters from a checkpoint; report what did not match. An openMaMMUT
+        checkpoint (open_clip key names) is converted first, and must then fill the whole model."""
+        state = read_state_dict(path, purpose="init_from")
+        imported = is_openmammut(state)
+        state = self.openmammut_weights(state, path) if imported else self.current_key_names(state)
         own = self.state_dict()
         # A single number may be stored with shape () (older checkpoints) or (1,).
         loadable = {k: v.reshape(own[k].shape) for k, v in state.items()
                     if k in own and (own[k].shape == v.shape or own[k].numel() == v.numel() == 1)}
         missing = sorted(set(own) - set(loadable))
         mismatched = sorted(k for k in state if k in own and k not in loadable)
-        if strict and missing:
-            raise ValueError(f"{path}: {len(missing)} parameters missing or of another shape, e.g. {missing[:5]}")
+        # An import must fill the whole image-text model; the video path and task heads keep their own.
+        required = [k for k in missing if k.startswith("model.") and not k.startswith(VIDEO_PATH)] if imported \
+            else missing if strict else []
+        if required:
+            raise ValueError(f"{path}: {len(required)} parameters missing or of another shape, e.g. {required[:5]}"
+                             + (f"; shapes differ for {mismatched[:5]}" if mismatched else ""))
         if not loadable:
             raise ValueError(f"{path}: no parameter matches this model by name and shape")
         self.load_state_dict(loadable, strict=False)
@@ -236,6 +249,17 @@ class MammutModule(L.LightningModule):
             self.model.vision.initialise_tubes()  # image weights: the video tubes start from their patch embedding
         log.info("loaded %d tensors from %s; %d kept their initialisation%s", len(loadable), path, len(missing),
                  f"; shapes differ for {mismatched}" if mismatched else "")
+
+    def openmammut_weights(self, state: dict[str, Tensor], path: str) -> dict[str, Tensor]:
+        """An openMaMMUT state dict under this module's names (``mammut.model.openmammut``).
+        What the conversion could not place is an error."""
+        conversion = convert_openmammut(state, self.architecture)
+        if conversion.unused:
+            raise ValueError(f"{path}: {len(conversion.unused)} openMaMMUT tensors have no place in this architecture, "
+                             f"e.g. {conversion.unused[:5]}; is model.architecture openMaMMUT's "
+                             "(configs/model/openmammut_l14.yaml)?")
+        log.info("%s: openMaMMUT checkpoint, %d tensors converted to mammut's names", path, len(conversion.state))
+        return {f"model.{name}": tensor for name, tensor in conversion.state.items()}
 
     def current_key_names(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """A state dict with the key names of checkpoints written before tasks were components

@@ -161,11 +161,16 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Text queries attend to the visual tokens; keys and values may be computed once and reused."""
+    """Text queries attend to the visual tokens; keys and values may be computed once and reused.
 
-    def __init__(self, width: int, context_width: int, heads: int, dropout: float = 0.0):
+    ``context_norm``: a LayerNorm of the context's own before its keys and values (openMaMMUT's
+    cross-attention blocks); otherwise the context comes as it is.
+    """
+
+    def __init__(self, width: int, context_width: int, heads: int, dropout: float = 0.0, context_norm: bool = False):
         super().__init__()
         self.heads = heads
+        self.norm_context = nn.LayerNorm(context_width) if context_norm else None
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(context_width, 2 * width)
         self.proj = nn.Linear(width, width)
@@ -174,6 +179,8 @@ class CrossAttention(nn.Module):
     def context_keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
         B, N, _ = context.shape
         C = self.q.out_features
+        if self.norm_context is not None:
+            context = self.norm_context(context)
         k, v = self.kv(context).view(B, N, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         return k, v  # 2 x (B, nh, N, hs)
 

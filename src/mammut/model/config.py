@@ -11,6 +11,11 @@ from dataclasses import dataclass, field, replace
 from .tubes import TubeShape
 
 
+TEXT_POOLING = ("eos", "mean", "mean_all")
+IMAGE_POOLING = ("mean", "cls", "mean_all")
+DECODER_LAYOUTS = ("interleaved", "cross_blocks")
+
+
 @dataclass
 class MammutConfig:
     """Every architectural choice of the encoder-decoder. Token ids come from the tokenizer."""
@@ -53,16 +58,33 @@ class MammutConfig:
     # Decoder layers (0-based) that cross-attend to the visual tokens in the generative pass.
     # The paper's ablation (Sec. 4.5): fewer favour retrieval, more favour VQA. None: every layer.
     cross_attention_layers: list[int] | None = field(default_factory=lambda: [1, 3])
+    # Where a listed layer cross-attends. "interleaved": inside the layer, between its
+    # self-attention and its MLP. "cross_blocks": after the layer, in a residual block of its own
+    # (cross-attention with separate norms for the text and for the visual tokens, then an MLP of
+    # its own): openMaMMUT's layout (LAION's open_clip fork, ``mammut.convert``).
+    decoder_layout: str = "interleaved"
+    # Map the visual tokens to text_width by a bias-free matrix before cross-attention, once for
+    # every layer (openMaMMUT's ``map_viz2txt_kv``); otherwise each layer's keys and values are
+    # projected from vision_width directly.
+    visual_to_text: bool = False
     # Tie the output projection to the token embedding.
     tie_word_embeddings: bool = True
     dropout: float = 0.0
 
     # Contrastive embeddings (Sec. 3.3).
     embed_dim: int = 192
-    # "eos": the hidden state at the end-of-text token; "mean": masked mean over the text.
+    # "eos": the hidden state at the end-of-text token; "mean": masked mean over the text;
+    # "mean_all": openMaMMUT's contrastive pass, which attends to every position, padding
+    # included, and averages them all (its embedding of a text depends on the padding).
     text_pooling: str = "eos"
-    # "mean": average of the patch tokens; "cls": the class token.
+    # Project the pooled text to embed_dim; without (openMaMMUT), embed_dim must equal text_width.
+    text_projection: bool = True
+    # "mean": average of the patch tokens; "cls": the class token; "mean_all": average of every
+    # token, class token included (openMaMMUT's "avg_all").
     image_pooling: str = "mean"
+    # The ViT's final norm on the pooled token only, not on the visual tokens, which then reach
+    # the decoder as the last block left them (open_clip's ``final_ln_after_pool``).
+    vision_norm_after_pool: bool = False
     init_temperature: float = 0.07
 
     # Special token ids, filled in from the tokenizer by the data module.
@@ -82,10 +104,14 @@ class MammutConfig:
         for width, heads, name in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
             if width % heads:
                 raise ValueError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
-        if self.text_pooling not in ("eos", "mean"):
-            raise ValueError(f"text_pooling must be 'eos' or 'mean', got {self.text_pooling!r}")
-        if self.image_pooling not in ("mean", "cls"):
-            raise ValueError(f"image_pooling must be 'mean' or 'cls', got {self.image_pooling!r}")
+        for name, value, choices in (("text_pooling", self.text_pooling, TEXT_POOLING),
+                                     ("image_pooling", self.image_pooling, IMAGE_POOLING),
+                                     ("decoder_layout", self.decoder_layout, DECODER_LAYOUTS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if not self.text_projection and self.embed_dim != self.text_width:
+            raise ValueError(f"without a text_projection the text embedding is text_width={self.text_width} wide, "
+                             f"but embed_dim={self.embed_dim}")
         if self.tube_shapes is not None:
             self.tubes()  # each shape is well formed and fits a clip
         if self.video_layers and self.tube_shapes is None:
@@ -139,6 +165,16 @@ PRESETS: dict[str, MammutConfig] = {
         image_size=224, patch_size=16, vision_width=1024, vision_depth=24, vision_heads=16,
         context_length=64, vocab_size=32000, text_width=1024, text_depth=12, text_heads=16,
         cross_attention_layers=list(range(1, 12, 2)), embed_dim=1024,
+    ),
+    # openMaMMUT-ViT-L-14 (LAION, arXiv 2506.04598): the layout of the fork's mammut_ViT-L-14, whose
+    # weights ``init_from`` converts (``mammut.model.openmammut``); its CLIP tokenizer has 49408 tokens.
+    "openmammut_l14": MammutConfig(
+        vision_model="vit_large_patch14_clip_224",
+        image_size=224, patch_size=14, vision_width=1024, vision_depth=24, vision_heads=16,
+        context_length=77, vocab_size=49408, text_width=768, text_depth=12, text_heads=12,
+        cross_attention_layers=list(range(0, 12, 2)), decoder_layout="cross_blocks", visual_to_text=True,
+        tie_word_embeddings=False, embed_dim=768, text_pooling="mean_all", text_projection=False,
+        image_pooling="mean_all", vision_norm_after_pool=True, pad_id=0, bos_id=49406, eos_id=49407,
     ),
 }
 

@@ -34,9 +34,11 @@ class Mammut(nn.Module):
         self.vision = VisionEncoder(config)
         self.decoder = TextDecoder(config)
         self.image_projection = nn.Linear(config.vision_width, config.embed_dim, bias=False)
-        self.text_projection = nn.Linear(config.text_width, config.embed_dim, bias=False)
+        self.text_projection = nn.Linear(config.text_width, config.embed_dim, bias=False) if config.text_projection \
+            else None
         nn.init.normal_(self.image_projection.weight, std=config.vision_width ** -0.5)
-        nn.init.normal_(self.text_projection.weight, std=config.text_width ** -0.5)
+        if self.text_projection is not None:
+            nn.init.normal_(self.text_projection.weight, std=config.text_width ** -0.5)
         # Learnable temperature, stored as log(1 / tau) as in CLIP. Shape (1,), not (): neither
         # FSDP1 nor FSDP2 can shard a 0-dim parameter.
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / config.init_temperature)))
@@ -61,10 +63,14 @@ class Mammut(nn.Module):
             # The end-of-text token is the last non-padding one.
             last = not_pad.sum(dim=1) - 1
             pooled = hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
-        else:
+        elif self.config.text_pooling == "mean":
             weights = not_pad.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-        return F.normalize(self.text_projection(pooled), dim=-1)
+        else:  # "mean_all": openMaMMUT's, padding included
+            pooled = hidden.mean(dim=1)
+        if self.text_projection is not None:
+            pooled = self.text_projection(pooled)
+        return F.normalize(pooled, dim=-1)
 
     def caption_logits(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None) -> Tensor:
         """Generative pass (Sec. 3.2): causal, cross-attending to the visual tokens."""

@@ -43,24 +43,56 @@ class DecoderState:
             cache.reorder(batch_indices)
 
 
+class CrossAttentionBlock(nn.Module):
+    """A residual block that only looks at the image: cross-attention, with norms of its own for
+    the text and for the visual tokens, then an MLP of its own. openMaMMUT's decoder places one
+    after some of its self-attention layers (``decoder_layout: cross_blocks``)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, visual_width: int, dropout: float):
+        super().__init__()
+        self.norm_query = nn.LayerNorm(width)
+        self.cross_attention = CrossAttention(width, visual_width, heads, dropout, context_norm=True)
+        self.norm_mlp = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU, drop=dropout)
+
+    def forward(self, x: Tensor, visual_tokens: Tensor | None, visual_cache: ContextCache | None) -> Tensor:
+        x = x + self.cross_attention(self.norm_query(x), visual_tokens, visual_cache)
+        return x + self.mlp(self.norm_mlp(x))
+
+
 class DecoderLayer(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, visual_width: int | None, dropout: float):
+    """Self-attention and MLP; in a layer that looks at the image, cross-attention too: between
+    them (``interleaved``), or in a block of its own after them (``cross_blocks``)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, visual_width: int | None, dropout: float,
+                 layout: str = "interleaved"):
         super().__init__()
         self.norm_self = nn.LayerNorm(width)
         self.self_attention = SelfAttention(width, heads, dropout)
         # Only some layers can look at the image; in the contrastive pass none do.
-        self.norm_cross = nn.LayerNorm(width) if visual_width else None
-        self.cross_attention = CrossAttention(width, visual_width, heads, dropout) if visual_width else None
+        interleaved = visual_width is not None and layout == "interleaved"
+        self.norm_cross = nn.LayerNorm(width) if interleaved else None
+        self.cross_attention = CrossAttention(width, visual_width, heads, dropout) if interleaved else None
         self.norm_mlp = nn.LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU, drop=dropout)
+        self.cross_block = (CrossAttentionBlock(width, heads, mlp_ratio, visual_width, dropout)
+                            if visual_width is not None and layout == "cross_blocks" else None)
+
+    @property
+    def looks_at_image(self) -> bool:
+        return self.cross_attention is not None or self.cross_block is not None
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False,
                 visual_tokens: Tensor | None = None, cache: KVCache | None = None,
                 visual_cache: ContextCache | None = None) -> Tensor:
+        sees_image = visual_tokens is not None or visual_cache is not None
         x = x + self.self_attention(self.norm_self(x), key_padding_mask, causal, cache)
-        if self.cross_attention is not None and (visual_tokens is not None or visual_cache is not None):
+        if self.cross_attention is not None and sees_image:
             x = x + self.cross_attention(self.norm_cross(x), visual_tokens, visual_cache)
-        return x + self.mlp(self.norm_mlp(x))
+        x = x + self.mlp(self.norm_mlp(x))
+        if self.cross_block is not None and sees_image:
+            x = self.cross_block(x, visual_tokens, visual_cache)
+        return x
 
 
 class TextDecoder(nn.Module):
@@ -71,9 +103,13 @@ class TextDecoder(nn.Module):
         self.token_embedding = nn.Embedding(c.vocab_size, c.text_width)
         self.position_embedding = nn.Parameter(torch.zeros(c.context_length, c.text_width))
         self.dropout = nn.Dropout(c.dropout)
+        # openMaMMUT maps the visual tokens to the text width once, for every layer.
+        self.visual_to_text = nn.Linear(c.vision_width, c.text_width, bias=False) if c.visual_to_text else None
+        visual_width = c.text_width if c.visual_to_text else c.vision_width
         cross = c.cross_attention_layer_set
         self.layers = nn.ModuleList(
-            DecoderLayer(c.text_width, c.text_heads, c.mlp_ratio, c.vision_width if i in cross else None, c.dropout)
+            DecoderLayer(c.text_width, c.text_heads, c.mlp_ratio, visual_width if i in cross else None, c.dropout,
+                         c.decoder_layout)
             for i in range(c.text_depth)
         )
         self.norm = nn.LayerNorm(c.text_width)
@@ -88,6 +124,8 @@ class TextDecoder(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.01)
         nn.init.normal_(self.lm_head.weight, std=std)
+        if self.visual_to_text is not None:
+            nn.init.normal_(self.visual_to_text.weight, std=self.config.vision_width ** -0.5)
         residual_std = 0.02 / (2 * self.config.text_depth) ** 0.5
         for name, module in self.layers.named_modules():
             if isinstance(module, nn.Linear):
@@ -107,9 +145,14 @@ class TextDecoder(nn.Module):
             return checkpoint(layer, x, use_reentrant=False, **kwargs)
         return layer(x, **kwargs)
 
+    def map_visual(self, visual_tokens: Tensor) -> Tensor:
+        """The visual tokens as the cross-attention layers take them."""
+        return visual_tokens if self.visual_to_text is None else self.visual_to_text(visual_tokens)
+
     def contrastive(self, tokens: Tensor) -> Tensor:
-        """Contrastive pass: bidirectional attention over non-padding tokens, no image. (B, T, C)"""
-        key_padding_mask = tokens != self.config.pad_id
+        """Contrastive pass: bidirectional attention over non-padding tokens (over every token,
+        for openMaMMUT's ``text_pooling: mean_all``), no image. (B, T, C)"""
+        key_padding_mask = None if self.config.text_pooling == "mean_all" else tokens != self.config.pad_id
         x = self.embed(tokens)
         for layer in self.layers:
             x = self._run_layer(layer, x, key_padding_mask=key_padding_mask)
@@ -130,6 +173,7 @@ class TextDecoder(nn.Module):
         x = self.embed(tokens)
         if prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
+        visual_tokens = self.map_visual(visual_tokens)
         for layer in self.layers:
             x = self._run_layer(layer, x, causal=True, visual_tokens=visual_tokens)
         if prefix is not None:
@@ -147,7 +191,8 @@ class TextDecoder(nn.Module):
         prefix_length = 0 if prefix is None else prefix.shape[1]
         cache_type = StaticKVCache if static else KVCache
         caches = [cache_type(prefix_length + max_length) for _ in self.layers]
-        visual = [ContextCache(visual_tokens) if layer.cross_attention is not None else None for layer in self.layers]
+        visual_tokens = self.map_visual(visual_tokens)
+        visual = [ContextCache(visual_tokens) if layer.looks_at_image else None for layer in self.layers]
         state = DecoderState(caches, visual)
         if prefix is not None:
             self._extend(prefix, state)

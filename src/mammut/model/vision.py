@@ -58,6 +58,7 @@ class VisionEncoder(nn.Module):
                                                             keep_weights=weights is not None)
         self.num_prefix_tokens = self.vit.num_prefix_tokens
         self.pooling = config.image_pooling
+        self.norm_after_pool = config.vision_norm_after_pool
         self.grad_checkpointing = False
         self.tubes = None
         if config.tube_shapes is not None:
@@ -115,7 +116,9 @@ class VisionEncoder(nn.Module):
 
     def run_blocks(self, x: Tensor, video: bool, keep: set[int] = frozenset()) -> tuple[Tensor, list[Tensor]]:
         """The blocks (for ``video``, each listed video block before its shared one), then the
-        final norm; also the normed output of each shared block in ``keep``."""
+        final norm, unless it comes after pooling; also the output of each shared block in
+        ``keep``, normed the same way."""
+        finish = (lambda tokens: tokens) if self.norm_after_pool else self.vit.norm
         kept = []
         for index, block in enumerate(self.vit.blocks):
             layers = [block]
@@ -129,8 +132,8 @@ class VisionEncoder(nn.Module):
                 else:
                     x = layer(x)
             if index in keep:
-                kept.append(self.vit.norm(x))
-        return self.vit.norm(x), kept
+                kept.append(finish(x))
+        return finish(x), kept
 
     def forward(self, inputs: Tensor) -> Tensor:
         """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width);
@@ -157,8 +160,12 @@ class VisionEncoder(nn.Module):
         if self.pooling == "cls":
             if self.num_prefix_tokens == 0:
                 raise ValueError("image_pooling='cls' needs a ViT with a class token")
-            return visual_tokens[:, 0]
-        return visual_tokens[:, self.num_prefix_tokens:].mean(dim=1)
+            pooled = visual_tokens[:, 0]
+        elif self.pooling == "mean_all":
+            pooled = visual_tokens.mean(dim=1)
+        else:
+            pooled = visual_tokens[:, self.num_prefix_tokens:].mean(dim=1)
+        return self.vit.norm(pooled) if self.norm_after_pool else pooled
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
