@@ -10,6 +10,12 @@ The special tokens live here and nowhere else. A trained tokenizer places them f
 ``[PAD]`` = 0, ``[BOS]`` = 1, ``[EOS]`` = 2, ``[SEP]`` = 3, ``[UNK]`` = 4. A sequence is
 ``[BOS] tokens [EOS]``, right-padded with ``[PAD]``.
 
+A vocabulary without these tokens but with CLIP's ``<|startoftext|>`` and ``<|endoftext|>``
+(``mammut.data.clip_tokenizer``) is CLIP's: its roles are ``CLIP_SPECIAL_TOKENS`` (pad is id 0,
+the token "!", so a "!" token is dropped when decoding) and its text gets open_clip's clean-up
+before encoding, which gives open_clip's ids. Its decoded text has a space after every
+pre-token, punctuation included ("double - decker"), as open_clip's has.
+
 Train one from COCO-captions files::
 
     python -m mammut.data.tokenizer --captions train.json --vocab-size 4096 --out tokenizer.json
@@ -25,6 +31,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from mammut.data import clip_tokenizer
 from mammut.data.coco import read_coco_captions
 from mammut.data.errors import DataFormatError
 
@@ -47,7 +54,12 @@ class CaptionTokenizer:
         if unknown_roles:
             raise ValueError(f"unknown special token roles {sorted(unknown_roles)}; expected {list(DEFAULT_SPECIAL_TOKENS)}")
         self._tokenizer = tokenizer
-        self.special_tokens = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
+        # Recognised from the vocabulary alone, so that from_file(path) works for it.
+        has_default_tokens = any(tokenizer.token_to_id(DEFAULT_SPECIAL_TOKENS[role]) is not None
+                                 for role in REQUIRED_SPECIAL_TOKENS)
+        self.is_clip = not has_default_tokens and clip_tokenizer.is_clip_vocabulary(tokenizer)
+        base_roles = clip_tokenizer.CLIP_SPECIAL_TOKENS if self.is_clip else DEFAULT_SPECIAL_TOKENS
+        self.special_tokens = {**base_roles, **(special_tokens or {})}
         ids = {role: tokenizer.token_to_id(token) for role, token in self.special_tokens.items()}
         missing = [f"{role} {self.special_tokens[role]!r}" for role in REQUIRED_SPECIAL_TOKENS if ids[role] is None]
         if missing:
@@ -128,7 +140,7 @@ class CaptionTokenizer:
     @property
     def unk_id(self) -> int | None:
         """None for a user vocabulary without an unknown token (byte-level BPE needs none)."""
-        return self._ids["unk"]
+        return self._ids.get("unk")
 
     @property
     def special_token_ids(self) -> dict[str, int]:
@@ -140,6 +152,8 @@ class CaptionTokenizer:
         """The ids of ``text`` alone, without special tokens."""
         # The file's own post-processor (e.g. BERT's [CLS] ... [SEP]) is bypassed: special
         # tokens are added by the callers, so every tokenizer gives the same layout.
+        if self.is_clip:
+            text = clip_tokenizer.clean_text(text)
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode(self, text: str, context_length: int,
