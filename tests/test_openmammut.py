@@ -8,7 +8,8 @@ of the fork's mammut_ViT-L-14.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import math
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+import tiny_run
+from conftest import REPO
+from mammut.cli import main
 from mammut.convert import main as convert_main
+from mammut.data.clip_tokenizer import build_clip_tokenizer
 from mammut.model import GenerationConfig, Mammut, generate, preset
 from mammut.model.openmammut import convert, openmammut_config
 from mammut.tasks.pretrain import PretrainModule
@@ -122,3 +127,34 @@ def test_the_l14_preset_has_exactly_the_parameter_shapes_of_the_forks_model():
     ours = {name: list(t.shape) for name, t in model.state_dict().items()}
     assert {name: list(t.shape) for name, t in conversion.state.items()} == ours
     assert sum(p.numel() for p in model.parameters()) == fork["parameter_count"]
+
+
+@pytest.mark.slow
+def test_vqa_fine_tunes_from_the_forks_checkpoint_with_the_clip_tokenizer(tiny_demo, tiny_config, tmp_path):
+    """The README's recipe end to end: `mammut fit` on real files, from a checkpoint in the fork's
+    key names (init_from converts it) with the CLIP tokenizer. The tiny model's vocabulary is widened
+    to CLIP's 49,408 tokens, as the real L/14 has it."""
+    state = load_file(str(CHECKPOINT))
+    g = torch.Generator().manual_seed(0)
+    extra = 49408 - state["text.token_embedding.weight"].shape[0]
+    state["text.token_embedding.weight"] = torch.cat([state["text.token_embedding.weight"],
+                                                      0.02 * torch.randn(extra, 64, generator=g)])
+    state["text.text_projection"] = torch.cat([state["text.text_projection"],
+                                               0.02 * torch.randn(64, extra, generator=g)], dim=1)
+    save_file(state, str(fork := tmp_path / "openmammut_tiny.safetensors"))
+    build_clip_tokenizer(FIXTURES / "bpe_simple_vocab_16e6.txt.gz").save(str(tokenizer := tmp_path / "clip.json"))
+    settings = {k: v for k, v in asdict(tiny_config).items() if k not in ("vocab_size", "pad_id", "bos_id", "eos_id")}
+    (architecture := tmp_path / "openmammut_tiny.yaml").write_text(yaml.safe_dump(settings))
+    out, start = tmp_path / "run", tmp_path / "start.pt"
+    main(["fit", "--config", str(REPO / "configs/finetune_vqa.yaml"), f"--model.architecture={architecture}",
+          f"--model.init_from={fork}", f"--data.tokenizer={tokenizer}", f"--data.root={tiny_demo}",
+          "--data.batch_size=8", "--data.eval_batch_size=12", "--data.num_workers=0", "--model.generation.max_new_tokens=4",
+          "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.precision=32-true",
+          "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={out}",
+          f"--trainer.logger.init_args.save_dir={out}", *tiny_run.checkpoint_every(tmp_path, 2, snapshot=start)])
+    loaded = torch.load(start)
+    assert torch.equal(loaded["model.decoder.visual_to_text.weight"], state["map_viz2txt_kv"].t())
+    assert loaded["model.decoder.token_embedding.weight"].shape == (49408, 64)
+    logged = tiny_run.scalars(next(out.rglob("events.out.tfevents.*")).parent)
+    assert len(logged["train/vqa/answer_loss"]) == 2 and all(math.isfinite(v) for _, v in logged["train/vqa/answer_loss"])
+    assert 0 <= logged["val/vqa/accuracy"][-1][1] <= 100
