@@ -47,9 +47,11 @@ def test_the_frame_tube_is_the_image_path_on_the_frames_it_picks():
                                    patch_tokens(patch_embedding)(clip[:, :, frame]), rtol=1e-5, atol=1e-5)
 
 
-def test_an_inflated_single_frame_kernel_reproduces_the_patch_embedding_on_a_static_clip():
+# CLIP's ViTs (openMaMMUT's too) have a patch embedding without bias.
+@pytest.mark.parametrize("bias", [True, False], ids=["with_bias", "bias_free"])
+def test_an_inflated_single_frame_kernel_reproduces_the_patch_embedding_on_a_static_clip(bias):
     torch.manual_seed(0)
-    patch_embedding = nn.Conv2d(3, 48, kernel_size=8, stride=8)
+    patch_embedding = nn.Conv2d(3, 48, kernel_size=8, stride=8, bias=bias)
     sparse_frame = TubeShape((1, 8, 8), (16, 16, 16))  # spatially sparse: a 3D kernel, not the image path
     tubes = SparseTubes([sparse_frame], width=48, frames=16, image_size=64, patch_size=8,
                         patch_embedding=patch_embedding)

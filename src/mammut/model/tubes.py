@@ -115,6 +115,8 @@ class SparseTubes(nn.Module):
             conv.weight.copy_(inflate_patch_kernel(patch_embedding.weight, self.shapes[int(index)].kernel))
             if patch_embedding.bias is not None:
                 conv.bias.copy_(patch_embedding.bias)
+            else:  # a bias-free patch embedding (CLIP's ViTs): no bias in the tubes either
+                conv.bias.zero_()
 
     def forward(self, clips: Tensor, frame_embedding: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """``frame_embedding``: frames (B', 3, H, W) -> their image-path tokens (B', H/p * W/p, width),
