@@ -109,6 +109,14 @@ class JointDataModule(SizesTheModel, L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return [data.test_dataloader() for data in self.tasks.values()]
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Each task's batch as its own data module finishes it on the device (a video module
+        normalises its clips there): in training ``{task: batch}``, in evaluation loader i is task i's."""
+        if isinstance(batch, dict):
+            return {name: self.tasks[name].on_after_batch_transfer(task_batch, dataloader_idx)
+                    for name, task_batch in batch.items()}
+        return self.tasks[self.task_names[dataloader_idx]].on_after_batch_transfer(batch, dataloader_idx)
+
     # The mixer's position is saved by Lightning with the loader itself; the task data modules'
     # own mid-epoch bookkeeping means nothing here (the mixer positions their samplers).
     def state_dict(self) -> dict:

@@ -19,6 +19,7 @@ single-frame baseline that shows what the model gains from time.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mammut.data.captions_dataset import collate_eval, collate_train
 from mammut.data.coco import CaptionRecord
-from mammut.data.transforms import clip_transform
+from mammut.data.transforms import clip_transform, normalize_clips
 from mammut.data.video import read_clip, resolve_backend
 from mammut.data.video_dataset import ClipSampling, VideoCaptionDataset, VideoQADataset
 from mammut.data.video_records import read_msrvtt_captions, read_video_qa
@@ -74,6 +75,15 @@ class VideoDataModule(TaskDataModule):
     def references_for(self, task: str) -> dict:
         """The clip shape, for the empty batch of a rank whose samples were all bad."""
         return {"input_shape": (3, self.frames, self.image_size, self.image_size)}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The clips leave the workers as uint8 (``clip_transform``); they become normalised floats
+        here, once the batch is on its device."""
+        if isinstance(batch, dict):  # prediction: {"image": clips, "path": ...}
+            return {**batch, "image": normalize_clips(batch["image"])}
+        if len(batch) == 0:
+            return batch  # every sample was bad: the module feeds the task's empty batch instead
+        return dataclasses.replace(batch, images=normalize_clips(batch.images))
 
 
 class VideoCaptionDataModule(VideoDataModule):

@@ -7,17 +7,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
 import tiny_run
 from mammut.data import CaptionTokenizer
 from mammut.data.captions_dataset import collate_train
 from mammut.data.errors import BadSampleError
-from mammut.data.transforms import clip_transform
+from mammut.data.transforms import CLIP_MEAN, CLIP_STD, clip_transform
+from mammut.data.video import read_clip
 from mammut.data.video_dataset import ClipSampling, VideoCaptionDataset, VideoQADataset
 from mammut.data.video_records import read_msrvtt_captions, read_video_qa
 from mammut.data.vqa_dataset import collate_vqa
 from mammut.metrics.vqa import VQAAccuracy, exact_match_accuracy
-from mammut.tasks.video import VideoQADataModule
+from mammut.tasks.joint_data import JointDataModule
+from mammut.tasks.video import VideoCaptionDataModule, VideoQADataModule
 
 QA = "configs/finetune_video_qa.yaml"
 CAPTION = "configs/finetune_video_caption.yaml"
@@ -163,3 +166,23 @@ def test_single_answer_datasets_are_scored_by_exact_match(tiny_demo):
     assert references["answer_scoring"] == "exact_match" and references["input_shape"] == (3, 16, 64, 64)
     baseline = references["majority_baseline"]["val"]
     assert set(baseline.values()) <= {0.0, 1.0} and 0 < sum(baseline.values()) < len(baseline)
+
+
+def test_clips_travel_as_uint8_and_are_normalised_once_on_the_device(tiny_demo):
+    data = VideoQADataModule(root=str(tiny_demo), num_workers=0)
+    data.connect(image_size=32, context_length=24, frames=16)  # 64-pixel clips: resized on the way
+    data.setup("validate")
+    sent = collate_vqa([data.dataset("val")[i] for i in range(2)])
+    assert sent.images.dtype == torch.uint8 and sent.images.shape == (2, 3, 16, 32, 32)
+    received = data.on_after_batch_transfer(sent, 0)
+    # What the images' pipeline gives each frame: resize, then [0, 1] floats normalised by CLIP's statistics.
+    frame_pipeline = v2.Compose([v2.Resize((32, 32), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                                 v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(CLIP_MEAN), list(CLIP_STD))])
+    frames = read_clip(data.records["val"][0].path, 16, "uniform")
+    torch.testing.assert_close(received.images[0], frame_pipeline(frames.permute(0, 3, 1, 2)).transpose(0, 1))
+    # A joint run hands each task's batch to its own data module, in training and in evaluation.
+    joint = JointDataModule({"vqa": data, "caption": VideoCaptionDataModule(root=str(tiny_demo))})
+    assert torch.equal(joint.on_after_batch_transfer({"vqa": sent}, 0)["vqa"].images, received.images)
+    assert torch.equal(joint.on_after_batch_transfer(sent, 0).images, received.images)
+    with pytest.raises(TypeError, match="uint8"):
+        data.on_after_batch_transfer(received, 0)  # normalising twice would be a silent mistake

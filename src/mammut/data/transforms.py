@@ -56,22 +56,32 @@ def image_transform(
     )
 
 
-def clip_transform(image_size: int, mean: Sequence[float] = CLIP_MEAN,
-                   std: Sequence[float] = CLIP_STD) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Frames (T, H, W, 3) uint8 -> a normalised clip (3, T, image_size, image_size) float, each
-    frame resized as ``image_transform`` resizes an image (no augmentation, for the same reasons)."""
+def clip_transform(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Frames (T, H, W, 3) uint8 -> a clip (3, T, image_size, image_size), still uint8, each frame
+    resized as ``image_transform`` resizes an image (no augmentation, for the same reasons).
+
+    Clips leave the loader workers as uint8, a quarter of the bytes of floats to stack and pass
+    between processes; ``normalize_clips`` makes them floats once the batch is on its device."""
     if image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
-    frame_transform = v2.Compose([
-        v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+    resize = v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
     def transform(frames: torch.Tensor) -> torch.Tensor:
-        return frame_transform(frames.permute(0, 3, 1, 2)).transpose(0, 1)  # (T, 3, H, W) -> (3, T, H, W)
+        return resize(frames.permute(0, 3, 1, 2)).transpose(0, 1)  # (T, 3, H, W) -> (3, T, H, W)
 
     return transform
+
+
+def normalize_clips(clips: torch.Tensor, mean: Sequence[float] = CLIP_MEAN,
+                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """uint8 clips (B, 3, T, H, W) -> floats normalised as ``image_transform`` normalises images."""
+    if clips.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 clips from clip_transform, got {clips.dtype}")
+    # (x / 255 - mean) / std as one scale and one shift, in place on the new float tensor.
+    shape = (1, 3, 1, 1, 1)
+    std_t = torch.tensor(std, device=clips.device).view(shape)
+    scale, shift = 1 / (255 * std_t), torch.tensor(mean, device=clips.device).view(shape) / std_t
+    return clips.float().mul_(scale).sub_(shift)
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:

@@ -28,6 +28,7 @@ it; datasets catch it and skip the clip, counted, under ``skip_bad_samples``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Iterator
@@ -138,14 +139,24 @@ def _read_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
         return _decode_with_pyav(path, container, stream, indices)
 
 
+@functools.cache
+def _rgb_reformatter():
+    """One FFmpeg colour converter per process, reused for every frame: ``frame.to_ndarray(format=
+    "rgb24")`` sets up a new one per frame, which took over half of PyAV's time per demo clip
+    (bench/RESULTS.md). The pixels are the same."""
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter()
+
+
 def _decode_with_pyav(path: Path, container, stream, indices: list[int]) -> np.ndarray:
     """Sequential decoding up to the last index; one thread, as DataLoader workers decode in parallel
     already (FFmpeg's frame threads cost more than they give on small frames)."""
-    wanted, frames = set(indices), {}
+    wanted, frames, to_rgb = set(indices), {}, _rgb_reformatter()
     try:
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
-                frames[index] = frame.to_ndarray(format="rgb24")
+                frames[index] = to_rgb.reformat(frame, format="rgb24").to_ndarray()
             if index >= max(wanted):
                 break
     except Exception as error:
