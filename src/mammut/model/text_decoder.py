@@ -4,6 +4,9 @@
   layers named by ``cross_attention_layers``. It predicts the next token.
 - Contrastive pass: the same weights with cross-attention switched off and bidirectional
   self-attention over the non-padding tokens. It is pooled into a text embedding.
+
+Cross-attention sits inside a layer, between its self-attention and MLP, or, in openMaMMUT's
+layout (``decoder_layout: cross_blocks``, ``model/openmammut.py``), in a block of its own after it.
 """
 
 from __future__ import annotations
