@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -133,3 +134,10 @@ def test_cli_without_a_vocabulary_says_where_to_get_it(tmp_path, capsys, monkeyp
     error = capsys.readouterr().err
     assert "bpe_simple_vocab_16e6.txt.gz" in error and "open_clip" in error
     assert not (tmp_path / "clip.json").exists()
+
+
+def test_a_file_that_is_not_the_gzipped_vocabulary_is_refused_by_name(tmp_path):
+    not_gzip = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    not_gzip.write_text("#version: 0.2\ni n\n")
+    with pytest.raises(ValueError, match=f"{re.escape(str(not_gzip))}: not CLIP's gzipped BPE vocabulary"):
+        build_clip_tokenizer(not_gzip)

@@ -31,15 +31,12 @@ from mammut.model.weights_file import read_state_dict
 SHOWN = 20  # names listed per problem; the count says how many there are
 
 
-def architecture(args: argparse.Namespace, vocab_size: int) -> MammutConfig:
-    """The target architecture, with the checkpoint's vocabulary size (a tokenizer sets it in training)."""
+def architecture(args: argparse.Namespace) -> MammutConfig:
     if args.open_clip_config:
-        config = openmammut_config(json.loads(Path(args.open_clip_config).read_text()))
-    elif args.architecture:
-        config = MammutConfig(**yaml.safe_load(Path(args.architecture).read_text()))
-    else:
-        config = preset("openmammut_l14")
-    return replace(config, vocab_size=vocab_size)
+        return openmammut_config(json.loads(Path(args.open_clip_config).read_text()))
+    if args.architecture:
+        return MammutConfig(**yaml.safe_load(Path(args.architecture).read_text()))
+    return preset("openmammut_l14")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     state = read_state_dict(args.checkpoint, purpose="checkpoint")
     if not is_openmammut(state):
         parser.error(f"{args.checkpoint}: not an openMaMMUT checkpoint (it has no map_viz2txt_kv or text.cross_attn.*)")
-    vocab_size = state.get("text.token_embedding.weight", state.get("module.text.token_embedding.weight"))
-    config = architecture(args, vocab_size.shape[0] if vocab_size is not None else 49408)
+    config = architecture(args)
     conversion = convert(state, config)
+    # The vocabulary size is the checkpoint's (in training, the tokenizer sets it).
+    token_embedding = conversion.state.get("decoder.token_embedding.weight")
+    if token_embedding is not None:
+        config = replace(config, vocab_size=token_embedding.shape[0])
     with torch.device("meta"):  # the parameter shapes, without allocating a model
         expected = {name: tuple(t.shape) for name, t in Mammut(config).state_dict().items()}
     missing = sorted(set(expected) - set(conversion.state))

@@ -82,8 +82,11 @@ def byte_characters() -> list[str]:
 def read_merges(vocab_path: str | os.PathLike) -> list[tuple[str, str]]:
     """The merges CLIP uses: the lines after the version header, as many as fill 49,408 tokens."""
     merge_count = VOCAB_SIZE - 2 * 256 - 2  # the bytes, the bytes ending a word, the two special tokens
-    with gzip.open(vocab_path, "rt", encoding="utf-8") as file:
-        lines = file.read().split("\n")[1 : merge_count + 1]
+    try:
+        with gzip.open(vocab_path, "rt", encoding="utf-8") as file:
+            lines = file.read().split("\n")[1 : merge_count + 1]
+    except (OSError, EOFError, UnicodeDecodeError) as error:  # not gzip, truncated, or not text
+        raise ValueError(f"{vocab_path}: not CLIP's gzipped BPE vocabulary ({error})") from error
     merges = [tuple(line.split()) for line in lines]
     if len(merges) != merge_count or any(len(merge) != 2 for merge in merges):
         raise ValueError(f"{vocab_path}: expected {merge_count} merges of two symbols after the header line")
