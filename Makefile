@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft finetune-video multitask tensorboard test test-fast bench clean
+.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft finetune-video finetune-detection multitask tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ finetune-video: data  ## video captioning, then video QA, each from the pretrain
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
 	$(BIN)/mammut fit --config configs/finetune_video_caption.yaml --model.init_from=$(CKPT) $(ARGS)
 	$(BIN)/mammut fit --config configs/finetune_video_qa.yaml --model.init_from=$(CKPT) $(ARGS)
+
+finetune-detection: data  ## open-vocabulary detection from the pretrain checkpoint (CKPT=...); novel classes never boxed
+	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
+	$(BIN)/mammut fit --config configs/finetune_detection.yaml --model.init_from=$(CKPT) $(ARGS)
 
 multitask: data  ## pretraining and VQA trained jointly, from scratch, in one run (configs/multitask.yaml)
 	$(BIN)/mammut fit --config configs/multitask.yaml $(ARGS)

@@ -15,6 +15,7 @@ import dataclasses
 import fnmatch
 import logging
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -154,7 +155,8 @@ class MammutModule(L.LightningModule):
             task.connect(TaskContext(
                 architecture=self.architecture, generation=self.generation,
                 tokenizer=getattr(data, "tokenizer", None),
-                references=data.references_for(name) if hasattr(data, "references_for") else {}))
+                references=data.references_for(name) if hasattr(data, "references_for") else {},
+                output_dir=Path(self.trainer.log_dir) if self.trainer.log_dir else None))
 
     # ------------------------------------------------- compilation, sharding
     def transformer_blocks(self) -> list[nn.Module]:
@@ -231,6 +233,10 @@ class MammutModule(L.LightningModule):
         imported = is_openmammut(state)
         state = self.openmammut_weights(state, path) if imported else self.current_key_names(state)
         own = self.state_dict()
+        position = "model.vision.vit.pos_embed"
+        if position in state and position in own and state[position].shape != own[position].shape:
+            # Weights of another image size (e.g. a detector's higher resolution than pretraining's).
+            state[position] = self.model.vision.resample_position_embedding(state[position])
         # A single number may be stored with shape () (older checkpoints) or (1,).
         loadable = {k: v.reshape(own[k].shape) for k, v in state.items()
                     if k in own and (own[k].shape == v.shape or own[k].numel() == v.numel() == 1)}

@@ -16,6 +16,7 @@ before tasks were components.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +54,9 @@ class TaskContext:
     # What the task's data side knows that its baselines and predictions need (the training
     # captions, the majority answers, ...); its keys are the task's own.
     references: dict = field(default_factory=dict)
+    # Where the task may write files of its own (a detection results JSON, drawn predictions):
+    # the run's log folder; None when the run has none.
+    output_dir: Path | None = None
 
 
 class Task(nn.Module):

@@ -36,3 +36,34 @@ def captioned_images(images: Tensor, texts: list[str], scale: int = 3, lines: in
         ImageDraw.Draw(canvas).multiline_text((2, picture.height + 2), "\n".join(wrapped), fill="black", font=font)
         out.append(torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255)
     return torch.stack(out)
+
+
+# Predicted boxes in orange, true ones in green: the colours read apart on the demo's backgrounds.
+PREDICTED, TRUE = (255, 128, 0), (0, 200, 0)
+
+
+def draw_boxes(image: Image.Image, boxes: list[tuple[float, float, float, float]], labels: list[str],
+               colour: tuple[int, int, int] = PREDICTED, scale: int = 1) -> Image.Image:
+    """A copy of ``image``, upscaled ``scale`` times, with each box [x0, y0, x1, y1] (in the
+    image's pixels) outlined and its label written at its top left corner."""
+    picture = image.convert("RGB")
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    for (x0, y0, x1, y1), label in zip(boxes, labels):
+        corners = [x0 * scale, y0 * scale, x1 * scale, y1 * scale]
+        draw.rectangle(corners, outline=colour, width=max(1, scale // 2))
+        left, top = corners[0], max(0, corners[1] - 11)
+        draw.rectangle(draw.textbbox((left, top), label, font=font), fill=colour)
+        draw.text((left, top), label, fill="black", font=font)
+    return picture
+
+
+def to_image(tensor: Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> a PIL image."""
+    return Image.fromarray((tensor.clamp(0, 1).permute(1, 2, 0).cpu().float().numpy() * 255).astype(np.uint8))
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    """A PIL image -> (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255

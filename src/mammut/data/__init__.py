@@ -41,17 +41,30 @@ _EXPORTS = {
     "VQADataset": "vqa_dataset",
     "VQASample": "vqa_dataset",
     "collate_vqa": "vqa_dataset",
+    "Category": "instances",
+    "DetectionRecord": "instances",
+    "Instances": "instances",
+    "read_instances": "instances",
+    "BoxedImage": "box_transforms",
+    "DetectionTransform": "box_transforms",
+    "DetectionBatch": "batch",
+    "DetectionDataset": "detection_dataset",
+    "DetectionSample": "detection_dataset",
+    "collate_detection": "detection_dataset",
 }
 
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
-    from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch, VQABatch
+    from mammut.data.batch import DetectionBatch, ImageCaptionsBatch, ImageTextBatch, VQABatch
+    from mammut.data.box_transforms import BoxedImage, DetectionTransform
     from mammut.data.caption_files import CAPTION_FORMATS, read_captions
     from mammut.data.captions_dataset import CaptionDataset, EvalSample, TrainSample, collate_eval, collate_train
     from mammut.data.coco import CaptionRecord, read_coco_captions
+    from mammut.data.detection_dataset import DetectionDataset, DetectionSample, collate_detection
     from mammut.data.errors import BadSampleError, DataFormatError
     from mammut.data.images import load_rgb_image
+    from mammut.data.instances import Category, DetectionRecord, Instances, read_instances
     from mammut.data.karpathy import read_karpathy_captions
     from mammut.data.sampling import ResumableRandomSampler
     from mammut.data.tokenizer import DEFAULT_SPECIAL_TOKENS, CaptionTokenizer

@@ -54,9 +54,18 @@ def _empty_tensor(name: str) -> Tensor:
 
 
 def _pinned(batch):
-    """A copy of a dataclass batch with every tensor field in pinned memory."""
+    """A copy of a dataclass batch with every tensor field in pinned memory, and the tensors of
+    list fields (a tensor per image) too."""
     values = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    return type(batch)(**{name: v.pin_memory() if isinstance(v, Tensor) else v for name, v in values.items()})
+    return type(batch)(**{name: _pin(v) for name, v in values.items()})
+
+
+def _pin(value):
+    if isinstance(value, Tensor):
+        return value.pin_memory()
+    if isinstance(value, list) and any(isinstance(item, Tensor) for item in value):
+        return [_pin(item) for item in value]
+    return value
 
 
 @dataclass
@@ -96,3 +105,22 @@ class VQABatch(Batch):
     answers: list[list[str]]  # the annotators' answers; empty lists when there are none
     num_skipped: int = 0
     truncated: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DetectionBatch(Batch):
+    """Images and their objects. Images hold different numbers of boxes, so boxes and labels are
+    lists with one tensor per image; ``known_categories`` says where the absence of a box is
+    evidence (LVIS annotates each category in only some images), so a loss counts a category at
+    an image only where it is known."""
+
+    images: Tensor  # (B, 3, S, S) float
+    boxes: list[Tensor]  # per image (N_i, 4) float: cx, cy, w, h as fractions of the image, in [0, 1]
+    labels: list[Tensor]  # per image (N_i,) long: index into the dataset's categories (not the category id)
+    crowd_boxes: list[Tensor]  # per image (C_i, 4), as boxes: crowd regions, neither right nor wrong to detect
+    known_categories: Tensor  # (B, K) bool
+    image_ids: Tensor  # (B,) long
+    image_sizes: Tensor  # (B, 2) long: (height, width) of the image file
+    num_skipped: int = 0
+    truncated: list[str] = field(default_factory=list)  # always empty: no text is cut
+    boxes_dropped: int = 0  # boxes of this batch dropped as too small once cropped

@@ -8,8 +8,10 @@ blocks once, so the input's shape decides which path runs.
 from __future__ import annotations
 
 import logging
+import math
 
 import timm
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 import torch
 from torch import Tensor, nn
@@ -155,6 +157,22 @@ class VisionEncoder(nn.Module):
             tokens, intermediates = self.run_blocks(self.embed(images), video=images.ndim == 5,
                                                     keep={i % depth for i in layers})
         return tokens, torch.stack([self.pool(x) for x in intermediates], dim=1)
+
+    def resample_position_embedding(self, position_embedding: Tensor) -> Tensor:
+        """A position embedding of another square patch grid (weights trained at another image
+        size) resampled to this encoder's grid, bicubically as timm resamples pretrained weights;
+        the class token's entry is kept as it is."""
+        vit = self.vit
+        prefix = 0 if vit.no_embed_class else self.num_prefix_tokens
+        cells = position_embedding.shape[1] - prefix
+        side = math.isqrt(cells)
+        if side * side != cells or position_embedding.shape[-1] != vit.pos_embed.shape[-1]:
+            raise ValueError(f"cannot resample a position embedding of shape {tuple(position_embedding.shape)} "
+                             f"to {tuple(vit.pos_embed.shape)}: not a square grid of the same width")
+        logger.info("position embedding resampled from a %dx%d to a %dx%d patch grid", side, side,
+                    *vit.patch_embed.grid_size)
+        return resample_abs_pos_embed(position_embedding, new_size=list(vit.patch_embed.grid_size),
+                                      old_size=[side, side], num_prefix_tokens=prefix)
 
     def pool(self, visual_tokens: Tensor) -> Tensor:
         if self.pooling == "cls":
