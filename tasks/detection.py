@@ -29,6 +29,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
+from torchvision.ops import box_convert, nms
 
 from mammut.data.batch import DetectionBatch
 from mammut.data.box_transforms import DetectionTransform
@@ -198,6 +199,7 @@ class DetectionTask(Task):
         self._image_ids: dict[str, list[int]] = {"val": [], "test": []}
         self._samples: dict[str, tuple[Tensor, list[str]]] = {}
         self._predictions: list[dict] = []  # of this prediction run so far, rewritten after each batch
+        self.boxes_dropped = 0
 
     def build(self, architecture: MammutConfig) -> None:
         self.head = DetectionHead(architecture.vision_width)
@@ -218,7 +220,7 @@ class DetectionTask(Task):
         grid = tuple(model.vision.vit.patch_embed.grid_size)
         if patch_tokens.shape[1] != grid[0] * grid[1]:
             raise ValueError(f"{patch_tokens.shape[1]} patch tokens do not fill the {grid[0]}x{grid[1]} grid")
-        return self.head(patch_tokens, grid, model.image_projection, self.queries(model, names))
+        return self.head(patch_tokens, grid, model.project_tokens, self.queries(model, names))
 
     def names(self, split: str) -> list[str]:
         return [class_name(c) for c in self.context.references["categories"][split]]
@@ -232,12 +234,22 @@ class DetectionTask(Task):
 
     def loss(self, model: Mammut, batch: DetectionBatch) -> TaskLoss:
         detections = self.detect(model, batch.images, self.names("train"))
+        normaliser = num_boxes(batch)  # a collective: every rank takes part, one with an empty batch too
         if not len(batch):
             zero = detections.logits.sum() * 0 + detections.boxes.sum() * 0  # joined to the graph
             return TaskLoss(zero, {"focal": zero, "l1": zero, "giou": zero})
         losses = set_loss(detections.logits, detections.boxes, batch.labels, batch.boxes, batch.known_categories,
-                          batch.crowd_boxes, self.weights, num_boxes(batch))
-        return TaskLoss(losses.pop("total"), losses)
+                          batch.crowd_boxes, self.weights, normaliser)
+        self.count_dropped_boxes(batch.boxes_dropped)
+        return TaskLoss(losses.pop("total"), {**losses, "boxes_dropped": torch.tensor(float(self.boxes_dropped))})
+
+    def count_dropped_boxes(self, dropped: int) -> None:
+        """Boxes the scale jitter cut to nothing are counted (logged as ``boxes_dropped``, the total
+        so far on this rank), and the first time named in the log."""
+        if dropped and not self.boxes_dropped:
+            log.info("a random crop left too little of %d boxes of a training batch: they are dropped as "
+                     "objects, and counted in train/detection/boxes_dropped", dropped)
+        self.boxes_dropped += dropped
 
     # ------------------------------------------------------------- evaluation
     def results(self, detections: Detections, batch: DetectionBatch, categories: list[Category]) -> list[list[dict]]:
@@ -276,7 +288,7 @@ class DetectionTask(Task):
             side = batch.images.shape[-1]
             height, width = batch.image_sizes[i].tolist()
             to_input = [side / width, side / height, side / width, side / height]
-            shown = [r for r in per_image[i] if r["score"] >= self.draw_threshold]
+            shown = [r for r in best_class_per_box(per_image[i]) if r["score"] >= self.draw_threshold]
             predicted = [[v * s for v, s in zip(box_corners(r["bbox"]), to_input)] for r in shown]
             truth = (xyxy(batch.boxes[i].float()) * side).tolist()
             true_names = [categories[k].name for k in batch.labels[i].tolist()]
@@ -305,10 +317,12 @@ class DetectionTask(Task):
         baseline_results = references["class_prior"].get(stage)
         baselines = coco_evaluation(ground_truth, baseline_results, image_ids, novel) if baseline_results else {}
         if references["federated"].get(stage):
-            scores.update({f"lvis_{k}": v for k, v in lvis_evaluation(ground_truth, results, image_ids).items()})
+            scores.update(lvis_scores(ground_truth, results, image_ids))
             if baseline_results:
-                baselines.update({f"lvis_{k}": v for k, v in
-                                  lvis_evaluation(ground_truth, baseline_results, image_ids).items()})
+                baselines.update(lvis_scores(ground_truth, baseline_results, image_ids))
+        # A mean over nothing (-1: e.g. AP_novel without novel objects, or no category of frequency "c") is no score.
+        scores = {name: value for name, value in scores.items() if value != -1}
+        baselines = {name: value for name, value in baselines.items() if value != -1}
         return TaskReport(scores, baselines, {"AP": len(image_ids)}, samples)
 
     def write_results(self, results: list[dict], name: str) -> None:
@@ -328,8 +342,9 @@ class DetectionTask(Task):
 
     # ------------------------------------------------------------- prediction
     def predict(self, model: Mammut, batch: DetectionBatch) -> list[dict]:
-        """Detections of ``--data.predict_words`` in each image, drawn into ``predictions/`` beside
-        ``predictions.json`` (COCO results, with each detection's file and word) in the run's folder."""
+        """Detections of ``--data.predict_words`` in each image (each box once, with its best word),
+        drawn into ``predictions/`` beside ``predictions.json`` (COCO results, with each detection's
+        file and word) in the run's folder."""
         categories = self.context.references["categories"]["predict"]
         files = self.context.references["predict"]
         per_image = self.results(self.detect(model, batch.images, self.names("predict")), batch, categories)
@@ -337,7 +352,7 @@ class DetectionTask(Task):
         out = []
         for image_id, results in zip(batch.image_ids.tolist(), per_image):
             kept = [{**r, "file_name": files[image_id], "word": words[r["category_id"]]}
-                    for r in results if r["score"] >= self.draw_threshold]
+                    for r in best_class_per_box(results) if r["score"] >= self.draw_threshold]
             out.append({"file_name": files[image_id], "detections": kept})
             self.draw_prediction(files[image_id], kept)
             self._predictions.extend(kept)
@@ -359,6 +374,26 @@ class DetectionTask(Task):
         found = ", ".join(f"{d['word']} {d['score']:.2f} at {[round(v) for v in d['bbox']]}"
                           for d in prediction["detections"])
         return f"{prediction['file_name']}\t{found or 'nothing'}"
+
+
+LVIS_REPORTED = ("AP", "AP50", "AP75", "APr", "APc", "APf", "AR@300")
+
+
+def lvis_scores(ground_truth: Path, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+    """LVIS's federated AP, overall and by category frequency, named ``lvis_*``."""
+    scores = lvis_evaluation(ground_truth, results, image_ids)
+    return {f"lvis_{name}": scores[name] for name in LVIS_REPORTED}
+
+
+def best_class_per_box(results: list[dict], overlap: float = 0.5) -> list[dict]:
+    """What a person wants to see: each box once, with its best-scoring class, and none that
+    overlaps a better one by more than ``overlap`` IoU (non-maximum suppression over all classes).
+    COCO AP scores ``results`` as they are, every class of every box, as detectors report them."""
+    if not results:
+        return []
+    boxes = box_convert(torch.tensor([r["bbox"] for r in results], dtype=torch.float32), "xywh", "xyxy")
+    scores = torch.tensor([r["score"] for r in results])
+    return [results[i] for i in nms(boxes, scores, overlap).tolist()]
 
 
 def box_corners(bbox: list[float]) -> list[float]:

@@ -100,7 +100,7 @@ def test_the_loss_trains_boxes_and_classes():
         loss["total"].backward()
         optimizer.step()
         first = first if first is not None else loss["total"].item()
-    assert float(loss["total"]) < first / 5
+    assert loss["total"].item() < first / 5
     best = detections.logits[0, :, 1].argmax()
     torch.testing.assert_close(detections.boxes[0, best], targets[0][0], atol=0.03, rtol=0)
 

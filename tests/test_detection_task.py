@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import tiny_run
+from mammut.tasks.detection import best_class_per_box
 
 RECIPE = "configs/finetune_detection.yaml"
 
@@ -66,17 +67,28 @@ def test_finetune_detection_reports_coco_and_lvis_ap_and_predicts_any_words(tiny
     novel = [c["id"] for c in json.loads(ground_truth.read_text())["categories"] if c["frequency"] == "r"]
     assert logged["val/detection/AP_novel"][-1][1] == pytest.approx(coco_ap(ground_truth, results, novel), abs=1e-6)
 
-    # Any words at test time, among them one that names no class of the data at all.
+    # Any words at test time: here one that names no class of the data at all.
     checkpoint = logs / "checkpoints" / "last.ckpt"
     images = sorted((tiny_demo / "images/val").glob("*.jpg"))[:2]
     capsys.readouterr()
     tiny_run.run("predict", tiny_demo, tmp_path / "predict", f"--ckpt_path={checkpoint}",
-                 f"--data.predict_images=[{','.join(map(str, images))}]", "--data.predict_words=[hexagon,umbrella]",
+                 f"--data.predict_images=[{','.join(map(str, images))}]", "--data.predict_words=[umbrella]",
                  "--model.draw_threshold=0.0", "--trainer.logger.init_args.version=run", config=RECIPE)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.split("\t")[0] in map(str, images)]
     assert len(lines) == 2
     predict_dir = tmp_path / "predict" / "finetune_detection" / "run"
     predictions = json.loads((predict_dir / "predictions.json").read_text())
-    assert {p["word"] for p in predictions} == {"hexagon", "umbrella"}
+    assert predictions and {p["word"] for p in predictions} == {"umbrella"}
     assert {p["file_name"] for p in predictions} == set(map(str, images))
     assert sorted(p.name for p in (predict_dir / "predictions").iterdir()) == sorted(f"{i.stem}.png" for i in images)
+
+
+def test_what_is_shown_is_each_box_once_with_its_best_class_and_no_overlapping_duplicate():
+    results = [  # sorted by score, as DetectionTask.results gives them
+        {"bbox": [10, 10, 20, 20], "category_id": 1, "score": 0.9},
+        {"bbox": [10, 10, 20, 20], "category_id": 2, "score": 0.8},  # the same box, a worse class
+        {"bbox": [11, 10, 20, 20], "category_id": 1, "score": 0.7},  # a neighbouring token's near copy
+        {"bbox": [40, 40, 10, 10], "category_id": 2, "score": 0.6},
+    ]
+    assert best_class_per_box(results) == [results[0], results[3]]
+    assert best_class_per_box([]) == []

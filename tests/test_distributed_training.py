@@ -1,5 +1,5 @@
 """`mammut fit` on two CPU processes: FSDP2 checkpoints and resumes, and fine-tunes VQA with the PEFT
-prefix; DDP shards the data and survives a bad batch."""
+prefix and detection; DDP shards the data and survives a bad batch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from lightning.pytorch.callbacks import Callback
 
-from mammut.data import read_coco_captions, read_vqa
+from mammut.data import read_coco_captions, read_instances, read_vqa
 from mammut.data.sampling import ResumableRandomSampler
 from mammut.data.video_records import read_video_qa
 from mammut.tasks.pretrain import PretrainModule
@@ -145,3 +145,25 @@ def test_ddp_vqa_rank_with_only_bad_samples_does_not_hang(tiny_demo, tmp_path, i
     assert logged["data/skipped_samples"][0][1] >= 4
     assert [step for step, _ in logged["train/loss"]] == [0, 1, 2]
     assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_detection_on_two_ranks_with_a_rank_of_bad_images_trains_and_validates(tiny_demo, tmp_path, strategy):
+    """Detection normalises its loss by the boxes of every rank (a collective) and scores tokens with
+    the model's projection outside ``Mammut.forward``: a rank whose first batch is only corrupt
+    images must still join in, and FSDP2 must gather the projection for that call."""
+    root = tmp_path / "demo"
+    subprocess.run(["cp", "-r", str(tiny_demo), str(root)], check=True)
+    records = read_instances(root / "annotations/instances_train.json", root / "images/train").records
+    first_batch_of_rank_0 = list(ResumableRandomSampler(len(records), seed=0, num_replicas=2, rank=0))[:4]
+    for index in first_batch_of_rank_0:
+        records[index].path.write_bytes(b"not a JPEG")
+    fit_on_two_processes(root, tmp_path, strategy, "--trainer.max_steps=3", "--data.skip_bad_samples=true",
+                         "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3",
+                         "--trainer.logger.init_args.version=run", timeout=180,
+                         config="configs/finetune_detection.yaml")
+    logged = scalars(tmp_path / "finetune_detection" / "run")
+    assert logged["data/skipped_samples"][0][1] >= 4
+    assert [step for step, _ in logged["train/loss"]] == [0, 1, 2]
+    assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])
+    assert len(logged["val/detection/AP"]) == 1

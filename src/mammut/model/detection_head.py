@@ -17,6 +17,7 @@ class that never had a box in training is found by its name alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,10 +55,11 @@ class DetectionHead(nn.Module):
         nn.init.constant_(self.logit_shift.bias, PRIOR_LOGIT / INITIAL_SCALE)
         nn.init.constant_(self.logit_scale.bias, INITIAL_SCALE - 1)
 
-    def forward(self, patch_tokens: Tensor, grid: tuple[int, int], projection: nn.Module,
+    def forward(self, patch_tokens: Tensor, grid: tuple[int, int], projection: Callable[[Tensor], Tensor],
                 queries: Tensor) -> Detections:
         """patch_tokens: (B, N = rows * columns, C) in row-major grid order; projection: the
-        model's image projection (C -> E); queries: (K, E) unit-norm class embeddings."""
+        model's image projection (C -> E, ``Mammut.project_tokens``); queries: (K, E) unit-norm
+        class embeddings."""
         x = self.norm(patch_tokens)
         boxes = torch.sigmoid(self.box_mlp(x) + grid_box_bias(*grid, device=x.device, dtype=x.dtype))
         embeddings = F.normalize(projection(x), dim=-1)

@@ -55,6 +55,11 @@ class Mammut(nn.Module):
     def image_embedding(self, visual_tokens: Tensor) -> Tensor:
         return F.normalize(self.image_projection(self.vision.pool(visual_tokens)), dim=-1)
 
+    def project_tokens(self, tokens: Tensor) -> Tensor:
+        """Each token (B, N, vision_width) through the contrastive image projection, unnormalised:
+        visual tokens in the space of the text embeddings, which a detector scores them in."""
+        return self.image_projection(tokens)
+
     def text_embedding(self, tokens: Tensor) -> Tensor:
         """Contrastive pass (Sec. 3.2): the image is never seen."""
         hidden = self.decoder.contrastive(tokens)  # (B, T, C)
@@ -91,8 +96,8 @@ class Mammut(nn.Module):
 
     # Methods other than forward that evaluation calls first: under FSDP2 they gather the
     # root's weights as forward does (``sharding.shard``).
-    fsdp_entry_points = ("encode_image", "encode_image_with_layers", "image_embedding", "text_embedding",
-                         "caption_logits")
+    fsdp_entry_points = ("encode_image", "encode_image_with_layers", "image_embedding", "project_tokens",
+                         "text_embedding", "caption_logits")
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay: norm scales, biases, the temperature, the
