@@ -11,8 +11,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import tiny_run
 from mammut.tasks.detection import best_class_per_box
+
+import tiny_run
 
 RECIPE = "configs/finetune_detection.yaml"
 
