@@ -12,6 +12,7 @@ from jsonargparse import ArgumentParser
 
 from conftest import REPO
 from mammut.model import PRESETS
+from mammut.tasks.detection import DetectionDataModule
 from mammut.tasks.pretrain import ImageTextDataModule
 from mammut.tasks.video import VideoCaptionDataModule, VideoQADataModule
 from mammut.tasks.vqa import VQADataModule
@@ -48,7 +49,8 @@ def test_a_preset_file_switches_the_architecture():
     assert config["model"]["init_args"]["architecture"]["vision_width"] == PRESETS["small"].vision_width
 
 
-@pytest.mark.parametrize("data_class", [ImageTextDataModule, VQADataModule, VideoCaptionDataModule, VideoQADataModule],
+@pytest.mark.parametrize("data_class", [ImageTextDataModule, VQADataModule, VideoCaptionDataModule, VideoQADataModule,
+                                        DetectionDataModule],
                          ids=lambda c: c.__name__)
 def test_a_data_module_saves_every_argument_the_cli_offers(data_class, tiny_demo):
     # The shared arguments reach TaskDataModule through **kwargs: the CLI must still offer them,
