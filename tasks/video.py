@@ -45,13 +45,16 @@ class VideoDataModule(TaskDataModule):
     model_settings = ("image_size", "context_length", "frames")
 
     def __init__(self, frames: int | None = None, backend: str = "auto", short_clips: str = "loop",
-                 single_frame: bool = False, **kwargs):
+                 single_frame: bool = False, crop_scale: tuple[float, float] | None = None, **kwargs):
         """
         Args:
             frames: frames per clip; by default the model's ``architecture.video_frames``.
             backend: "decord", "pyav", or "auto" (decord where installed).
             short_clips: a clip of fewer frames is played again ("loop") or held on its last frame ("pad").
             single_frame: feed one frame repeated: the single-frame baseline.
+            crop_scale: e.g. ``[0.8, 1.0]``: each training clip is cut to a random window of this
+                fraction of each side, the same window in every frame (so that a motion keeps its
+                direction), then resized. None: whole frames. Evaluation always sees whole frames.
             **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length,
                 num_workers, skip_bad_samples, seed (of shuffling, draws and training frame offsets).
         """
@@ -62,7 +65,8 @@ class VideoDataModule(TaskDataModule):
     @property
     def clip_sampling(self) -> ClipSampling:
         h = self.hparams
-        return ClipSampling(self.frames, h.backend, h.short_clips, h.single_frame)
+        return ClipSampling(self.frames, h.backend, h.short_clips, h.single_frame,
+                            tuple(h.crop_scale) if h.crop_scale is not None else None)
 
     def build_dataset(self, split: str) -> Dataset:
         h, clips = self.hparams, self.clip_sampling

@@ -133,6 +133,32 @@ def test_training_frames_are_drawn_per_epoch_and_repeat_on_resume(tiny_demo):
     assert not torch.equal(frames_of(first, 0), frames_of(first, 1))  # another epoch, other frames
 
 
+def test_a_training_crop_is_one_window_for_every_frame_drawn_anew_each_epoch(tiny_demo):
+    """The window moves from epoch to epoch, but never between the frames of a clip: a crop that
+    moved would change which way an object seems to go."""
+    def clip(crop_scale, epoch: int = 0, train: bool = True):
+        dataset = VideoQADataset(qa_records(tiny_demo), CaptionTokenizer.from_file(tiny_demo / "tokenizer.json"),
+                                 lambda frames: frames, 24, train=train,  # the frames (T, H, W, 3) as read
+                                 clips=ClipSampling(16, crop_scale=crop_scale))
+        dataset.set_epoch(epoch)
+        return dataset[5].image
+
+    def window(cropped, whole) -> tuple[int, int]:
+        """Where ``cropped`` lies in ``whole``, found in all frames at once."""
+        side = cropped.shape[1]
+        return next((top, left) for top in range(whole.shape[1] - side + 1) for left in range(whole.shape[2] - side + 1)
+                    if torch.equal(whole[:, top:top + side, left:left + side], cropped))
+
+    whole = clip(None)
+    cropped = clip((0.5, 0.5))
+    assert cropped.shape == (16, 32, 32, 3) and whole.shape == (16, 64, 64, 3)
+    first = window(cropped, whole)
+    assert window(clip((0.5, 0.5), epoch=1), clip(None, epoch=1)) != first  # another epoch, another window
+    assert torch.equal(clip((0.5, 0.5), train=False), clip(None, train=False))  # evaluation: whole frames
+    with pytest.raises(ValueError, match="crop_scale"):
+        ClipSampling(16, crop_scale=(0.9, 0.5))
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty", "not a video"])
 def test_a_bad_video_is_named_or_skipped_and_counted(tiny_demo, tmp_path, damage):
     records = qa_records(tiny_demo)[:3]

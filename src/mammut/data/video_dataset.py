@@ -9,7 +9,8 @@ Training takes one random frame per segment (TSN sampling) from the sample's own
 stream, ``(seed, epoch, index)``, so a resumed run sees the frames the interrupted run would
 have; evaluation takes each segment's middle frame. With ``single_frame`` the clip is one frame
 (the middle one of those chosen) repeated: the single-frame baseline, the same model fed no
-motion.
+motion. With ``crop_scale`` a training clip is cut to a random window, the same in every frame,
+drawn from the same stream.
 """
 
 from __future__ import annotations
@@ -27,14 +28,21 @@ from mammut.data.vqa_dataset import VQADataset
 @dataclass(frozen=True)
 class ClipSampling:
     """How a clip is read: ``frames`` per clip, the decoder (``backend``), what a clip shorter than
-    ``frames`` becomes (``short_clips``: loop or pad), and whether to repeat one frame instead."""
+    ``frames`` becomes (``short_clips``: loop or pad), whether to repeat one frame instead, and
+    the training crop (``crop_scale``)."""
 
     frames: int
     backend: str = "auto"
     short_clips: str = "loop"
     single_frame: bool = False
+    # Training clips are cut to one random window, the same in every frame, whose side is this
+    # fraction of the frame's (drawn uniformly), before the resize: objects shift and grow from
+    # one epoch to the next while every motion keeps its direction. None: whole frames.
+    crop_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.frames < 1:
             raise ValueError(f"frames must be positive, got {self.frames}")
         if self.backend not in BACKENDS:
@@ -65,7 +73,18 @@ class VideoRecords:
                            clips.short_clips, clips.backend, generator)
         if clips.single_frame:
             frames = frames[len(frames) // 2].expand_as(frames)
+        if self.train and clips.crop_scale is not None:
+            frames = self.crop(frames, index)
         return self.transform(frames)
+
+    def crop(self, frames: Tensor, index: int) -> Tensor:
+        """Frames (T, H, W, 3) cut to sample ``index``'s random window of this epoch, one for all frames."""
+        draw = self.draw(index, purpose="crop")
+        scale = draw.uniform(*self.clips.crop_scale)
+        height, width = frames.shape[1:3]
+        crop_height, crop_width = max(1, round(scale * height)), max(1, round(scale * width))
+        top, left = draw.randint(0, height - crop_height), draw.randint(0, width - crop_width)
+        return frames[:, top:top + crop_height, left:left + crop_width]
 
 
 class VideoCaptionDataset(VideoRecords, CaptionDataset):
