@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft finetune-video finetune-detection multitask tensorboard test test-fast bench clean
+.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection multitask tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,15 +22,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install mammut with its dev extras
 
-$(DEMO)/tokenizer.json: | $(STAMP)
-	$(BIN)/python -m mammut.data.demo --out $(DEMO)
-	$(BIN)/python -m mammut.data.tokenizer --captions $(DEMO)/annotations/captions_train.json --out $(DEMO)/tokenizer.json
-
 # A demo world written before it had video clips is written again (the same images, byte for byte).
 $(DEMO)/video/train_qa.json: | $(STAMP)
 	$(BIN)/python -m mammut.data.demo --out $(DEMO)
 
-data: $(DEMO)/tokenizer.json $(DEMO)/video/train_qa.json  ## write the demo world (images, captions, VQA, detection, video clips) and train its tokenizer
+# The tokenizer learns all of the demo's training text, so that every answer word is one token;
+# the last line checks it.
+$(DEMO)/tokenizer.json: | $(DEMO)/video/train_qa.json
+	$(BIN)/python -m mammut.data.tokenizer --out $(DEMO)/tokenizer.json \
+		--captions $(DEMO)/annotations/captions_train.json --instances $(DEMO)/annotations/instances_train.json \
+		--vqa $(DEMO)/vqa/v2_OpenEnded_mscoco_train_questions.json --vqa $(DEMO)/vqa/v2_mscoco_train_annotations.json \
+		--msrvtt $(DEMO)/video/train_videodatainfo.json --video-qa $(DEMO)/video/train_qa.json \
+		--answers $(DEMO)/vqa/v2_mscoco_train_annotations.json --answers $(DEMO)/video/train_qa.json
+
+data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, detection, video clips) and train its tokenizer
 
 pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
 	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)
@@ -42,6 +47,16 @@ finetune-vqa: data  ## fine-tune the pretrained model for VQA (CKPT=... to choos
 finetune-vqa-peft: data  ## VQA with eP-ALM-style PEFT: frozen model, trained prefix (<1% of the weights)
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
 	$(BIN)/mammut fit --config configs/finetune_vqa.yaml --config configs/finetune_vqa_peft.yaml --model.init_from=$(CKPT) $(ARGS)
+
+finetune-vqa-lora: data  ## VQA with LoRA adapters on a frozen model (<1% of the weights)
+	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
+	$(BIN)/mammut fit --config configs/finetune_vqa.yaml --config configs/finetune_vqa_lora.yaml --model.init_from=$(CKPT) $(ARGS)
+
+finetune-vqa-peft-lora: data  ## VQA with the eP-ALM prefix and LoRA adapters together
+	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
+	$(BIN)/mammut fit --config configs/finetune_vqa.yaml --config configs/finetune_vqa_peft.yaml \
+		--config configs/finetune_vqa_lora.yaml --trainer.logger.init_args.name=finetune_vqa_peft_lora \
+		--model.init_from=$(CKPT) $(ARGS)
 
 finetune-video: data  ## video captioning, then video QA, each from the pretrain checkpoint (CKPT=...)
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }

@@ -14,6 +14,7 @@ question's type.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mammut.data import VQABatch, VQADataset, VQARecord, collate_vqa, read_vqa
+from mammut.data.tokenizer import words_in_pieces
 from mammut.data.transforms import denormalize
 from mammut.metrics.vqa import (ANSWER_SCORING, VQAAccuracy, accuracy_breakdown, majority_answers,
                                 most_frequent_answer)
@@ -32,6 +34,8 @@ from mammut.task import Task, TaskContext, TaskLoss, TaskReport
 from mammut.tasks.datamodule import TaskDataModule
 
 GROUPINGS = ("question_type", "answer_type")
+
+log = logging.getLogger(__name__)
 
 
 class QuestionData:
@@ -47,8 +51,21 @@ class QuestionData:
 
     def setup(self, stage: str) -> None:
         super().setup(stage)  # the training answers too when evaluating: the majority baseline needs them
+        if stage == "fit":
+            self._check_answer_words()
         if stage == "predict":
             self.records["predict"] = self._predict_records()
+
+    def _check_answer_words(self) -> None:
+        """Warn when answer words are not single tokens: a frozen decoder (PEFT) has to be taught
+        each of their pieces, and learns them only through LoRA on the vocabulary projection."""
+        answers = {answer for record in self.records.get("train", []) for answer in record.answers}
+        in_pieces = words_in_pieces(self.tokenizer, answers)
+        if in_pieces:
+            word, pieces = next(iter(in_pieces.items()))
+            log.warning("%d answer words of the training split are several tokens of the tokenizer (e.g. %r: %s). "
+                        "Full fine-tuning learns them; for PEFT, train the tokenizer on the answers too "
+                        "(python -m mammut.data.tokenizer --vqa ... --answers ...).", len(in_pieces), word, pieces)
 
     def _predict_records(self) -> list[VQARecord]:
         name = self.predict_inputs

@@ -26,5 +26,12 @@ def tiny_demo(tmp_path_factory) -> Path:
     """data/demo in miniature: a few dozen images per split, and a tokenizer trained on them."""
     root = tmp_path_factory.mktemp("demo")
     generate(root, seed=0, tiny=True)
-    train_tokenizer(["--captions", str(root / "annotations/captions_train.json"), "--out", str(root / "tokenizer.json")])
+    # As `make data` trains it: on every training text, so that answers are whole tokens.
+    train_tokenizer(["--out", str(root / "tokenizer.json"),
+                     "--captions", str(root / "annotations/captions_train.json"),
+                     "--vqa", str(root / "vqa/v2_OpenEnded_mscoco_train_questions.json"),
+                     "--vqa", str(root / "vqa/v2_mscoco_train_annotations.json"),
+                     "--msrvtt", str(root / "video/train_videodatainfo.json"),
+                     "--video-qa", str(root / "video/train_qa.json"),
+                     "--instances", str(root / "annotations/instances_train.json")])
     return root

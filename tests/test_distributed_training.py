@@ -67,6 +67,7 @@ def test_fsdp2_trains_the_vqa_peft_prefix_and_validates(tiny_demo, tmp_path):
     fit_on_two_processes(tiny_demo, tmp_path, "fsdp2", "--trainer.max_steps=3", "--model.warmup_steps=1",
                          "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3",
                          "--model.peft.visual_layers=[0,1]", "--trainer.logger.init_args.version=peft",
+                         "--model.adapter_checkpoints=false",  # full checkpoints: FSDP2 shards them
                          config=["configs/finetune_vqa.yaml", "configs/finetune_vqa_peft.yaml"])
     logs = scalars(tmp_path / "finetune_vqa_peft" / "peft")
     assert [step for step, _ in logs["train/loss"]] == [0, 1, 2]

@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError
 
 from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
+from mammut.data.tokenizer import main as train_tokenizer
 from mammut.model import MammutConfig
 from mammut.module import MammutModule
 from mammut.task import Task, TaskLoss, TaskReport
@@ -191,8 +192,11 @@ def test_checkpoints_from_before_tasks_were_components_still_load(tiny_demo, tmp
     # A pre-refactor pretraining checkpoint resumes through the CLI.
     checkpoint = tmp_path / "pretrain.ckpt"
     shutil.copy(LEGACY / "pretrain.ckpt", checkpoint)
+    # Its tokenizer, which the tiny demo trained on the captions alone then.
+    tokenizer = tmp_path / "captions_tokenizer.json"
+    train_tokenizer(["--captions", str(tiny_demo / "annotations/captions_train.json"), "--out", str(tokenizer)])
     run("fit", tiny_demo, tmp_path, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
-        "--trainer.logger.init_args.version=resumed", f"--ckpt_path={checkpoint}")
+        "--trainer.logger.init_args.version=resumed", f"--ckpt_path={checkpoint}", f"--data.tokenizer={tokenizer}")
     assert [step for step, _ in scalars(tmp_path / "pretrain" / "resumed")["train/loss"]] == [1]
     assert isinstance(PretrainModule.load_from_checkpoint(checkpoint), PretrainModule)
     assert asdict(restored.architecture) == {**asdict(MammutConfig(**architecture))}

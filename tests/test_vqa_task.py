@@ -65,15 +65,14 @@ def test_peft_trains_the_prefix_alone(tiny_demo, tmp_path, pretrained, capsys):
     assert f"({100 * trainable / total:.2f}%)" in printed
     before, after = weights(start), weights(next((tmp_path / "peft").rglob("last.ckpt")))
     pretrained_weights = weights(pretrained)
-    prefix = {name for name in after if name.startswith("tasks.vqa.prefix.")}
-    assert prefix == {f"tasks.vqa.prefix.{name}" for name in ("projection.weight", "projection.bias", "prompt")}
+    # The overlay writes adapter checkpoints: the prefix alone (the base is init_from, by hash).
+    prefix = {f"tasks.vqa.prefix.{name}" for name in ("projection.weight", "projection.bias", "prompt")}
+    assert set(after) == prefix
     for name, value in after.items():
-        if name in prefix:
-            assert not torch.equal(value, before[name]), f"{name} did not train"
-        else:
-            assert torch.equal(value, before[name]), f"{name} changed"
-            if name in pretrained_weights:
-                assert torch.equal(value, pretrained_weights[name]), f"{name} is not the pretrained weight"
+        assert not torch.equal(value, before[name]), f"{name} did not train"
+    for name, value in before.items():
+        if name in pretrained_weights:
+            assert torch.equal(value, pretrained_weights[name]), f"{name} is not the pretrained weight"
 
 
 @pytest.mark.slow

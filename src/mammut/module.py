@@ -18,12 +18,15 @@ import math
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 import torch
 from torch import Tensor, nn
 
 from mammut import sharding
+from mammut.adapters import BaseWeights
 from mammut.loss_guard import LossGuard
 from mammut.model import GenerationConfig, Mammut, MammutConfig
+from mammut.model.lora import LoraConfig, add_lora, base_key
 from mammut.model.openmammut import convert as convert_openmammut
 from mammut.model.openmammut import is_openmammut
 from mammut.model.weights_file import read_state_dict
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 # Parameters of the video path, which image-text weights do not hold: the tubes start from the
 # patch embedding (``VisionEncoder.initialise_tubes``), the video blocks from their own init.
 VIDEO_PATH = ("model.vision.tubes.", "model.vision.video_blocks.")
+
+# Sharding strategies, whose checkpoints and their loading adapter checkpoints do not handle.
+SHARDED_CHECKPOINTS = (ModelParallelStrategy, FSDPStrategy, DeepSpeedStrategy)
 
 __all__ = ["MammutModule", "warmup_cosine"]
 
@@ -62,6 +68,8 @@ class MammutModule(L.LightningModule):
         compile: bool = False,
         generation: GenerationConfig | None = None,
         divergence_factor: float | None = 1000.0,
+        lora: LoraConfig | None = None,
+        adapter_checkpoints: bool = False,
     ):
         """
         Args:
@@ -101,6 +109,13 @@ class MammutModule(L.LightningModule):
                 loss exceeds this multiple of the larger of the first loss and the running mean
                 of the losses (an explosion the non-finite check would catch only steps later,
                 after checkpoints had saved it). None: no such check.
+            lora: LoRA adapters on the shared model's linear layers (``mammut.model.lora``, e.g.
+                configs/finetune_vqa_lora.yaml). The model's own weights are then frozen: the
+                adapters and the task heads train. Added after ``init_from`` and ``freeze``.
+            adapter_checkpoints: checkpoints hold only the trained parameters, with the path and
+                SHA-256 of ``init_from``, the base they adapt (``mammut.adapters``). Restoring one
+                loads that base first and refuses another; ``python -m mammut.merge_lora`` turns
+                one into a full checkpoint.
         """
         super().__init__()
         # A preset builds its tasks from its own arguments; tasks given as objects (not as the
@@ -114,6 +129,7 @@ class MammutModule(L.LightningModule):
         # Checkpoints written by the CLI store these settings as plain dicts.
         self.architecture = MammutConfig(**architecture) if isinstance(architecture, dict) else architecture or MammutConfig()
         self.generation = GenerationConfig(**generation) if isinstance(generation, dict) else generation or GenerationConfig()
+        self.lora = LoraConfig(**lora) if isinstance(lora, dict) else lora
         self.model = Mammut(self.architecture)
         if not tasks:
             raise ValueError("a MammutModule needs at least one task (model.tasks, or a preset such as VQAModule)")
@@ -127,10 +143,17 @@ class MammutModule(L.LightningModule):
             task.build(self.architecture)  # its own modules exist before init_from and freeze
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        self.kept_initialisation: set[str] = set()  # parameters that init_from did not fill
         if init_from:
             self.load_weights(init_from, strict=init_strict)
         if freeze:
             self.freeze_matching(freeze)
+        if self.lora:
+            targets = add_lora(self.model, self.lora)
+            self.train(self.training)  # frozen batch norms of the base stop updating
+            log.info("LoRA rank %d on %d linear layers, e.g. %s", self.lora.rank, len(targets), targets[:3])
+        # The base an adapter checkpoint refers to; set from the checkpoint when restored without init_from.
+        self.base_weights = BaseWeights.of(init_from) if adapter_checkpoints and init_from else None
         self.skipped_samples = 0
         self.records_skipped: dict[str, int] = {}  # per split, records the readers dropped
         self.truncated_texts = 0
@@ -146,6 +169,9 @@ class MammutModule(L.LightningModule):
         never reads the model; each task is given the tokenizer and the data's reference
         information, and never reads the trainer's data module itself.
         """
+        if self.hparams.get("adapter_checkpoints") and isinstance(self.trainer.strategy, SHARDED_CHECKPOINTS):
+            raise ValueError(f"adapter_checkpoints works with one device or DDP, not with the sharding strategy "
+                             f"{type(self.trainer.strategy).__name__}: set --model.adapter_checkpoints=false")
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and hasattr(data, "connect"):
             a = self.architecture
@@ -221,9 +247,12 @@ class MammutModule(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """Lightning's ``load_from_checkpoint``, without running code and without reading the
-        checkpoint's ``init_from`` again: the checkpoint already holds every weight."""
+        checkpoint's ``init_from`` again: the checkpoint already holds every weight, or, for an
+        adapter checkpoint, names its base, which ``on_load_checkpoint`` loads. ``base=path``: an
+        adapter checkpoint's base weights, where they are now if they moved (checked by hash)."""
         kwargs.setdefault("weights_only", True)
-        kwargs["init_from"] = None
+        base = kwargs.pop("base", None)
+        kwargs["init_from"] = str(base) if base else None
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def load_weights(self, path: str, strict: bool = False) -> None:
@@ -232,7 +261,11 @@ class MammutModule(L.LightningModule):
         state = read_state_dict(path, purpose="init_from")
         imported = is_openmammut(state)
         state = self.openmammut_weights(state, path) if imported else self.current_key_names(state)
-        own = self.state_dict()
+        if any(".lora_" in key for key in state):
+            raise ValueError(f"{path} holds LoRA adapters: merge them into its weights first "
+                             f"(python -m mammut.merge_lora {path} --out merged.ckpt) and start from that")
+        # Under LoRA a base weight lives in its wrapper (``qkv.base_layer.weight``); the file has it as ``qkv.weight``.
+        own = {base_key(name): value for name, value in self.state_dict().items()}
         position = "model.vision.vit.pos_embed"
         if position in state and position in own and state[position].shape != own[position].shape:
             # Weights of another image size (e.g. a detector's higher resolution than pretraining's).
@@ -240,7 +273,8 @@ class MammutModule(L.LightningModule):
         # A single number may be stored with shape () (older checkpoints) or (1,).
         loadable = {k: v.reshape(own[k].shape) for k, v in state.items()
                     if k in own and (own[k].shape == v.shape or own[k].numel() == v.numel() == 1)}
-        missing = sorted(set(own) - set(loadable))
+        missing = sorted(k for k in set(own) - set(loadable) if ".lora_" not in k)  # adapters start anew
+        self.kept_initialisation = set(missing)  # what an adapter checkpoint must hold beside the adapters
         mismatched = sorted(k for k in state if k in own and k not in loadable)
         # An import must fill the whole image-text model; the video path and task heads keep their own.
         required = [k for k in missing if k.startswith("model.") and not k.startswith(VIDEO_PATH)] if imported \
@@ -250,7 +284,8 @@ class MammutModule(L.LightningModule):
                              + (f"; shapes differ for {mismatched[:5]}" if mismatched else ""))
         if not loadable:
             raise ValueError(f"{path}: no parameter matches this model by name and shape")
-        self.load_state_dict(loadable, strict=False)
+        wrapped = {base_key(name): name for name in self.state_dict()}
+        self.load_state_dict({wrapped[k]: v for k, v in loadable.items()}, strict=False)
         if self.model.vision.tubes is not None and not any(k.startswith("model.vision.tubes.") for k in loadable):
             self.model.vision.initialise_tubes()  # image weights: the video tubes start from their patch embedding
         log.info("loaded %d tensors from %s; %d kept their initialisation%s", len(loadable), path, len(missing),
@@ -502,6 +537,16 @@ class MammutModule(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.hparams.get("adapter_checkpoints"):
+            if self.base_weights is None:
+                raise ValueError("adapter_checkpoints: the run has no base weights to refer to; set model.init_from")
+            # The trained parameters, the task heads' buffers, and what the base did not fill (e.g. a
+            # video path that image weights lack, frozen at its initialisation).
+            kept = {name for name, p in self.named_parameters() if p.requires_grad}
+            kept |= {f"tasks.{name}" for name, _ in self.tasks.named_buffers()}
+            kept |= {name for name in checkpoint["state_dict"] if base_key(name) in self.kept_initialisation}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in kept}
+            checkpoint["base_weights"] = self.base_weights.as_dict()
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["truncated_texts"] = self.truncated_texts
         checkpoint["loss_history"] = dict(self.loss_guard.history)
@@ -521,6 +566,26 @@ class MammutModule(L.LightningModule):
         for name, value in state.items():
             if name in own and own[name].shape != value.shape and own[name].numel() == value.numel() == 1:
                 state[name] = value.reshape(own[name].shape)
+        base = BaseWeights.from_checkpoint(checkpoint)
+        if base is not None:
+            self.attach_base(base)
+            for name, value in self.state_dict().items():  # the base's weights, under the adapter
+                state.setdefault(name, value)
+
+    def attach_base(self, base: BaseWeights) -> None:
+        """Make sure the base an adapter checkpoint was trained on is loaded: the model's own
+        ``init_from`` if it has one (checked by hash), or else the file the checkpoint names."""
+        if self.base_weights is not None:
+            base.check_same(self.base_weights)
+            return
+        if not Path(base.path).is_file():
+            raise FileNotFoundError(f"this adapter checkpoint adapts the base weights {base.path} "
+                                    f"(sha256 {base.sha256[:16]}...), which are not there: pass "
+                                    "--model.init_from=<that file, wherever it is now>")
+        found = BaseWeights.of(base.path)
+        base.check_same(found)
+        self.load_weights(base.path)
+        self.base_weights = found
 
 
 def report_table(report) -> str:

@@ -9,9 +9,11 @@ resume would be ignored without a word. Here the order is:
 2. the checkpoint's saved arguments, which describe the run being resumed;
 3. the values typed on this command line (``--model.lr=1e-5``), which win.
 
-Every setting that steps 2 and 3 change is logged. ``init_from`` is always dropped: the
-checkpoint holds every weight, and the file it names may have moved, or may be someone
-else's file that a shared checkpoint points to.
+Every setting that steps 2 and 3 change is logged. ``init_from`` is dropped: the checkpoint
+holds every weight, and the file it names may have moved, or may be someone else's file that
+a shared checkpoint points to. An adapter checkpoint (``mammut.adapters``) is the exception: it
+holds only the adapter, and ``init_from`` (given now, or else the one it was trained with) is
+its base, which the model checks against the hash the checkpoint records.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from jsonargparse import Namespace
 
+from mammut.adapters import is_adapter_checkpoint
 from mammut.checkpointing import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,12 @@ def apply_checkpoint_settings(parser, config: Namespace, subcommand: str, args: 
     if not ckpt_path:
         return config
     merged = config
+    adapter = False
     # A sharded checkpoint is a folder, restored by its strategy: its settings are not read here.
     if ckpt_path not in LIGHTNING_CHECKPOINT_NAMES and not Path(ckpt_path).is_dir():
-        hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters", {}))
+        checkpoint = read_checkpoint(ckpt_path)
+        adapter = is_adapter_checkpoint(checkpoint)
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         if hparams:
             saved = set(hparams) - {"_class_path"}
@@ -73,7 +79,7 @@ def apply_checkpoint_settings(parser, config: Namespace, subcommand: str, args: 
                 merged[dotted] = config[dotted]
         _report_changes(given, merged, subcommand, ckpt_path, "the command line's settings replace the checkpoint's")
     init_from = f"{subcommand}.model.init_args.init_from"
-    if init_from in merged and merged[init_from]:
+    if init_from in merged and merged[init_from] and not adapter:
         log.info("restoring %s: init_from=%s is not read, the checkpoint holds every weight", ckpt_path, merged[init_from])
         merged[init_from] = None
     return merged

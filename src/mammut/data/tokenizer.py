@@ -16,15 +16,21 @@ the token "!", so a "!" token is dropped when decoding) and its text gets open_c
 before encoding, which gives open_clip's ids. Its decoded text has a space after every
 pre-token, punctuation included ("double - decker"), as open_clip's has.
 
-Train one from COCO-captions files::
+Train one on dataset files (captions, VQA questions and answers, video captions and QA,
+category names), and check that the answers are whole tokens::
 
-    python -m mammut.data.tokenizer --captions train.json --vocab-size 4096 --out tokenizer.json
+    python -m mammut.data.tokenizer --captions train.json --vqa questions.json --vqa answers.json \
+        --vocab-size 4096 --out tokenizer.json --answers answers.json
+    python -m mammut.data.tokenizer --check your/tokenizer.json --answers answers.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -148,6 +154,10 @@ class CaptionTokenizer:
 
     # ----------------------------------------------------------------- encoding
 
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary entry of one id (byte-level pieces show a leading space as "Ġ")."""
+        return self._tokenizer.id_to_token(token_id)
+
     def token_ids(self, text: str) -> list[int]:
         """The ids of ``text`` alone, without special tokens."""
         # The file's own post-processor (e.g. BERT's [CLS] ... [SEP]) is bypassed: special
@@ -207,26 +217,127 @@ class CaptionTokenizer:
         return f"CaptionTokenizer(vocab_size={self.vocab_size}, special_token_ids={self.special_token_ids})"
 
 
-def _captions_of(files: Iterable[Path]) -> Iterable[str]:
-    for file in files:
-        # Images are not opened here, so the image root does not matter.
-        records, _ = read_coco_captions(file, image_root=file.parent)
-        for record in records:
-            yield from record.captions
+def _captions_of(file: Path) -> Iterable[str]:
+    # Images are not opened here, so the image root does not matter.
+    records, _ = read_coco_captions(file, image_root=file.parent)
+    for record in records:
+        yield from record.captions
+
+
+def _vqa_texts_of(file: Path) -> Iterable[str]:
+    """A VQAv2 questions file's questions, or an annotations file's answers."""
+    data = _json_of(file)
+    for question in data.get("questions", []):
+        yield question["question"]
+    for annotation in data.get("annotations", []):
+        yield from (answer["answer"] for answer in annotation.get("answers", []))
+        if "multiple_choice_answer" in annotation:
+            yield annotation["multiple_choice_answer"]
+
+
+def _msrvtt_texts_of(file: Path) -> Iterable[str]:
+    """An MSR-VTT ``videodatainfo`` file's captions."""
+    yield from (sentence["caption"] for sentence in _json_of(file).get("sentences", []))
+
+
+def _video_qa_texts_of(file: Path) -> Iterable[str]:
+    """An MSRVTT-QA or MSVD-QA file's questions and answers."""
+    for record in _json_of(file):
+        yield record["question"]
+        yield record["answer"]
+
+
+def _category_names_of(file: Path) -> Iterable[str]:
+    """A COCO or LVIS instances file's category names and synonyms (LVIS writes ``pet_food``)."""
+    for category in _json_of(file).get("categories", []):
+        yield from (name.replace("_", " ") for name in [category["name"], *category.get("synonyms", [])])
+
+
+def _json_of(file: Path):
+    try:
+        return json.loads(Path(file).read_text())
+    except (OSError, ValueError) as error:
+        raise DataFormatError(f"{file}: cannot read it as JSON ({error})") from error
+
+
+# A word, without the punctuation around it ("yes." and "yes!" are the word "yes").
+WORD = re.compile(r"[\w']+")
+
+# Command-line option -> the texts of one file in that format.
+TEXT_SOURCES = {
+    "captions": (_captions_of, "COCO captions JSON"),
+    "vqa": (_vqa_texts_of, "VQAv2 questions or annotations JSON (questions, answers)"),
+    "msrvtt": (_msrvtt_texts_of, "MSR-VTT videodatainfo JSON (captions)"),
+    "video_qa": (_video_qa_texts_of, "MSRVTT-QA / MSVD-QA JSON (questions, answers)"),
+    "instances": (_category_names_of, "COCO / LVIS instances JSON (category names)"),
+}
+
+
+def texts_of(sources: Mapping[str, Iterable[Path]]) -> Iterable[str]:
+    """Every text of the given files, by format (the keys of ``TEXT_SOURCES``)."""
+    for kind, files in sources.items():
+        read = TEXT_SOURCES[kind][0]
+        for file in files:
+            yield from read(Path(file))
+
+
+def words_in_pieces(tokenizer: CaptionTokenizer, texts: Iterable[str]) -> dict[str, list[str]]:
+    """The words of ``texts`` that the tokenizer spells in several pieces, each with its pieces.
+
+    A model learns such a word as a sequence of fragments; a frozen decoder (parameter-efficient
+    tuning) that never produced the fragments in that order has to be taught all of them.
+    """
+    split = {}
+    for word in {word for text in texts for word in WORD.findall(text.lower())}:
+        ids = tokenizer.token_ids(word)
+        if len(ids) > 1:
+            split[word] = [tokenizer.id_to_token(i) for i in ids]
+    return dict(sorted(split.items()))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m mammut.data.tokenizer", description="Train the caption tokenizer on COCO-captions files."
+        prog="python -m mammut.data.tokenizer",
+        description="Train the tokenizer on the texts of dataset files, and check that answers are whole tokens.",
     )
-    parser.add_argument("--captions", type=Path, action="append", required=True, help="COCO captions JSON; repeatable")
+    for kind, (_, help_text) in TEXT_SOURCES.items():
+        parser.add_argument(f"--{kind.replace('_', '-')}", type=Path, action="append", default=[],
+                            help=f"{help_text}; repeatable")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--min-frequency", type=int, default=2)
-    parser.add_argument("--out", type=Path, required=True, help="where to write tokenizer.json")
+    parser.add_argument("--out", type=Path, help="where to write the trained tokenizer.json")
+    parser.add_argument("--check", type=Path, help="an existing tokenizer.json to check instead of training one")
+    parser.add_argument("--answers", type=Path, action="append", default=[],
+                        help="VQAv2 annotations or video QA JSON whose answer words should each be one token; repeatable")
     args = parser.parse_args(argv)
-    tokenizer = CaptionTokenizer.train(_captions_of(args.captions), args.vocab_size, args.min_frequency)
-    tokenizer.save(args.out)
-    print(f"wrote {args.out}: {tokenizer}")
+    sources = {kind: getattr(args, kind) for kind in TEXT_SOURCES if getattr(args, kind)}
+    if args.check:
+        tokenizer = CaptionTokenizer.from_file(args.check)
+    else:
+        if not sources or not args.out:
+            parser.error("training needs --out and at least one text file (--captions, --vqa, ...)")
+        tokenizer = CaptionTokenizer.train(texts_of(sources), args.vocab_size, args.min_frequency)
+        tokenizer.save(args.out)
+        print(f"wrote {args.out}: {tokenizer}")
+    if args.answers:
+        in_pieces = words_in_pieces(tokenizer, answers_of(args.answers))
+        for word, pieces in in_pieces.items():
+            print(f"answer word {word!r} is {len(pieces)} tokens: {pieces}")
+        print(f"{len(in_pieces)} answer words are not single tokens" if in_pieces
+              else "every answer word is a single token")
+        if in_pieces and args.check:
+            sys.exit(1)
+
+
+def answers_of(files: Iterable[Path]) -> Iterable[str]:
+    """The answers of VQAv2 annotations files and video QA files."""
+    for file in files:
+        data = _json_of(file)
+        if isinstance(data, list):
+            yield from (record["answer"] for record in data)
+        else:
+            for annotation in data.get("annotations", []):
+                yield from (answer["answer"] for answer in annotation.get("answers", []))
 
 
 if __name__ == "__main__":
