@@ -1,23 +1,44 @@
-"""Training-step time of VQA fine-tuning: full fine-tuning against eP-ALM-style PEFT.
+"""Training-step time and memory of VQA fine-tuning: full fine-tuning against the PEFT modes.
 
     python bench/vqa_step.py                          # tiny preset, batch 128, bf16-mixed
     python bench/vqa_step.py --repeats 3 --warmup 1   # a quick check
 
-Both settings run the real VQA task code (``VQATask.encode``, the generative pass and
-``answer_loss``) on the same random batch of images and question-answer sequences, with
-AdamW over the trainable parameters. Full fine-tuning trains every weight; PEFT trains the
-prefix of configs/finetune_vqa_peft.yaml alone, with the encoder run without a graph.
-Timing rounds alternate the order of the settings, so load changes on a shared machine hit
-both alike; the table gives the median step.
+Four settings run the real VQA task code (``VQATask.encode``, the generative pass and
+``answer_loss``) on the same random batch of images and question-answer sequences, with AdamW
+over the trainable parameters: full fine-tuning; the eP-ALM prefix of
+configs/finetune_vqa_peft.yaml on the frozen model; the LoRA adapters of
+configs/finetune_vqa_lora.yaml; and both together. The PEFT settings are read from those
+files. Timing rounds alternate the order of the settings, so load changes on a shared machine
+hit all alike; the table gives the median step.
+
+Memory: the peak resident set size during one step above the resting size before it
+(activations, gradients and temporaries; Linux's VmHWM, reset through /proc/self/clear_refs),
+and the AdamW state and gradients that training keeps for the trainable parameters (fp32,
+counted). torch keeps no allocator statistics on the CPU.
 """
 
 from __future__ import annotations
 
-import torch
+import gc
+import statistics
+from pathlib import Path
 
+import torch
+import yaml
+
+from mammut.data.tokenizer import CaptionTokenizer
 from mammut.model import PrefixConfig, preset
+from mammut.model.lora import LoraConfig
 from mammut.tasks.vqa import VQAModule, answer_loss
+from memory import reset_peak, status_bytes
 from report import markdown_table, median_step_seconds, publish, random_batch, step_parser
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MIB = 2 ** 20
+
+
+def overlay(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
 
 
 def step_function(module: VQAModule):
@@ -35,33 +56,57 @@ def step_function(module: VQAModule):
     return step
 
 
+def step_peak_bytes(step, repeats: int = 3) -> float:
+    """Median peak RSS above the resting RSS over a few steps."""
+    peaks = []
+    for _ in range(repeats):
+        gc.collect()
+        resting = status_bytes("VmRSS")
+        reset_peak()
+        step()
+        peaks.append(status_bytes("VmHWM") - resting)
+    return statistics.median(peaks)
+
+
 def main() -> None:
-    args = step_parser(__doc__).parse_args()
+    parser = step_parser(__doc__)
+    parser.add_argument("--tokenizer", type=Path, default=CONFIGS.parent / "data/demo/tokenizer.json",
+                        help="the vocabulary the model is sized for (`make data` writes the demo's)")
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = preset(args.preset, context_length=24, patch_embedding="conv_stem")  # as configs/finetune_vqa.yaml
+    vocab_size = CaptionTokenizer.from_file(args.tokenizer).vocab_size
+    # As configs/finetune_vqa.yaml: context 24, the conv stem, the demo's vocabulary.
+    config = preset(args.preset, context_length=24, patch_embedding="conv_stem", vocab_size=vocab_size)
     images, tokens = random_batch(config, args.batch_size, torch.Generator().manual_seed(0))
     answer_start = torch.full((args.batch_size,), config.context_length // 2)
-    peft = PrefixConfig(prompt_tokens=8, visual_layers=[-3, -2, -1])  # as configs/finetune_vqa_peft.yaml
+    peft, lora = overlay("finetune_vqa_peft.yaml"), overlay("finetune_vqa_lora.yaml")
+    prefix = dict(peft=PrefixConfig(**peft["peft"]), freeze=peft["freeze"])
+    adapters = dict(lora=LoraConfig(**lora["lora"]))
     settings = {
         "full fine-tuning": VQAModule(architecture=config),
-        "PEFT (eP-ALM prefix)": VQAModule(architecture=config, peft=peft, freeze=["model.*"]),
+        "eP-ALM prefix": VQAModule(architecture=config, **prefix),
+        "LoRA": VQAModule(architecture=config, **adapters),
+        "prefix + LoRA": VQAModule(architecture=config, **prefix, **adapters),
     }
     steps = {name: step_function(module.train()) for name, module in settings.items()}
-    median = median_step_seconds({name: lambda step=step: step(images, tokens, answer_start)
-                                  for name, step in steps.items()}, args.warmup, args.repeats)
+    bound = {name: lambda step=step: step(images, tokens, answer_start) for name, step in steps.items()}
+    median = median_step_seconds(bound, args.warmup, args.repeats)
+    peaks = {name: step_peak_bytes(step) for name, step in bound.items()}
     rows = []
+    full = next(iter(settings))
     for name, module in settings.items():
         trainable, total = module.parameter_counts()
-        rows.append([name, f"{trainable:,}", f"{total:,}", f"{100 * trainable / total:.2f}%",
-                     f"{median[name] * 1e3:.0f}", f"{args.batch_size / median[name]:.0f}"])
-    full, peft_name = list(settings)
-    table = markdown_table(["setting", "trainable", "total", "trainable share", "ms / step", "questions/s"], rows)
-    notes = (f"Preset `{args.preset}` (context 24, conv stem as in the VQA configs), bf16 autocast, "
-             f"batch {args.batch_size}, {args.warmup} warm-up and "
-             f"{args.repeats} timed steps per setting, medians. PEFT step / full step: "
-             f"{median[peft_name] / median[full]:.2f}.")
-    publish("VQA training step: full fine-tuning vs eP-ALM-style PEFT", f"{table}\n\n{notes}", args.results)
+        kept = 3 * 4 * trainable  # fp32 gradient and AdamW's two moments per trainable number
+        rows.append([name, f"{trainable:,}", f"{100 * trainable / total:.2f}%", f"{median[name] * 1e3:.0f}",
+                     f"{median[name] / median[full]:.2f}", f"{peaks[name] / MIB:.0f}", f"{kept / MIB:.1f}"])
+    table = markdown_table(["setting", "trainable", "trainable share", "ms / step", "step / full step",
+                            "step peak above resting (MiB)", "gradients + AdamW state (MiB)"], rows)
+    notes = (f"Preset `{args.preset}` (context 24, conv stem, vocabulary {vocab_size} as in the VQA configs), "
+             "bf16 autocast, "
+             f"batch {args.batch_size}, {args.warmup} warm-up and {args.repeats} timed steps per setting, medians; "
+             "the PEFT settings are those of configs/finetune_vqa_peft.yaml and configs/finetune_vqa_lora.yaml.")
+    publish("VQA training step: full fine-tuning, eP-ALM prefix, LoRA, both", f"{table}\n\n{notes}", args.results)
 
 
 if __name__ == "__main__":

@@ -180,3 +180,18 @@ def test_adapter_checkpoints_reload_merge_and_refuse_another_base(tiny_demo, tmp
     assert merged_checkpoint["hyper_parameters"]["lora"] is None
     assert merged_checkpoint["hyper_parameters"]["architecture"]["tie_word_embeddings"] is False
     assert validate(f"--ckpt_path={merged}") == trained_accuracy
+
+
+def test_a_vqa_run_warns_when_answers_are_split_into_pieces(tiny_demo, tmp_path, caplog):
+    from mammut.data.tokenizer import main as tokenizer_main
+    captions_only = tmp_path / "captions_only.json"
+    tokenizer_main(["--captions", str(tiny_demo / "annotations/captions_train.json"), "--out", str(captions_only)])
+    for tokenizer, warned in ((captions_only, True), (tiny_demo / "tokenizer.json", False)):
+        caplog.clear()
+        data = VQADataModule(root=str(tiny_demo), tokenizer=str(tokenizer), num_workers=0)
+        data.connect(image_size=64, context_length=24, frames=1)
+        data.setup("fit")
+        warnings = [r.getMessage() for r in caplog.records if "answer words" in r.getMessage()]
+        assert bool(warnings) == warned
+        if warned:
+            assert re.search(r"\d+ answer words of the training split are several tokens", warnings[0])

@@ -88,6 +88,22 @@ def test_the_prefix_peft_trains_on_clips_with_the_whole_model_frozen(tiny_demo, 
 
 
 @pytest.mark.slow
+def test_lora_adapts_video_qa_and_its_adapter_checkpoint_holds_the_tubes(tiny_demo, tmp_path, pretrained):
+    """The LoRA overlay is a setting of the shared model, so it adapts video QA as it does VQA. The
+    tubes, which the image checkpoint lacks, are saved beside the adapters: the base cannot restore them."""
+    start = tmp_path / "start.pt"
+    tiny_run.run("fit", tiny_demo, tmp_path / "lora", *VIDEO_WIDTH, f"--model.init_from={pretrained}",
+                 "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+                 *tiny_run.checkpoint_every(tmp_path, 2, snapshot=start), config=[QA, "configs/finetune_vqa_lora.yaml"])
+    before = torch.load(start, weights_only=True)
+    after = torch.load(next((tmp_path / "lora").rglob("last.ckpt")), weights_only=True)["state_dict"]
+    changed = {name for name, value in after.items() if not torch.equal(value, before[name])}
+    assert changed and all(".lora_" in name for name in changed)
+    assert all(".lora_" in name or name.startswith("model.vision.tubes.") for name in after)
+    assert any(name.startswith("model.vision.tubes.") for name in after)
+
+
+@pytest.mark.slow
 def test_video_captioning_fine_tunes_and_logs_frame_strips(tiny_demo, tmp_path, pretrained, capsys):
     out = tmp_path / "caption"
     capsys.readouterr()

@@ -169,9 +169,8 @@ class MammutModule(L.LightningModule):
         never reads the model; each task is given the tokenizer and the data's reference
         information, and never reads the trainer's data module itself.
         """
-        if self.hparams.get("adapter_checkpoints") and isinstance(self.trainer.strategy, SHARDED_CHECKPOINTS):
-            raise ValueError(f"adapter_checkpoints works with one device or DDP, not with the sharding strategy "
-                             f"{type(self.trainer.strategy).__name__}: set --model.adapter_checkpoints=false")
+        if stage == "fit" and self.hparams.get("adapter_checkpoints"):
+            self._check_adapter_checkpoints()
         data = getattr(self.trainer, "datamodule", None)
         if data is not None and hasattr(data, "connect"):
             a = self.architecture
@@ -183,6 +182,15 @@ class MammutModule(L.LightningModule):
                 tokenizer=getattr(data, "tokenizer", None),
                 references=data.references_for(name) if hasattr(data, "references_for") else {},
                 output_dir=Path(self.trainer.log_dir) if self.trainer.log_dir else None))
+
+    def _check_adapter_checkpoints(self) -> None:
+        """Fail before the first step, not at the first save, where adapter checkpoints cannot be written."""
+        if isinstance(self.trainer.strategy, SHARDED_CHECKPOINTS):
+            raise ValueError(f"adapter_checkpoints works with one device or DDP, not with the sharding strategy "
+                             f"{type(self.trainer.strategy).__name__}: set --model.adapter_checkpoints=false")
+        if self.base_weights is None:
+            raise ValueError("adapter_checkpoints: an adapter refers to its base weights, and this run has none; "
+                             "set model.init_from (or adapter_checkpoints: false)")
 
     # ------------------------------------------------- compilation, sharding
     def transformer_blocks(self) -> list[nn.Module]:
@@ -538,8 +546,6 @@ class MammutModule(L.LightningModule):
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.hparams.get("adapter_checkpoints"):
-            if self.base_weights is None:
-                raise ValueError("adapter_checkpoints: the run has no base weights to refer to; set model.init_from")
             # The trained parameters, the task heads' buffers, and what the base did not fill (e.g. a
             # video path that image weights lack, frozen at its initialisation).
             kept = {name for name, p in self.named_parameters() if p.requires_grad}
