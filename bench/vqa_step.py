@@ -1,6 +1,6 @@
 """Training-step time and memory of VQA fine-tuning: full fine-tuning against the PEFT modes.
 
-    python bench/vqa_step.py                          # tiny preset, batch 128, bf16-mixed
+    python bench/vqa_step.py                          # tiny preset, batch 128, bf16 where the CPU has it
     python bench/vqa_step.py --repeats 3 --warmup 1   # a quick check
 
 Four settings run the real VQA task code (``VQATask.encode``, the generative pass and
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from mammut.cli import cpu_has_native_bf16
 from mammut.data.tokenizer import CaptionTokenizer
 from mammut.model import PrefixConfig, preset
 from mammut.model.lora import LoraConfig
@@ -41,12 +42,12 @@ def overlay(name: str) -> dict:
     return yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
 
 
-def step_function(module: VQAModule):
+def step_function(module: VQAModule, bf16: bool):
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     pad_id = module.architecture.pad_id
 
     def step(images, tokens, answer_start):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             visual_tokens, prefix = module.tasks["vqa"].encode(module.model, images)
             logits = module.model.caption_logits(tokens[:, :-1], visual_tokens, prefix)
             loss = answer_loss(logits, tokens, answer_start, pad_id)
@@ -72,6 +73,8 @@ def main() -> None:
     parser = step_parser(__doc__)
     parser.add_argument("--tokenizer", type=Path, default=CONFIGS.parent / "data/demo/tokenizer.json",
                         help="the vocabulary the model is sized for (`make data` writes the demo's)")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16" if cpu_has_native_bf16() else "fp32",
+                        help="bf16 autocast (as bf16-mixed) or fp32; default bf16 where the CPU runs it natively")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -89,7 +92,7 @@ def main() -> None:
         "LoRA": VQAModule(architecture=config, **adapters),
         "prefix + LoRA": VQAModule(architecture=config, **prefix, **adapters),
     }
-    steps = {name: step_function(module.train()) for name, module in settings.items()}
+    steps = {name: step_function(module.train(), args.precision == "bf16") for name, module in settings.items()}
     bound = {name: lambda step=step: step(images, tokens, answer_start) for name, step in steps.items()}
     median = median_step_seconds(bound, args.warmup, args.repeats)
     peaks = {name: step_peak_bytes(step) for name, step in bound.items()}
@@ -103,7 +106,7 @@ def main() -> None:
     table = markdown_table(["setting", "trainable", "trainable share", "ms / step", "step / full step",
                             "step peak above resting (MiB)", "gradients + AdamW state (MiB)"], rows)
     notes = (f"Preset `{args.preset}` (context 24, conv stem, vocabulary {vocab_size} as in the VQA configs), "
-             "bf16 autocast, "
+             f"{'bf16 autocast' if args.precision == 'bf16' else 'fp32'}, "
              f"batch {args.batch_size}, {args.warmup} warm-up and {args.repeats} timed steps per setting, medians; "
              "the PEFT settings are those of configs/finetune_vqa_peft.yaml and configs/finetune_vqa_lora.yaml.")
     publish("VQA training step: full fine-tuning, eP-ALM prefix, LoRA, both", f"{table}\n\n{notes}", args.results)

@@ -8,7 +8,7 @@ import torch
 import yaml
 from timm.models.vision_transformer import Block
 
-from mammut.cli import main
+from mammut.cli import cpu_has_native_bf16, main, warn_if_bf16_is_emulated
 from mammut.model import MammutConfig
 from mammut.model.text_decoder import DecoderLayer
 from mammut.tasks.pretrain import PretrainModule
@@ -64,3 +64,10 @@ def test_compile_flag_compiles_each_transformer_block_in_configure_model(compile
     assert all(block._compiled_call_impl is None for block in module.transformer_blocks())
     module.configure_model()
     assert all((block._compiled_call_impl is not None) == compile for block in module.transformer_blocks())
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "32-true"])
+def test_a_bf16_run_on_a_cpu_without_native_bf16_is_warned_about(precision):
+    warned = warn_if_bf16_is_emulated(precision, "cpu")
+    assert warned == ("bf16" in precision and not cpu_has_native_bf16())
+    assert not warn_if_bf16_is_emulated(precision, "gpu")

@@ -52,6 +52,7 @@ class MammutCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_deepspeed_can_run(config.trainer.strategy)
+        warn_if_bf16_is_emulated(config.trainer.precision, config.trainer.accelerator)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -75,6 +76,27 @@ def data_parallel_over_every_process(strategy) -> None:
     if (isinstance(strategy, ModelParallelStrategy) and strategy._data_parallel_size == "auto"
             and strategy._tensor_parallel_size == 1):
         strategy._data_parallel_size = strategy.num_nodes * strategy.num_processes
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX-512 BF16 or AMX). Without them
+    torch falls back to a reference kernel that is orders of magnitude slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def warn_if_bf16_is_emulated(precision, accelerator) -> bool:
+    """Warn, before anything is built, when a bf16 run will train on a CPU without native bf16.
+    Returns whether it warned."""
+    on_cpu = str(accelerator) == "cpu" or (str(accelerator) == "auto" and not torch.cuda.is_available())
+    if not (on_cpu and "bf16" in str(precision) and not cpu_has_native_bf16()):
+        return False
+    logging.getLogger("mammut").warning(
+        "precision %s on a CPU without native bf16 (no AVX-512 BF16 or AMX): its bf16 matmuls are emulated and "
+        "run far slower than fp32. Add --trainer.precision=32-true.", precision)
+    return True
 
 
 def check_deepspeed_can_run(strategy) -> None:
