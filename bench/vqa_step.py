@@ -11,16 +11,23 @@ configs/finetune_vqa_lora.yaml; and both together. The PEFT settings are read fr
 files. Timing rounds alternate the order of the settings, so load changes on a shared machine
 hit all alike; the table gives the median step.
 
-Memory: the peak resident set size during one step above the resting size before it
+Memory: the peak resident set size during a step above the resting size before it
 (activations, gradients and temporaries; Linux's VmHWM, reset through /proc/self/clear_refs),
-and the AdamW state and gradients that training keeps for the trainable parameters (fp32,
-counted). torch keeps no allocator statistics on the CPU.
+measured for each setting in a fresh process with large buffers returned to the system on free,
+as bench/memory.py does, so that no setting reuses another's freed memory; and the AdamW state
+and gradients kept for the trainable parameters (fp32, counted). torch keeps no allocator
+statistics on the CPU.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -69,12 +76,22 @@ def step_peak_bytes(step, repeats: int = 3) -> float:
     return statistics.median(peaks)
 
 
+def peak_in_fresh_process(args, name: str) -> float:
+    command = [sys.executable, __file__, "--measure-memory", name, "--preset", args.preset,
+               "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--tokenizer", str(args.tokenizer), "--precision", args.precision]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak"]
+
+
 def main() -> None:
     parser = step_parser(__doc__)
     parser.add_argument("--tokenizer", type=Path, default=CONFIGS.parent / "data/demo/tokenizer.json",
                         help="the vocabulary the model is sized for (`make data` writes the demo's)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16" if cpu_has_native_bf16() else "fp32",
                         help="bf16 autocast (as bf16-mixed) or fp32; default bf16 where the CPU runs it natively")
+    parser.add_argument("--measure-memory", metavar="SETTING", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -92,10 +109,15 @@ def main() -> None:
         "LoRA": VQAModule(architecture=config, **adapters),
         "prefix + LoRA": VQAModule(architecture=config, **prefix, **adapters),
     }
+    if args.measure_memory:  # one setting, in its own process: print its peak and stop
+        step = step_function(settings[args.measure_memory].train(), args.precision == "bf16")
+        step(images, tokens, answer_start)  # AdamW allocates its state at the first step
+        print(json.dumps({"peak": step_peak_bytes(lambda: step(images, tokens, answer_start))}))
+        return
     steps = {name: step_function(module.train(), args.precision == "bf16") for name, module in settings.items()}
     bound = {name: lambda step=step: step(images, tokens, answer_start) for name, step in steps.items()}
     median = median_step_seconds(bound, args.warmup, args.repeats)
-    peaks = {name: step_peak_bytes(step) for name, step in bound.items()}
+    peaks = {name: peak_in_fresh_process(args, name) for name in settings}
     rows = []
     full = next(iter(settings))
     for name, module in settings.items():
