@@ -73,7 +73,9 @@ def test_a_terminal_gets_the_progress_bar(tiny_demo, tmp_path):
     os.close(leader)
     text = b"".join(chunks).decode(errors="replace")
     assert process.wait(timeout=60) == 0, text[-4000:]
-    assert "\r" in text and "Epoch 0:" in text
+    # Lightning's own bar, redrawn in place: tqdm's (carriage returns) or, where rich is installed
+    # (peft's dependencies bring it), rich's (cursor escapes).
+    assert "Epoch 0" in text and ("\r" in text or "\x1b[" in text)
     assert not re.search(r"^step \d+/6", text, flags=re.MULTILINE)
 
 
