@@ -66,10 +66,6 @@ def is_lora_layer(module: nn.Module) -> bool:
     return isinstance(module, LoraLayer)
 
 
-def has_lora(model: nn.Module) -> bool:
-    return any(".lora_" in name for name, _ in model.named_parameters())
-
-
 def merge_lora(model: nn.Module) -> int:
     """Fold every LoRA update into its base weight and put the plain layer back in its place, so
     the model has its original names and no adapter. A weight shared with another module (the
