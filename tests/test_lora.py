@@ -195,3 +195,18 @@ def test_a_vqa_run_warns_when_answers_are_split_into_pieces(tiny_demo, tmp_path,
         assert bool(warnings) == warned
         if warned:
             assert re.search(r"\d+ answer words of the training split are several tokens", warnings[0])
+
+
+def test_adapter_checkpoints_are_refused_under_sharding_before_the_first_step(bases):
+    """Sharded checkpoints cannot be cut down to the adapters: the run stops at set-up, not at its
+    first save. (FSDP1 and DeepSpeed, refused by the same check, need a GPU to build a Trainer.)"""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    module = VQAModule(architecture=MammutConfig(**SMALL, vocab_size=64), init_from=str(bases[0]),
+                       freeze=["model.*"], lora=LoraConfig(rank=2, targets=["decoder.lm_head"]),
+                       adapter_checkpoints=True)
+    module.trainer = L.Trainer(accelerator="cpu", strategy=ModelParallelStrategy(), logger=False)
+    with pytest.raises(ValueError, match="not with the sharding strategy ModelParallelStrategy"):
+        module.setup("fit")
+    module.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)
+    module.setup("fit")  # one device: allowed

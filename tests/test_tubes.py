@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mammut.model.tubes import SparseTubes, TubeShape, inflate_patch_kernel, sincos_3d
+from mammut.model.tubes import SparseTubes, TubeShape, inflate_patch_kernel, sincos_3d, temporal_ramp
 
 CUBE = TubeShape((4, 8, 8), (8, 16, 16))
 THIN = TubeShape((8, 4, 4), (4, 16, 16), (2, 4, 4))
@@ -90,3 +90,47 @@ def test_position_embeddings_follow_the_tube_centres_in_time_and_space():
     tubes = SparseTubes([CUBE, FRAME], width=48, frames=16, image_size=64, patch_size=8)
     assert not tubes.position_embedding.requires_grad and "position_embedding" not in tubes.state_dict()
     assert tubes.position_scale.requires_grad  # its gain is learned
+
+
+def test_the_temporal_ramp_turns_a_change_into_its_difference():
+    for frames in (2, 5, 16):
+        ramp = temporal_ramp(frames)
+        assert abs(ramp.sum()) < 1e-6 and torch.allclose(ramp[ramp > 0].sum(), torch.tensor(1.0))
+        assert torch.all(ramp[1:] > ramp[:-1])  # rising: later frames weigh more
+    before, after = torch.randn(3), torch.randn(3)
+    clip = torch.stack([before] * 8 + [after] * 8)  # (16, 3): A for 8 frames, then B
+    torch.testing.assert_close(temporal_ramp(16) @ clip, after - before)
+
+
+@pytest.mark.parametrize("from_patch_embedding", [True, False], ids=["linear_patch", "random"])
+def test_a_motion_tube_is_silent_on_a_static_clip_and_flips_sign_when_time_runs_backwards(from_patch_embedding):
+    torch.manual_seed(4)
+    patch_embedding = nn.Conv2d(3, 48, kernel_size=8, stride=8) if from_patch_embedding else None
+    motion = TubeShape((16, 8, 8), (16, 12, 12), (0, 4, 4), init="motion")
+    tubes = SparseTubes([motion], width=48, frames=16, image_size=32, patch_size=8, patch_embedding=patch_embedding)
+    conv = tubes.kernels["0"]
+    bias = conv.bias[None, None]
+    static = torch.randn(2, 3, 32, 32)[:, :, None].expand(-1, -1, 16, -1, -1)
+    with torch.no_grad():
+        silent = tubes(static) - tubes.position_embedding
+        moving = torch.randn(2, 3, 16, 32, 32)
+        forward = tubes(moving) - tubes.position_embedding - bias
+        backward = tubes(moving.flip(2)) - tubes.position_embedding - bias
+    torch.testing.assert_close(silent, bias.expand_as(silent), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(backward, -forward, rtol=1e-4, atol=1e-4)
+    assert forward.abs().mean() > 0.1  # and it does respond to change
+
+
+def test_a_motion_tube_from_a_patch_embedding_embeds_the_late_frame_minus_the_early_one():
+    """A clip that cuts from image A to image B half-way: the token is W·(B - A) + bias, where W is
+    the image model's patch kernel."""
+    torch.manual_seed(5)
+    patch_embedding = nn.Conv2d(3, 48, kernel_size=8, stride=8)
+    motion = TubeShape((16, 8, 8), (16, 8, 8), init="motion")
+    tubes = SparseTubes([motion], width=48, frames=16, image_size=32, patch_size=8, patch_embedding=patch_embedding)
+    before, after = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    clip = torch.cat([before[:, :, None].expand(-1, -1, 8, -1, -1), after[:, :, None].expand(-1, -1, 8, -1, -1)], 2)
+    with torch.no_grad():
+        tokens = tubes(clip) - tubes.position_embedding
+        expected = patch_tokens(patch_embedding)(after) - patch_tokens(patch_embedding)(before) + patch_embedding.bias
+    torch.testing.assert_close(tokens, expected, rtol=1e-4, atol=1e-4)

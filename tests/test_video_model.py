@@ -95,6 +95,10 @@ def test_bad_tube_settings_and_inputs_are_refused_with_the_reason():
         small_config(tube_shapes=[{"kernel": [32, 8, 8], "stride": [1, 8, 8]}])
     with pytest.raises(ValueError, match=r"tube_shapes\[0\]"):
         small_config(tube_shapes=[{"kernel": [4, 8], "stride": [1, 8, 8]}])
+    with pytest.raises(ValueError, match=r"tube_shapes\[0\]"):
+        small_config(tube_shapes=[{"kernel": [4, 8, 8], "stride": [1, 8, 8], "init": "sideways"}])
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        small_config(tube_shapes=[{"kernel": [1, 8, 8], "stride": [1, 16, 16], "init": "motion"}])
     with pytest.raises(ValueError, match="no video path"):
         Mammut(MammutConfig(**SMALL)).encode_image(torch.randn(1, 3, 16, 32, 32))
     with pytest.raises(ValueError, match="clips must be"):

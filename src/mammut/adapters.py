@@ -13,8 +13,11 @@ any other sign.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from torch import Tensor
 
 HASH_CHUNK = 1 << 24  # bytes read at a time while hashing
 
@@ -60,4 +63,10 @@ class BaseWeights:
 
 def is_adapter_checkpoint(checkpoint: dict) -> bool:
     return "base_weights" in checkpoint
+
+
+def adapter_state(state: dict[str, Tensor], trained: set[str], base_filled: Callable[[str], bool]) -> dict[str, Tensor]:
+    """The part of a full state dict an adapter checkpoint keeps: the ``trained`` tensors (adapters,
+    prefix, task heads and their buffers) and every tensor the base file did not fill."""
+    return {name: value for name, value in state.items() if name in trained or not base_filled(name)}
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mammut import sharding
-from mammut.adapters import BaseWeights
+from mammut.adapters import BaseWeights, adapter_state
 from mammut.loss_guard import LossGuard
 from mammut.model import GenerationConfig, Mammut, MammutConfig
 from mammut.model.lora import LoraConfig, add_lora, base_key
@@ -548,10 +548,10 @@ class MammutModule(L.LightningModule):
         if self.hparams.get("adapter_checkpoints"):
             # The trained parameters, the task heads' buffers, and what the base did not fill (e.g. a
             # video path that image weights lack, frozen at its initialisation).
-            kept = {name for name, p in self.named_parameters() if p.requires_grad}
-            kept |= {f"tasks.{name}" for name, _ in self.tasks.named_buffers()}
-            kept |= {name for name in checkpoint["state_dict"] if base_key(name) in self.kept_initialisation}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in kept}
+            trained = {name for name, p in self.named_parameters() if p.requires_grad}
+            trained |= {f"tasks.{name}" for name, _ in self.tasks.named_buffers()}
+            checkpoint["state_dict"] = adapter_state(checkpoint["state_dict"], trained,
+                                                     lambda name: base_key(name) not in self.kept_initialisation)
             checkpoint["base_weights"] = self.base_weights.as_dict()
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["truncated_texts"] = self.truncated_texts

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .tubes import TubeShape
+from .tubes import TUBE_INITS, TubeShape
 
 
 TEXT_POOLING = ("eos", "mean", "mean_all")
@@ -40,9 +40,11 @@ class MammutConfig:
     # model/tubes.py) that go through the same ViT blocks once. Each tube is
     # {kernel: [t, h, w], stride: [t, h, w], offset: [t, h, w]} in frames and pixels; a kernel
     # [1, patch_size, patch_size] of spatial stride patch_size and no spatial offset is the image
-    # path on the frames it picks. None: an image-only model (no tube parameters).
+    # path on the frames it picks. A tube may add init: motion (a kernel that starts as a temporal
+    # derivative, see model/tubes.py) rather than the default init: inflate. None: an image-only
+    # model (no tube parameters).
     video_frames: int = 16
-    tube_shapes: list[dict[str, list[int]]] | None = None
+    tube_shapes: list[dict[str, list[int] | str]] | None = None
     # Modality-specific layers for video beside the shared ones (mPLUG-2, Xu et al. 2023): before
     # each ViT block listed here, clips (never images) pass a block of their own, whose residual
     # branches start near zero (LayerScale 1e-4) so that a pretrained image model is kept at first.
@@ -127,12 +129,14 @@ class MammutConfig:
         shapes = []
         for position, spec in enumerate(self.tube_shapes or []):
             sizes = {key: tuple(spec.get(key, (0, 0, 0))) for key in ("kernel", "stride", "offset")}
-            well_formed = (set(spec) <= set(sizes) and {"kernel", "stride"} <= set(spec)
-                           and all(len(size) == 3 for size in sizes.values()))
+            init = spec.get("init", "inflate")
+            well_formed = (set(spec) <= {*sizes, "init"} and {"kernel", "stride"} <= set(spec)
+                           and all(len(size) == 3 for size in sizes.values()) and init in TUBE_INITS)
             if not well_formed or min(sizes["kernel"] + sizes["stride"]) < 1 or min(sizes["offset"]) < 0:
                 raise ValueError(f"tube_shapes[{position}] = {spec}: expected {{kernel: [t, h, w], stride: [t, h, w], "
-                                 "offset: [t, h, w]}} with positive kernel and stride and an offset of 0 or more")
-            shape = TubeShape(sizes["kernel"], sizes["stride"], sizes["offset"])
+                                 "offset: [t, h, w], init: inflate | motion}} with positive kernel and stride and "
+                                 "an offset of 0 or more")
+            shape = TubeShape(sizes["kernel"], sizes["stride"], sizes["offset"], init)
             shape.grid(self.video_frames, self.image_size)
             shapes.append(shape)
         if self.tube_shapes is not None and not shapes:

@@ -14,6 +14,12 @@ After TubeViT (Piergiovanni et al., "Rethinking Video ViTs: Sparse Video Tubes",
   and Zisserman 2017, Sec. 2.2). On a clip of one repeated frame each tube then responds as the
   2D patch embedding does to that frame, so a pretrained image model works on video at once.
   The single-frame tube is the image model's own patch embedding, applied to the frames it picks.
+- A tube may instead start as a motion detector (``init: motion``): the same spatial kernel
+  (or a random one, where the image model has no linear patch embedding) weighted by a
+  zero-mean ramp over its frames, so that it embeds the difference between the tube's late and
+  early frames. It is silent on a static clip, and a moving edge gives a token whose sign
+  follows the direction of travel. An inflated kernel averages motion away, and one learned
+  from random start must find it in the data first.
 """
 
 from __future__ import annotations
@@ -25,14 +31,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# How a tube's 3D kernel starts: inflated from the 2D patch kernel, or as a temporal derivative.
+TUBE_INITS = ("inflate", "motion")
+
 
 @dataclass(frozen=True)
 class TubeShape:
-    """One tube: a kernel of (frames, height, width), moved by ``stride`` from ``offset``."""
+    """One tube: a kernel of (frames, height, width), moved by ``stride`` from ``offset``, whose
+    weights start as ``init`` (one of ``TUBE_INITS``)."""
 
     kernel: tuple[int, int, int]
     stride: tuple[int, int, int]
     offset: tuple[int, int, int] = (0, 0, 0)
+    init: str = "inflate"
+
+    def __post_init__(self):
+        if self.init not in TUBE_INITS:
+            raise ValueError(f"tube init must be one of {TUBE_INITS}, got {self.init!r}")
+        if self.init == "motion" and self.kernel[0] < 2:
+            raise ValueError(f"a motion tube needs at least 2 frames to compare, got kernel {self.kernel}")
 
     def grid(self, frames: int, size: int) -> tuple[int, int, int]:
         """Tubes along (time, y, x) in a clip of ``frames`` frames of ``size`` × ``size`` pixels."""
@@ -65,11 +82,29 @@ def inflate_patch_kernel(weight: Tensor, kernel: tuple[int, int, int]) -> Tensor
     not change), then spread evenly over t frames.
     """
     frames, height, width = kernel
+    return resized_patch_kernel(weight, height, width).unsqueeze(2).expand(-1, -1, frames, -1, -1) / frames
+
+
+def temporal_ramp(frames: int) -> Tensor:
+    """(frames,) weights rising linearly through zero, the later half summing to 1: applied to a
+    clip that changes from A to B half-way, they give B - A; applied to a static clip, 0."""
+    ramp = torch.arange(frames, dtype=torch.float64) - (frames - 1) / 2
+    return (ramp / ramp.clamp(min=0).sum()).float()
+
+
+def motion_kernel(spatial: Tensor, frames: int) -> Tensor:
+    """A 2D kernel (C_out, C_in, h, w) as a 3D kernel (C_out, C_in, frames, h, w) that embeds the
+    ramp-weighted difference between the late and the early frames (``temporal_ramp``)."""
+    return spatial.unsqueeze(2) * temporal_ramp(frames).to(spatial)[:, None, None]
+
+
+def resized_patch_kernel(weight: Tensor, height: int, width: int) -> Tensor:
+    """A 2D patch kernel resized to (height, width), its sum over each window kept."""
     p_h, p_w = weight.shape[-2:]
-    resized = weight if (height, width) == (p_h, p_w) else \
-        F.interpolate(weight.float(), size=(height, width), mode="bilinear", align_corners=False) * (
-            p_h * p_w / (height * width))
-    return resized.unsqueeze(2).expand(-1, -1, frames, -1, -1) / frames
+    if (height, width) == (p_h, p_w):
+        return weight
+    return F.interpolate(weight.float(), size=(height, width), mode="bilinear", align_corners=False) * (
+        p_h * p_w / (height * width))
 
 
 class SparseTubes(nn.Module):
@@ -97,6 +132,12 @@ class SparseTubes(nn.Module):
         # the order of the tokens themselves: loud enough for the blocks to tell early tubes from
         # late ones, which the directions of motion and changes of size need.
         self.position_scale = nn.Parameter(torch.ones(1))
+        with torch.no_grad():  # motion tubes start as derivatives of a random 2D kernel, as a patch embedding starts
+            for index, conv in self.kernels.items():
+                if self.shapes[int(index)].init == "motion":
+                    spatial = torch.empty(conv.weight.shape[:2] + conv.weight.shape[3:])
+                    nn.init.kaiming_uniform_(spatial, a=5 ** 0.5)  # nn.Conv2d's own initialisation
+                    conv.weight.copy_(motion_kernel(spatial, conv.weight.shape[2]))
         if patch_embedding is not None:
             self.initialise_from(patch_embedding)
 
@@ -110,9 +151,13 @@ class SparseTubes(nn.Module):
 
     @torch.no_grad()
     def initialise_from(self, patch_embedding: nn.Conv2d) -> None:
-        """Every 3D tube kernel from the image model's linear patch embedding (TubeViT Sec. 3.3)."""
+        """Every 3D tube kernel from the image model's linear patch embedding (TubeViT Sec. 3.3):
+        inflated, or, for a motion tube, as the temporal derivative of the resized patch kernel."""
         for index, conv in self.kernels.items():
-            conv.weight.copy_(inflate_patch_kernel(patch_embedding.weight, self.shapes[int(index)].kernel))
+            shape = self.shapes[int(index)]
+            frames, height, width = shape.kernel
+            conv.weight.copy_(motion_kernel(resized_patch_kernel(patch_embedding.weight, height, width), frames)
+                              if shape.init == "motion" else inflate_patch_kernel(patch_embedding.weight, shape.kernel))
             if patch_embedding.bias is not None:
                 conv.bias.copy_(patch_embedding.bias)
             else:  # a bias-free patch embedding (CLIP's ViTs): no bias in the tubes either
