@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import asdict
 
 import pytest
@@ -11,6 +9,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from conftest import REPO
+from mammut.cli import main
 from mammut.model import PRESETS
 from mammut.tasks.detection import DetectionDataModule
 from mammut.tasks.pretrain import ImageTextDataModule
@@ -23,14 +22,21 @@ OVERLAYS = {"configs/finetune_vqa_peft.yaml": "configs/finetune_vqa.yaml",
             "configs/finetune_vqa_lora.yaml": "configs/finetune_vqa.yaml"}
 
 
+def print_config(*args: str, capsys, monkeypatch) -> str:
+    """What `mammut fit ARGS --print_config` prints, run in this process from the repository root."""
+    monkeypatch.chdir(REPO)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=str)
-def test_recipe_parses(recipe):
+def test_recipe_parses(recipe, capsys, monkeypatch):
     base = OVERLAYS.get(str(recipe))
     configs = [*(["--config", base] if base else []), "--config", str(recipe)]
-    result = subprocess.run([sys.executable, "-m", "mammut.cli", "fit", *configs, "--print_config"],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    assert "class_path: mammut.tasks." in result.stdout
+    assert "class_path: mammut.tasks." in print_config(*configs, capsys=capsys, monkeypatch=monkeypatch)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -40,13 +46,10 @@ def test_model_preset_yaml_matches_the_python_preset(name):
     assert shipped == expected
 
 
-def test_a_preset_file_switches_the_architecture():
-    result = subprocess.run(
-        [sys.executable, "-m", "mammut.cli", "fit", "--config", "configs/pretrain.yaml",
-         "--model.architecture=configs/model/small.yaml", "--print_config"],
-        capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    config = yaml.safe_load(result.stdout)
+def test_a_preset_file_switches_the_architecture(capsys, monkeypatch):
+    config = yaml.safe_load(print_config("--config", "configs/pretrain.yaml",
+                                         "--model.architecture=configs/model/small.yaml",
+                                         capsys=capsys, monkeypatch=monkeypatch))
     assert config["model"]["init_args"]["architecture"]["vision_width"] == PRESETS["small"].vision_width
 
 
