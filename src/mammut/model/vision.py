@@ -88,9 +88,9 @@ class VisionEncoder(nn.Module):
         if isinstance(projection, nn.Conv2d):
             self.tubes.initialise_from(projection)
         elif self.tubes.kernels:
-            logger.info("the 3D video tubes keep their own initialisation (random, or a random derivative for motion "
-                        "tubes): the %s patch embedding has no linear "
-                        "kernel to inflate (the frame tubes use it as it is)", type(projection).__name__)
+            logger.info("the 3D video tubes keep their own initialisation (random; a random temporal derivative for "
+                        "motion tubes): the %s patch embedding has no linear kernel to inflate (the frame tubes use "
+                        "it as it is)", type(projection).__name__)
 
     def embed(self, inputs: Tensor) -> Tensor:
         """Tokens before the first block: of images (B, 3, H, W) by the ViT's patch and position
