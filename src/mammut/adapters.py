@@ -65,8 +65,9 @@ def is_adapter_checkpoint(checkpoint: dict) -> bool:
     return "base_weights" in checkpoint
 
 
-def adapter_state(state: dict[str, Tensor], trained: set[str], base_filled: Callable[[str], bool]) -> dict[str, Tensor]:
+def adapter_state(state: dict[str, Tensor], trained: set[str],
+                  not_in_base: Callable[[str], bool]) -> dict[str, Tensor]:
     """The part of a full state dict an adapter checkpoint keeps: the ``trained`` tensors (adapters,
     prefix, task heads and their buffers) and every tensor the base file did not fill."""
-    return {name: value for name, value in state.items() if name in trained or not base_filled(name)}
+    return {name: value for name, value in state.items() if name in trained or not_in_base(name)}
 

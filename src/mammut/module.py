@@ -551,7 +551,7 @@ class MammutModule(L.LightningModule):
             trained = {name for name, p in self.named_parameters() if p.requires_grad}
             trained |= {f"tasks.{name}" for name, _ in self.tasks.named_buffers()}
             checkpoint["state_dict"] = adapter_state(checkpoint["state_dict"], trained,
-                                                     lambda name: base_key(name) not in self.kept_initialisation)
+                                                     lambda name: base_key(name) in self.kept_initialisation)
             checkpoint["base_weights"] = self.base_weights.as_dict()
         checkpoint["skipped_samples"] = self.skipped_samples
         checkpoint["truncated_texts"] = self.truncated_texts
