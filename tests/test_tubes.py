@@ -134,3 +134,59 @@ def test_a_motion_tube_from_a_patch_embedding_embeds_the_late_frame_minus_the_ea
         tokens = tubes(clip) - tubes.position_embedding
         expected = patch_tokens(patch_embedding)(after) - patch_tokens(patch_embedding)(before) + patch_embedding.bias
     torch.testing.assert_close(tokens, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_dilated_tube_covers_its_spread_window_and_is_centred_on_it():
+    # 8 taps every 2nd frame and 16 taps every 2nd pixel: 15 frames by 31 x 31 pixels. In 16 frames of
+    # 64 x 64 with stride 16: t (16-15)//16+1 = 1, y and x (64-31)//16+1 = 3 -> 9 tubes, centred on
+    # frame 7 and pixels 15, 31 and 47.
+    spread = TubeShape((8, 16, 16), (16, 16, 16), dilation=(2, 2, 2))
+    assert spread.extent == (15, 31, 31) and spread.grid(16, 64) == (1, 3, 3)
+    assert spread.centres(16, 64)[:3].tolist() == [[7.0, 15.0, 15.0], [7.0, 15.0, 31.0], [7.0, 15.0, 47.0]]
+    tubes = SparseTubes([spread], width=48, frames=16, image_size=64, patch_size=8)
+    assert tubes.kernels["0"].dilation == (2, 2, 2)
+    assert tubes(torch.randn(2, 3, 16, 64, 64)).shape == (2, 9, 48)
+    with pytest.raises(ValueError, match="dilation"):
+        TubeShape((8, 16, 16), (16, 16, 16), dilation=(1, 0, 1))
+
+
+def moving_square(dx: int, dy: int, frames: int = 16, size: int = 32) -> torch.Tensor:
+    """(1, 3, frames, size, size): a white 6-pixel square on black, from (8, 8), moving dx, dy pixels a frame."""
+    clip = torch.zeros(1, 3, frames, size, size)
+    for t in range(frames):
+        x, y = 8 + dx * t, 8 + dy * t
+        clip[:, :, t, y:y + 6, x:x + 6] = 1.0
+    return clip
+
+
+def test_a_velocity_tube_token_is_linear_in_the_velocity_and_each_channel_has_its_direction():
+    """Channel k weighs a colour mix by a ramp in time and a ramp along θ_k = 2πk / width in space:
+    its token is a linear function of how far the square's centre moves, 0 for a static clip,
+    and channel 0 (θ = 0) sees only x motion, channel width / 4 (θ = 90°) only y motion."""
+    torch.manual_seed(6)
+    velocity = TubeShape((16, 32, 32), (16, 32, 32), init="velocity")
+    kernel = SparseTubes([velocity], width=48, frames=16, image_size=32, patch_size=8).kernels["0"]
+    with torch.no_grad():
+        right, down, diagonal = (kernel(moving_square(dx, dy)).flatten() for dx, dy in ((1, 0), (0, 1), (1, 1)))
+        left = kernel(moving_square(1, 0).flip(2)).flatten()  # the same path, run backwards
+        static = kernel(moving_square(0, 0)).flatten()
+    torch.testing.assert_close(static, torch.zeros_like(static), rtol=0, atol=1e-6)
+    torch.testing.assert_close(left, -right, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(diagonal, right + down, rtol=1e-4, atol=1e-6)
+    assert right.abs().mean() > 1e-3 and down.abs().mean() > 1e-3
+    assert down[0].abs() < 1e-6 * right[0].abs().clamp(min=1) and right[0].abs() > 1e-3
+    assert right[12].abs() < 1e-6 and down[12].abs() > 1e-3
+    # cos θ_k and sin θ_k scale one colour response: right_k · sin θ_k = down_k · cos θ_k.
+    angles = torch.arange(48) * (2 * torch.pi / 48)
+    torch.testing.assert_close(right * angles.sin(), down * angles.cos(), rtol=1e-3, atol=1e-6)
+
+
+def test_velocity_tubes_keep_their_start_when_the_image_model_has_a_linear_patch_embedding():
+    torch.manual_seed(7)
+    velocity = TubeShape((8, 16, 16), (16, 16, 16), dilation=(2, 2, 2), init="velocity")
+    tubes = SparseTubes([velocity], width=48, frames=16, image_size=64, patch_size=8)
+    before = tubes.kernels["0"].weight.clone()
+    tubes.initialise_from(nn.Conv2d(3, 48, 8, 8))
+    assert torch.equal(tubes.kernels["0"].weight, before)
+    with pytest.raises(ValueError, match="2 frames"):
+        TubeShape((1, 16, 16), (16, 16, 16), init="velocity")

@@ -29,10 +29,11 @@ def test_the_demo_video_model_turns_a_clip_into_a_hand_counted_number_of_tokens(
     architecture = yaml.safe_load((REPO / "configs/model/demo_video.yaml").read_text())
     model = Mammut(MammutConfig(**architecture, vocab_size=50)).eval()
     # Frame tube: 1 frame x 8 x 8 = 64. Wide: t (16-2-4)//8+1 = 2, y and x (64-16)//16+1 = 4 -> 32.
-    # Long: t 1, y and x (64-4-8)//16+1 = 4 -> 16. With the class token: 113.
+    # Velocity: 8 taps every 2nd frame, 16 every 2nd pixel, 31 pixels: t 1, y and x (64-31)//16+1 = 3 -> 9;
+    # the same every 4th pixel, 61 pixels: 1. With the class token: 107.
     with torch.no_grad():
         tokens = model.encode_image(torch.randn(2, 3, 16, 64, 64))
-    assert model.vision.tubes.num_tokens == 112 and tokens.shape == (2, 113, 192)
+    assert model.vision.tubes.num_tokens == 106 and tokens.shape == (2, 107, 192)
 
 
 @pytest.mark.parametrize("patch_embedding", ["linear", "conv_stem"])
@@ -99,6 +100,10 @@ def test_bad_tube_settings_and_inputs_are_refused_with_the_reason():
         small_config(tube_shapes=[{"kernel": [4, 8, 8], "stride": [1, 8, 8], "init": "sideways"}])
     with pytest.raises(ValueError, match="at least 2 frames"):
         small_config(tube_shapes=[{"kernel": [1, 8, 8], "stride": [1, 16, 16], "init": "motion"}])
+    with pytest.raises(ValueError, match=r"tube_shapes\[0\].*positive kernel, stride and dilation"):
+        small_config(tube_shapes=[{"kernel": [4, 8, 8], "stride": [1, 8, 8], "dilation": [1, 0, 1]}])
+    with pytest.raises(ValueError, match="does not fit"):  # 8 taps 5 pixels apart span 36 pixels
+        small_config(tube_shapes=[{"kernel": [4, 8, 8], "stride": [1, 8, 8], "dilation": [1, 5, 5]}])  # of a 32-pixel clip
     with pytest.raises(ValueError, match="no video path"):
         Mammut(MammutConfig(**SMALL)).encode_image(torch.randn(1, 3, 16, 32, 32))
     with pytest.raises(ValueError, match="clips must be"):

@@ -128,15 +128,17 @@ class MammutConfig:
         """The tube shapes as ``TubeShape``s, checked against the clip size."""
         shapes = []
         for position, spec in enumerate(self.tube_shapes or []):
-            sizes = {key: tuple(spec.get(key, (0, 0, 0))) for key in ("kernel", "stride", "offset")}
+            sizes = {key: tuple(spec.get(key, default)) for key, default in
+                     (("kernel", ()), ("stride", ()), ("offset", (0, 0, 0)), ("dilation", (1, 1, 1)))}
             init = spec.get("init", "inflate")
-            well_formed = (set(spec) <= {*sizes, "init"} and {"kernel", "stride"} <= set(spec)
-                           and all(len(size) == 3 for size in sizes.values()) and init in TUBE_INITS)
-            if not well_formed or min(sizes["kernel"] + sizes["stride"]) < 1 or min(sizes["offset"]) < 0:
+            well_formed = (set(spec) <= {*sizes, "init"} and all(len(size) == 3 for size in sizes.values())
+                           and init in TUBE_INITS)
+            if (not well_formed or min(sizes["kernel"] + sizes["stride"] + sizes["dilation"]) < 1
+                    or min(sizes["offset"]) < 0):
                 raise ValueError(f"tube_shapes[{position}] = {spec}: expected {{kernel: [t, h, w], stride: [t, h, w], "
-                                 "offset: [t, h, w], init: inflate | motion}} with positive kernel and stride and "
-                                 "an offset of 0 or more")
-            shape = TubeShape(sizes["kernel"], sizes["stride"], sizes["offset"], init)
+                                 f"offset: [t, h, w], dilation: [t, h, w], init: {' | '.join(TUBE_INITS)}}} with "
+                                 "positive kernel, stride and dilation and an offset of 0 or more")
+            shape = TubeShape(sizes["kernel"], sizes["stride"], sizes["offset"], init, sizes["dilation"])
             shape.grid(self.video_frames, self.image_size)
             shapes.append(shape)
         if self.tube_shapes is not None and not shapes:

@@ -20,6 +20,13 @@ After TubeViT (Piergiovanni et al., "Rethinking Video ViTs: Sparse Video Tubes",
   early frames. It is silent on a static clip, and a moving edge gives a token whose sign
   follows the direction of travel. An inflated kernel averages motion away, and one learned
   from random start must find it in the data first.
+- A tube may start as a bank of velocity detectors (``init: velocity``): output channel k weighs
+  the pixels of a colour mix a_k by a zero-mean ramp over the frames times a spatial ramp along
+  an orientation θ_k, so that it measures how far the window's a_k-weighted centre of mass moves
+  along θ_k (the first-order spatio-temporal filters of motion-energy models, Adelson and Bergen
+  1985, without the squaring). A direction of motion is then a linear function of one token,
+  where the other inits leave it to the blocks to compare the positions of two tokens.
+- ``dilation`` spreads a kernel's taps, so that a tube sees a wide window at the cost of a small one.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # How a tube's 3D kernel starts: inflated from the 2D patch kernel, or as a temporal derivative.
-TUBE_INITS = ("inflate", "motion")
+TUBE_INITS = ("inflate", "motion", "velocity")
 
 
 @dataclass(frozen=True)
@@ -44,25 +51,35 @@ class TubeShape:
     stride: tuple[int, int, int]
     offset: tuple[int, int, int] = (0, 0, 0)
     init: str = "inflate"
+    dilation: tuple[int, int, int] = (1, 1, 1)
 
     def __post_init__(self):
         if self.init not in TUBE_INITS:
             raise ValueError(f"tube init must be one of {TUBE_INITS}, got {self.init!r}")
-        if self.init == "motion" and self.kernel[0] < 2:
-            raise ValueError(f"a motion tube needs at least 2 frames to compare, got kernel {self.kernel}")
+        if self.init in ("motion", "velocity") and self.kernel[0] < 2:
+            raise ValueError(f"a {self.init} tube needs at least 2 frames to compare, got kernel {self.kernel}")
+        if self.init == "velocity" and min(self.kernel[1:]) < 2:
+            raise ValueError(f"a velocity tube needs at least 2 pixels a side to place a motion, got kernel {self.kernel}")
+        if min(self.dilation) < 1:
+            raise ValueError(f"tube dilation must be 1 or more, got {self.dilation}")
+
+    @property
+    def extent(self) -> tuple[int, int, int]:
+        """(frames, height, width) that one tube covers: its kernel, spread by its dilation."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
 
     def grid(self, frames: int, size: int) -> tuple[int, int, int]:
         """Tubes along (time, y, x) in a clip of ``frames`` frames of ``size`` × ``size`` pixels."""
-        counts = tuple((extent - offset - kernel) // stride + 1 for extent, offset, kernel, stride
-                       in zip((frames, size, size), self.offset, self.kernel, self.stride))
+        counts = tuple((extent - offset - covered) // stride + 1 for extent, offset, covered, stride
+                       in zip((frames, size, size), self.offset, self.extent, self.stride))
         if min(counts) < 1:
             raise ValueError(f"tube {self} does not fit a clip of {frames} frames of {size}x{size} pixels")
         return counts
 
     def centres(self, frames: int, size: int) -> Tensor:
         """(N, 3) centre of each tube in (time, y, x), in frames and pixels, in token order."""
-        axes = [offset + torch.arange(count) * stride + (kernel - 1) / 2 for count, offset, stride, kernel
-                in zip(self.grid(frames, size), self.offset, self.stride, self.kernel)]
+        axes = [offset + torch.arange(count) * stride + (covered - 1) / 2 for count, offset, stride, covered
+                in zip(self.grid(frames, size), self.offset, self.stride, self.extent)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3).float()
 
 
@@ -98,6 +115,24 @@ def motion_kernel(spatial: Tensor, frames: int) -> Tensor:
     return spatial.unsqueeze(2) * temporal_ramp(frames).to(spatial)[:, None, None]
 
 
+def velocity_kernel(width: int, kernel: tuple[int, int, int], generator: torch.Generator | None = None) -> Tensor:
+    """(width, 3, t, h, w): output channel k = (a_k · pixel) × temporal ramp × spatial ramp along θ_k.
+
+    θ_k turns evenly through the circle and a_k is a random unit colour mix. The spatial ramp runs
+    from -1 to 1 across the window and is averaged over its pixels, so a blob of a_k-contrast c
+    covering a fraction f of the window, whose centre moves by d (in half-windows) along θ_k
+    between the early and the late frames, gives about c · f · d: positive one way, negative the
+    other, and 0 on a static clip."""
+    frames, height, side = kernel
+    angles = torch.arange(width, dtype=torch.float64) * (2 * torch.pi / width)
+    colours = torch.randn(width, 3, generator=generator, dtype=torch.float64)
+    colours = colours / colours.norm(dim=1, keepdim=True)
+    ys, xs = torch.linspace(-1, 1, height, dtype=torch.float64), torch.linspace(-1, 1, side, dtype=torch.float64)
+    spatial = (angles.cos()[:, None, None] * xs + angles.sin()[:, None, None] * ys[:, None]) / (height * side)
+    ramp = temporal_ramp(frames).double()
+    return (colours[:, :, None, None, None] * ramp[:, None, None] * spatial[:, None, None]).float()
+
+
 def resized_patch_kernel(weight: Tensor, height: int, width: int) -> Tensor:
     """A 2D patch kernel resized to (height, width), its sum over each window kept."""
     p_h, p_w = weight.shape[-2:]
@@ -124,7 +159,7 @@ class SparseTubes(nn.Module):
         self.shapes, self.frames, self.image_size, self.patch_size = list(shapes), frames, image_size, patch_size
         for shape in self.shapes:
             shape.grid(frames, image_size)  # every tube fits the clip
-        self.kernels = nn.ModuleDict({str(i): nn.Conv3d(3, width, shape.kernel, shape.stride)
+        self.kernels = nn.ModuleDict({str(i): nn.Conv3d(3, width, shape.kernel, shape.stride, dilation=shape.dilation)
                                       for i, shape in enumerate(self.shapes) if not self.is_frame_tube(shape)})
         positions = torch.cat([shape.centres(frames, image_size) for shape in self.shapes])
         self.register_buffer("position_embedding", sincos_3d(positions, width), persistent=False)
@@ -134,16 +169,21 @@ class SparseTubes(nn.Module):
         self.position_scale = nn.Parameter(torch.ones(1))
         with torch.no_grad():  # motion tubes start as derivatives of a random 2D kernel, as a patch embedding starts
             for index, conv in self.kernels.items():
-                if self.shapes[int(index)].init == "motion":
+                init = self.shapes[int(index)].init
+                if init == "motion":
                     spatial = torch.empty(conv.weight.shape[:2] + conv.weight.shape[3:])
                     nn.init.kaiming_uniform_(spatial, a=5 ** 0.5)  # nn.Conv2d's own initialisation
                     conv.weight.copy_(motion_kernel(spatial, conv.weight.shape[2]))
+                elif init == "velocity":
+                    conv.weight.copy_(velocity_kernel(width, self.shapes[int(index)].kernel))
+                    conv.bias.zero_()
         if patch_embedding is not None:
             self.initialise_from(patch_embedding)
 
     def is_frame_tube(self, shape: TubeShape) -> bool:
         p = self.patch_size
-        return shape.kernel == (1, p, p) and shape.stride[1:] == (p, p) and shape.offset[1:] == (0, 0)
+        return (shape.kernel == (1, p, p) and shape.stride[1:] == (p, p) and shape.offset[1:] == (0, 0)
+                and shape.dilation == (1, 1, 1))
 
     @property
     def num_tokens(self) -> int:
@@ -152,9 +192,12 @@ class SparseTubes(nn.Module):
     @torch.no_grad()
     def initialise_from(self, patch_embedding: nn.Conv2d) -> None:
         """Every 3D tube kernel from the image model's linear patch embedding (TubeViT Sec. 3.3):
-        inflated, or, for a motion tube, as the temporal derivative of the resized patch kernel."""
+        inflated, or, for a motion tube, as the temporal derivative of the resized patch kernel.
+        Velocity tubes keep their own start: they measure motion, not the patch's appearance."""
         for index, conv in self.kernels.items():
             shape = self.shapes[int(index)]
+            if shape.init == "velocity":
+                continue
             frames, height, width = shape.kernel
             conv.weight.copy_(motion_kernel(resized_patch_kernel(patch_embedding.weight, height, width), frames)
                               if shape.init == "motion" else inflate_patch_kernel(patch_embedding.weight, shape.kernel))
