@@ -175,7 +175,11 @@ class SparseTubes(nn.Module):
                     nn.init.kaiming_uniform_(spatial, a=5 ** 0.5)  # nn.Conv2d's own initialisation
                     conv.weight.copy_(motion_kernel(spatial, conv.weight.shape[2]))
                 elif init == "velocity":
-                    conv.weight.copy_(velocity_kernel(width, self.shapes[int(index)].kernel))
+                    # At the scale of nn.Conv3d's own initialisation: an optimizer step of a given
+                    # size then changes it as much, relative to its size, as any other kernel.
+                    velocity = velocity_kernel(width, self.shapes[int(index)].kernel)
+                    default_rms = (3 * conv.weight[0].numel()) ** -0.5
+                    conv.weight.copy_(velocity * (default_rms / velocity.pow(2).mean().sqrt()))
                     conv.bias.zero_()
         if patch_embedding is not None:
             self.initialise_from(patch_embedding)
