@@ -38,11 +38,12 @@ class MammutConfig:
     vision_weights: str | None = None
     # Video (Sec. 3.4): clips of video_frames frames become sparse tube tokens (TubeViT, see
     # model/tubes.py) that go through the same ViT blocks once. Each tube is
-    # {kernel: [t, h, w], stride: [t, h, w], offset: [t, h, w]} in frames and pixels; a kernel
-    # [1, patch_size, patch_size] of spatial stride patch_size and no spatial offset is the image
-    # path on the frames it picks. A tube may add init: motion (a kernel that starts as a temporal
-    # derivative, see model/tubes.py) rather than the default init: inflate. None: an image-only
-    # model (no tube parameters).
+    # {kernel: [t, h, w], stride: [t, h, w], offset: [t, h, w], dilation: [t, h, w]} in frames
+    # and pixels (offset 0 and dilation 1 unless given); a kernel [1, patch_size, patch_size] of
+    # spatial stride patch_size, no spatial offset and no dilation is the image path on the frames
+    # it picks. A tube may add init: motion (a kernel that starts as a temporal derivative) or
+    # init: velocity (a bank of velocity detectors), see model/tubes.py, rather than the default
+    # init: inflate. None: an image-only model (no tube parameters).
     video_frames: int = 16
     tube_shapes: list[dict[str, list[int] | str]] | None = None
     # Modality-specific layers for video beside the shared ones (mPLUG-2, Xu et al. 2023): before

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# How a tube's 3D kernel starts: inflated from the 2D patch kernel, or as a temporal derivative.
+# How a tube's 3D kernel starts: inflated from the 2D patch kernel, as a temporal derivative, or
+# as a bank of velocity detectors.
 TUBE_INITS = ("inflate", "motion", "velocity")
 
 
@@ -115,7 +116,7 @@ def motion_kernel(spatial: Tensor, frames: int) -> Tensor:
     return spatial.unsqueeze(2) * temporal_ramp(frames).to(spatial)[:, None, None]
 
 
-def velocity_kernel(width: int, kernel: tuple[int, int, int], generator: torch.Generator | None = None) -> Tensor:
+def velocity_kernel(width: int, kernel: tuple[int, int, int]) -> Tensor:
     """(width, 3, t, h, w): output channel k = (a_k · pixel) × temporal ramp × spatial ramp along θ_k.
 
     θ_k turns evenly through the circle and a_k is a random unit colour mix. The spatial ramp runs
@@ -125,7 +126,7 @@ def velocity_kernel(width: int, kernel: tuple[int, int, int], generator: torch.G
     other, and 0 on a static clip."""
     frames, height, side = kernel
     angles = torch.arange(width, dtype=torch.float64) * (2 * torch.pi / width)
-    colours = torch.randn(width, 3, generator=generator, dtype=torch.float64)
+    colours = torch.randn(width, 3, dtype=torch.float64)
     colours = colours / colours.norm(dim=1, keepdim=True)
     ys, xs = torch.linspace(-1, 1, height, dtype=torch.float64), torch.linspace(-1, 1, side, dtype=torch.float64)
     spatial = (angles.cos()[:, None, None] * xs + angles.sin()[:, None, None] * ys[:, None]) / (height * side)
@@ -167,7 +168,7 @@ class SparseTubes(nn.Module):
         # the order of the tokens themselves: loud enough for the blocks to tell early tubes from
         # late ones, which the directions of motion and changes of size need.
         self.position_scale = nn.Parameter(torch.ones(1))
-        with torch.no_grad():  # motion tubes start as derivatives of a random 2D kernel, as a patch embedding starts
+        with torch.no_grad():  # the starts that need no image model (motion: a random 2D kernel, as a patch embedding starts)
             for index, conv in self.kernels.items():
                 init = self.shapes[int(index)].init
                 if init == "motion":
