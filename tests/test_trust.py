@@ -1,0 +1,89 @@
+"""What a careless or hostile user meets: files that would run code, commands that would
+overwrite their inputs, and bad input refused with a short message naming the file or record."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammut.checkpointing import CheckpointError, read_checkpoint
+from mammut.model.weights_file import UnsafeWeightsError, read_state_dict
+
+from conftest import REPO
+
+TORCH_ADVICE = ("weights_only=False", "weights_only set to False", "weights_only` set to `False")
+
+
+# ---------------------------------------------------------------------- weights that would run code
+
+
+class RunsAShellCommand:
+    """Unpickling this calls os.system, which torch's weights_only blocks by module ("posix")."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"echo pwned > {self.marker}",)
+
+
+def evil_file(folder: Path, legacy: bool = False) -> tuple[Path, Path]:
+    """A torch file that runs a shell command when unpickled in full, and the file it would write."""
+    marker = folder / "pwned"
+    path = folder / "evil.bin"
+    torch.save({"weight": torch.ones(2), "payload": RunsAShellCommand(marker)}, path,
+               _use_new_zipfile_serialization=not legacy)
+    return path, marker
+
+
+@pytest.fixture(params=["zip", "legacy"])
+def evil(request, tmp_path) -> tuple[Path, Path]:
+    return evil_file(tmp_path, legacy=request.param == "legacy")
+
+
+def test_a_file_naming_a_blocked_module_is_unsafe_and_no_message_advises_loading_it_unsafely(evil):
+    path, marker = evil
+    with pytest.raises(UnsafeWeightsError, match=r"init_from: .*evil.bin was not loaded.*it names posix.system") as error:
+        read_state_dict(path, purpose="init_from")
+    assert not any(advice in str(error.value) for advice in TORCH_ADVICE)
+    with pytest.raises(CheckpointError, match=r"evil.bin was not loaded.*posix.system") as error:
+        read_checkpoint(path)
+    assert not any(advice in str(error.value) for advice in TORCH_ADVICE)
+    assert not marker.exists()
+
+
+def test_convert_refuses_a_file_that_would_run_code(tmp_path):
+    path, marker = evil_file(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "mammut.convert", str(path), "--out", str(tmp_path / "out.safetensors")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    assert "UnsafeWeightsError: checkpoint: " in result.stderr and "it names posix.system" in result.stderr
+    assert "not a complete torch file" not in result.stderr
+    assert not any(advice in result.stderr for advice in TORCH_ADVICE), result.stderr
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_harmless_class_is_unsafe_too_and_a_damaged_file_is_damaged(tmp_path):
+    import argparse
+    harmless = tmp_path / "namespace.bin"
+    torch.save({"weight": torch.ones(2), "args": argparse.Namespace(lr=1.0)}, harmless)
+    with pytest.raises(UnsafeWeightsError, match="it names argparse.Namespace") as error:
+        read_state_dict(harmless)
+    assert not any(advice in str(error.value) for advice in TORCH_ADVICE)
+    plain = tmp_path / "plain.bin"
+    torch.save({"weight": torch.ones(2)}, plain)
+    assert torch.equal(read_state_dict(plain)["weight"], torch.ones(2))
+    damaged = tmp_path / "damaged.bin"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(damaged, "w") as copy:
+        for member in source.infolist():  # the pickle replaced by an opcode weights_only does not read
+            copy.writestr(member, b"\x80\x02I12\n." if member.filename.endswith("data.pkl") else source.read(member))
+    with pytest.raises(ValueError, match="damaged.bin: not a complete torch file .*Unsupported operand") as error:
+        read_state_dict(damaged)
+    assert not isinstance(error.value, UnsafeWeightsError)
+    assert not any(advice in str(error.value) for advice in TORCH_ADVICE)
