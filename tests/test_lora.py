@@ -180,6 +180,13 @@ def test_adapter_checkpoints_reload_merge_and_refuse_another_base(tiny_demo, tmp
     assert merged_checkpoint["hyper_parameters"]["lora"] is None
     assert merged_checkpoint["hyper_parameters"]["architecture"]["tie_word_embeddings"] is False
     assert validate(f"--ckpt_path={merged}") == trained_accuracy
+    # An existing --out is replaced only when asked; the base and the adapter never are.
+    base_bytes, adapter_bytes = base.read_bytes(), adapter.read_bytes()
+    for out, overwrite in ((merged, []), (base, ["--overwrite"]), (adapter, ["--overwrite"])):
+        with pytest.raises(SystemExit):
+            merge([str(adapter), "--out", str(out), *overwrite])
+    assert base.read_bytes() == base_bytes and adapter.read_bytes() == adapter_bytes
+    assert merge([str(adapter), "--out", str(merged), "--overwrite"]) == 0
 
 
 def test_a_vqa_run_warns_when_answers_are_split_into_pieces(tiny_demo, tmp_path, caplog):

@@ -87,3 +87,56 @@ def test_a_harmless_class_is_unsafe_too_and_a_damaged_file_is_damaged(tmp_path):
         read_state_dict(damaged)
     assert not isinstance(error.value, UnsafeWeightsError)
     assert not any(advice in str(error.value) for advice in TORCH_ADVICE)
+
+
+# ---------------------------------------------------------------------- merge_lora's --out
+
+
+@pytest.fixture
+def adapter(tmp_path) -> tuple[Path, Path]:
+    """An adapter checkpoint as a LoRA run writes it (its tensors, its settings, its base by path
+    and hash), and that base."""
+    from mammut.adapters import BaseWeights
+    base = tmp_path / "pretrain" / "last.ckpt"
+    base.parent.mkdir()
+    torch.save({"state_dict": {"model.decoder.lm_head.weight": torch.randn(8, 4)}}, base)
+    path = tmp_path / "lora" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save({"state_dict": {"model.decoder.lm_head.lora_A.default.weight": torch.zeros(2, 4)},
+                "hyper_parameters": {"_class_path": "mammut.tasks.vqa.VQAModule", "init_from": str(base),
+                                     "lora": {"rank": 2, "targets": ["decoder.lm_head"]}},
+                "base_weights": BaseWeights.of(base).as_dict()}, path)
+    return path, base
+
+
+def merge_fails(capsys, *argv: str) -> str:
+    from mammut.merge_lora import main as merge
+    with pytest.raises(SystemExit) as exit_:
+        merge(list(argv))
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_merge_lora_never_writes_over_the_adapter_or_its_base(adapter, tmp_path, capsys, overwrite):
+    path, base = adapter
+    before = {file: file.read_bytes() for file in (path, base)}
+    error = merge_fails(capsys, str(path), "--out", str(base), *overwrite)
+    assert f"--out {base} is the base weights this adapter was trained on" in error
+    relative = os.path.relpath(base, Path.cwd())  # the same file by another spelling
+    assert "is the base weights" in merge_fails(capsys, str(path), "--out", relative, *overwrite)
+    copy = tmp_path / "copy_of_base.ckpt"  # the base by content: found by its hash
+    copy.write_bytes(base.read_bytes())
+    assert "is the base weights" in merge_fails(capsys, str(path), "--out", str(copy), *overwrite)
+    error = merge_fails(capsys, str(path), "--out", str(path), *overwrite)
+    assert f"--out {path} is the adapter checkpoint being merged" in error
+    assert {file: file.read_bytes() for file in (path, base)} == before
+
+
+def test_merge_lora_replaces_another_existing_file_only_when_told(adapter, tmp_path, capsys):
+    path, _ = adapter
+    existing = tmp_path / "merged.ckpt"
+    existing.write_bytes(b"a merged checkpoint of last week")
+    error = merge_fails(capsys, str(path), "--out", str(existing))
+    assert f"--out {existing} exists; pass --overwrite to replace it" in error
+    assert existing.read_bytes() == b"a merged checkpoint of last week"

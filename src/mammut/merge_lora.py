@@ -10,6 +10,10 @@ or a full checkpoint of a LoRA run. Each adapted layer's weight becomes W + (alp
 the task heads) is kept as trained. The result runs at the base model's speed, and loads
 wherever a checkpoint of the same task does. When the vocabulary projection was adapted and
 tied to the token embedding, the two are untied in the result (its architecture says so).
+
+An existing ``--out`` is replaced only with ``--overwrite``, and never when it is the adapter
+itself or its base (the ``init_from`` it records, by path or by content): every adapter trained
+on that base would be refused by its hash afterwards.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from mammut.adapters import BaseWeights, file_sha256
 from mammut.checkpointing import AtomicCheckpointIO, read_checkpoint
 from mammut.model.lora import is_lora_layer, merge_lora
 from mammut.module import MammutModule
@@ -59,12 +64,52 @@ def import_module_class(class_path: str | None) -> type[MammutModule]:
     return found
 
 
+def refuse_to_overwrite(out: Path, path: Path, base: Path | None, overwrite: bool) -> str | None:
+    """Why writing the merged checkpoint to ``out`` would destroy an input, or None."""
+    if not out.exists():
+        return None
+    if _same_file(out, path):
+        return f"--out {out} is the adapter checkpoint being merged; write the merged checkpoint to another file"
+    checkpoint = read_checkpoint(path)
+    recorded = BaseWeights.from_checkpoint(checkpoint)
+    init_from = checkpoint.get("hyper_parameters", {}).get("init_from")
+    bases = [Path(p) for p in (recorded.path if recorded else None, init_from, base) if p]
+    if any(_same_file(out, b) for b in bases) or (recorded and _holds(out, recorded)):
+        return (f"--out {out} is the base weights this adapter was trained on (its init_from): replacing it would make "
+                "every adapter trained on that base unusable; write the merged checkpoint to another file")
+    if not overwrite:
+        return f"--out {out} exists; pass --overwrite to replace it, or choose another file"
+    return None
+
+
+def _holds(out: Path, base: BaseWeights) -> bool:
+    """Whether ``out`` is a copy of the base (hashed only where the sizes leave it possible)."""
+    recorded = Path(base.path)
+    if not out.is_file() or (recorded.is_file() and recorded.stat().st_size != out.stat().st_size):
+        return False
+    return file_sha256(out) == base.sha256
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file by resolved path, or by inode where both exist (hard links, bind mounts)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mammut.merge_lora", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a LoRA run's checkpoint (adapter-only or full)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the merged checkpoint (.ckpt)")
     parser.add_argument("--base", type=Path, help="the adapter's base weights, if they moved from the path it records")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (never the adapter or its base)")
     args = parser.parse_args(argv)
+    refusal = refuse_to_overwrite(args.out, args.checkpoint, args.base, args.overwrite)
+    if refusal:
+        parser.error(refusal)
     with torch.no_grad():
         checkpoint = merged_checkpoint(args.checkpoint, args.base)
     AtomicCheckpointIO().save_checkpoint(checkpoint, args.out)
