@@ -135,6 +135,56 @@ def test_a_bad_box_fails_or_is_skipped_and_counted(tmp_path, bbox):
     assert instances.records[0].category_ids == (18,) and len(instances.records) == 3
 
 
+@pytest.mark.parametrize("bbox", [[100, 100, 10, 10], [40, 10, 20, 10], [-5, 3, 10, 10]])
+def test_a_box_outside_its_image_fails_or_is_skipped_naming_file_and_annotation(tmp_path, bbox, caplog):
+    path = write(tmp_path, edited(COCO, set_key("annotations", 0, "bbox", bbox)))  # image 139 is 48x32
+    with pytest.raises(DataFormatError, match=r"instances.json: annotation id 1702 \(image id 139\): bbox "
+                                              r".* reaches outside its 48x32 image"):
+        read_instances(path, tmp_path)
+    instances = read_instances(path, tmp_path, skip_bad_samples=True)
+    assert instances.skipped == 1 and instances.records[0].category_ids == (18,)
+    assert any("instances.json: annotation id 1702" in r.getMessage() for r in caplog.records)
+
+
+def test_a_box_past_the_edge_by_rounding_is_kept_as_it_is(tmp_path):
+    path = write(tmp_path, edited(COCO, set_key("annotations", 0, "bbox", [-0.5, 3.0, 48.9, 29.5])))
+    assert read_instances(path, tmp_path).records[0].boxes[1] == (-0.5, 3.0, 48.9, 29.5)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_split_refuses_an_out_of_image_box_before_training(tiny_demo, tmp_path, split):
+    from mammut.tasks.detection import DetectionDataModule
+    document = json.loads((tiny_demo / f"annotations/instances_{split}.json").read_text())
+    annotation = document["annotations"][0]
+    annotation["bbox"] = [100, 100, 10, 10]  # on a 64x64 image
+    path = write(tmp_path, document, f"instances_{split}.json")
+    data = DetectionDataModule(root=str(tiny_demo), num_workers=0, **{f"{split}_annotations": str(path)})
+    with pytest.raises(DataFormatError, match=rf"instances_{split}.json: annotation id {annotation['id']} "
+                                              rf"\(image id {annotation['image_id']}\): bbox \[100, 100, 10, 10\] reaches outside"):
+        data.setup("fit")
+
+
+@pytest.mark.parametrize("missing", ["neg_category_ids", "not_exhaustive_category_ids"])
+def test_an_lvis_image_without_federated_fields_is_refused_when_read(tmp_path, missing):
+    path = write(tmp_path, edited(LVIS, drop_key("images", 1, missing)))  # image 285
+    with pytest.raises(DataFormatError, match=rf"instances.json: images\[1\] \(image id 285\): no '{missing}'"):
+        read_instances(path, tmp_path, skip_bad_samples=True)
+    path = write(tmp_path, edited(LVIS, drop_key("categories", 2, "frequency")))
+    with pytest.raises(DataFormatError, match=r"instances.json: category id \d+ has no 'frequency'"):
+        read_instances(path, tmp_path)
+
+
+def test_a_val_file_with_an_image_lacking_neg_category_ids_fails_before_training(tiny_demo, tmp_path):
+    from mammut.tasks.detection import DetectionDataModule
+    document = json.loads((tiny_demo / "annotations/instances_val.json").read_text())
+    image_id = document["images"][3].pop("neg_category_ids") and document["images"][3]["id"]
+    path = write(tmp_path, document, "instances_val.json")
+    data = DetectionDataModule(root=str(tiny_demo), num_workers=0, val_annotations=str(path))
+    with pytest.raises(DataFormatError, match=rf"instances_val.json: images\[3\] \(image id {image_id}\): "
+                                              "no 'neg_category_ids'"):
+        data.setup("fit")
+
+
 def test_an_image_without_a_file_fails_or_is_skipped_with_its_annotations(tmp_path):
     def no_file(document):
         del document["images"][2]["file_name"], document["images"][2]["coco_url"]

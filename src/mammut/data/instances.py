@@ -29,6 +29,8 @@ from mammut.data.json_records import field, load_json, reject
 
 Box = tuple[float, float, float, float]  # [x, y, w, h] in pixels
 FREQUENCIES = ("r", "c", "f")  # LVIS: rare, common, frequent
+FEDERATED_FIELDS = ("neg_category_ids", "not_exhaustive_category_ids")  # LVIS, per image
+BOX_TOLERANCE = 1.0  # pixels a box may reach past its image's edge (rounding in COCO's own files)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,16 @@ def read_instances(
     numbers with a positive width and height, and an image with neither ``file_name`` nor a
     usable ``coco_url``. They raise too, unless ``skip_bad_samples``: then the annotation or
     the image (with its annotations) is dropped, logged as a warning and counted.
+
+    A box must lie in its image: one that reaches more than ``BOX_TOLERANCE`` (1 pixel) past an
+    edge is a bad sample like a malformed one (COCO's own files have boxes up to a pixel past the
+    edge, from rounding; they are kept as they are, and the transforms clip them). Otherwise the
+    box would be scored as an object nothing can find in validation, and dropped unnamed in training.
+
+    A file with LVIS's federated fields (any image with ``neg_category_ids`` or
+    ``not_exhaustive_category_ids``) must have both on every image and a ``frequency`` on every
+    category: LVIS evaluation needs them, and a file missing one fails here, not at the first
+    validation.
     """
     file, image_root = Path(annotations_file), Path(image_root)
     data = load_json(file)
@@ -90,7 +102,9 @@ def read_instances(
 
     images: dict[int, DetectionRecord] = {}
     bad_images: set[int] = set()
-    for position, image in enumerate(field(data, "images", list, file, "top level")):
+    image_entries = field(data, "images", list, file, "top level")
+    _check_federated_fields(image_entries, categories, file)
+    for position, image in enumerate(image_entries):
         image_id = field(image, "id", int, file, f"images[{position}]")
         if image_id in images or image_id in bad_images:
             raise DataFormatError(f"{file}: images[{position}]: duplicate image id {image_id}")
@@ -120,7 +134,7 @@ def read_instances(
             raise DataFormatError(f"{file}: {where}: missing key 'bbox'")
         if image_id in bad_images:
             continue  # dropped with its image, already counted
-        box, problem = _box(annotation["bbox"])
+        box, problem = _box(annotation["bbox"], images[image_id].width, images[image_id].height)
         if problem:
             reject(f"{file}: annotation id {annotation_id} (image id {image_id}): {problem}", skip_bad_samples)
             skipped += 1
@@ -204,14 +218,36 @@ def _category_ids(image: dict, key: str, file: Path, where: str, known: set[int]
     return tuple(sorted(set(ids)))
 
 
-def _box(value: Any) -> tuple[Box | None, str | None]:
-    """A ``bbox`` as four floats, or the problem with it."""
+def _check_federated_fields(images: list, categories: list[Category], file: Path) -> None:
+    """A file with LVIS's federated fields has them on every image, and every category's frequency."""
+    federated = next((image for image in images if isinstance(image, dict)
+                      and any(key in image for key in FEDERATED_FIELDS)), None)
+    if federated is None:
+        return
+    for position, image in enumerate(images):
+        missing = [key for key in FEDERATED_FIELDS if isinstance(image, dict) and key not in image]
+        if missing:
+            raise DataFormatError(
+                f"{file}: images[{position}] (image id {image.get('id')}): no {' and no '.join(map(repr, missing))}, "
+                f"though image id {federated.get('id')} has LVIS's federated fields: LVIS evaluation needs both "
+                "on every image (an empty list where nothing was checked)")
+    unrated = [category.id for category in categories if category.frequency is None]
+    if unrated:
+        raise DataFormatError(f"{file}: category id {unrated[0]} has no 'frequency' (\"r\", \"c\" or \"f\"), though "
+                              "the images have LVIS's federated fields: LVIS evaluation needs every category's")
+
+
+def _box(value: Any, width: int, height: int) -> tuple[Box | None, str | None]:
+    """A ``bbox`` as four floats, or the problem with it (the image is ``width`` x ``height``)."""
     numbers = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     if not numbers or len(value) != 4 or not all(math.isfinite(v) for v in value):
         return None, f"bbox must be 4 finite numbers [x, y, w, h], got {value!r}"
     x, y, w, h = (float(v) for v in value)
     if w <= 0 or h <= 0:
         return None, f"bbox {value!r} has a width or height that is not positive"
+    if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
+        return None, (f"bbox {value!r} reaches outside its {width}x{height} image by more than "
+                      f"{BOX_TOLERANCE:g} pixel")
     return (x, y, w, h), None
 
 
