@@ -34,7 +34,9 @@ from torchvision.ops import box_convert, nms
 from mammut.data.batch import DetectionBatch
 from mammut.data.box_transforms import DetectionTransform
 from mammut.data.detection_dataset import DetectionDataset, collate_detection
+from mammut.data.images import load_rgb_image
 from mammut.data.instances import Category, DetectionRecord, read_instances
+from mammut.data.tokenizer import words_in_pieces
 from mammut.data.transforms import denormalize
 from mammut.metrics.detection import class_prior_detections, coco_evaluation, lvis_evaluation
 from mammut.model import Mammut, MammutConfig
@@ -109,6 +111,13 @@ class DetectionDataModule(TaskDataModule):
         if not images or not words:
             raise ValueError("nothing to detect: set --data.predict_images=[...] and --data.predict_words=[...]")
         self.categories["predict"] = [Category(id=k + 1, name=word) for k, word in enumerate(words)]
+        in_pieces = words_in_pieces(self.tokenizer, [class_name(c) for c in self.categories["predict"]])
+        if in_pieces:  # text the tokenizer never saw whole, so training never taught the model these words
+            log.warning("data.predict_words: %s %s split into pieces by the tokenizer %s, whose training text never "
+                        "held them whole: the model knows them only as fragments, so its detections of them are "
+                        "unreliable", ", ".join(
+                            f"{word!r} ({' '.join(pieces)})" for word, pieces in in_pieces.items()),
+                        "is" if len(in_pieces) == 1 else "are", self.path(self.hparams.tokenizer))
         records = []
         for index, image in enumerate(images):
             try:
@@ -363,10 +372,10 @@ class DetectionTask(Task):
         directory = self.context.output_dir
         if directory is None:
             return
-        with Image.open(file) as image:
-            scale = max(1, 256 // min(image.size))  # small images are enlarged so that labels are legible
-            picture = draw_boxes(image, [box_corners(d["bbox"]) for d in detections],
-                                 [f"{d['word']} {d['score']:.2f}" for d in detections], PREDICTED, scale)
+        image = load_rgb_image(file)  # the pixels the model saw: wide greys scaled, transparency composited
+        scale = max(1, 256 // min(image.size))  # small images are enlarged so that labels are legible
+        picture = draw_boxes(image, [box_corners(d["bbox"]) for d in detections],
+                             [f"{d['word']} {d['score']:.2f}" for d in detections], PREDICTED, scale)
         (directory / "predictions").mkdir(parents=True, exist_ok=True)
         picture.save(directory / "predictions" / f"{Path(file).stem}.png")
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -140,3 +141,53 @@ def test_merge_lora_replaces_another_existing_file_only_when_told(adapter, tmp_p
     error = merge_fails(capsys, str(path), "--out", str(existing))
     assert f"--out {existing} exists; pass --overwrite to replace it" in error
     assert existing.read_bytes() == b"a merged checkpoint of last week"
+
+
+# ---------------------------------------------------------------------- detection predict pictures
+
+
+def wide_and_transparent_pngs(folder: Path) -> list[Path]:
+    """A 16-bit greyscale gradient (PIL's own conversion clips it to white) and an RGBA image whose
+    fully transparent half stores red (which PIL's conversion shows)."""
+    import numpy as np
+    from PIL import Image
+    gradient = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))
+    Image.fromarray(gradient).save(folder / "depth.png")
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[:, :32] = (255, 0, 0, 0)  # red under alpha 0
+    rgba[:, 32:] = (0, 0, 255, 255)
+    Image.fromarray(rgba).save(folder / "logo.png")
+    return [folder / "depth.png", folder / "logo.png"]
+
+
+def test_detection_predict_draws_the_pixels_the_model_saw(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mammut.data.images import load_rgb_image
+    from mammut.tasks.detection import DetectionTask
+
+    task = DetectionTask()
+    task.context = SimpleNamespace(output_dir=tmp_path / "run")  # all that drawing needs: the run's folder
+    for file in wide_and_transparent_pngs(tmp_path):
+        task.draw_prediction(str(file), [{"bbox": [40.0, 44.0, 20.0, 16.0], "word": "star", "score": 0.9}])
+        drawn = np.asarray(Image.open(tmp_path / "run" / "predictions" / f"{file.stem}.png").convert("RGB"))
+        seen = np.asarray(load_rgb_image(file).resize((256, 256), Image.NEAREST))  # drawn 4x for legibility
+        assert drawn.shape == seen.shape
+        # Above the box and its label (drawn from 4 * 44 - 11 = 165 down), the pictures are the same.
+        np.testing.assert_array_equal(drawn[:150], seen[:150], err_msg=file.name)
+
+
+def test_detection_predict_words_the_tokenizer_spells_in_pieces_are_named(tiny_demo, tmp_path, caplog):
+    from PIL import Image
+
+    from mammut.tasks.detection import DetectionDataModule
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), "white").save(photo)
+    data = DetectionDataModule(root=str(tiny_demo), num_workers=0, predict_images=[str(photo)],
+                               predict_words=["circle", "zebra", "giraffe neck"])
+    data.setup("predict")
+    warnings = [r.getMessage() for r in caplog.records if "predict_words" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "'zebra' (" in warnings[0] and "'giraffe' (" in warnings[0] and "tokenizer.json" in warnings[0]
+    assert "'circle'" not in warnings[0]  # a word of the demo's training text: one token
