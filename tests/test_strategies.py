@@ -8,7 +8,7 @@ import torch
 import yaml
 from timm.models.vision_transformer import Block
 
-from mammut.cli import cpu_has_native_bf16, main, warn_if_bf16_is_emulated
+from mammut.cli import cpu_has_native_bf16, main, run_cli, warn_if_bf16_is_emulated
 from mammut.model import MammutConfig
 from mammut.model.text_decoder import DecoderLayer
 from mammut.tasks.pretrain import PretrainModule
@@ -48,10 +48,10 @@ def test_fsdp_wraps_and_checkpoints_the_vit_blocks_and_decoder_layers():
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_without_cuda_stops_with_the_fix(stage, tiny_demo):
     with pytest.raises(RuntimeError, match=r"only on CUDA GPUs.*configs/strategy/fsdp2\.yaml"):
-        main(["fit", "--config", PRETRAIN, "--config", str(REPO / f"configs/strategy/deepspeed_stage_{stage}.yaml"),
-              f"--data.root={tiny_demo}"])
+        run_cli(["fit", "--config", PRETRAIN, "--config", str(REPO / f"configs/strategy/deepspeed_stage_{stage}.yaml"),
+                 f"--data.root={tiny_demo}"])
     with pytest.raises(RuntimeError, match="only on CUDA GPUs"):
-        main(["fit", "--config", PRETRAIN, f"--trainer.strategy=deepspeed_stage_{stage}", f"--data.root={tiny_demo}"])
+        run_cli(["fit", "--config", PRETRAIN, f"--trainer.strategy=deepspeed_stage_{stage}", f"--data.root={tiny_demo}"])
 
 
 @pytest.mark.parametrize("compile", [False, True])

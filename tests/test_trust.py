@@ -4,6 +4,7 @@ overwrite their inputs, and bad input refused with a short message naming the fi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -191,3 +192,59 @@ def test_detection_predict_words_the_tokenizer_spells_in_pieces_are_named(tiny_d
     assert len(warnings) == 1, warnings
     assert "'zebra' (" in warnings[0] and "'giraffe' (" in warnings[0] and "tokenizer.json" in warnings[0]
     assert "'circle'" not in warnings[0]  # a word of the demo's training text: one token
+
+
+# ---------------------------------------------------------------------- the CLI's last line
+
+
+def cli_error(capsys, *argv: str) -> list[str]:
+    """The real `mammut` command in-process: its exit status must say it failed; stderr's lines."""
+    from mammut.cli import main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    assert exit_.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def tiny_fit(tiny_demo, *configs: str) -> list[str]:
+    from tiny_run import TINY_MODEL
+    return ["fit", *(a for c in configs for a in ("--config", str(REPO / c))), *TINY_MODEL,
+            f"--data.root={tiny_demo}", "--data.num_workers=0", "--trainer.max_steps=1"]
+
+
+@pytest.mark.parametrize("content, reason", [
+    (bytes.fromhex("89504e470d0a1a0a0000000d49484452") + bytes(range(256)),
+     r"not a text file \(byte 0x89 at offset 0 is not UTF-8\)"),
+    (b"model:\n  init_args:\n    lr: [1, 2\n    warmup_steps: 3\n", r"not valid YAML: line 4, column 17"),
+    (b"just a sentence\n", "holds a str, not settings"),
+], ids=["png", "broken-yaml", "prose"])
+def test_a_config_that_is_not_yaml_is_refused_naming_the_file(tiny_demo, tmp_path, capsys, content, reason):
+    config = tmp_path / "settings.yaml"
+    config.write_bytes(content)
+    lines = cli_error(capsys, *tiny_fit(tiny_demo, "configs/pretrain.yaml"), "--config", str(config))
+    assert re.fullmatch(rf"mammut fit: error: --config {re.escape(str(config))}: {reason}.*", lines[-1]), lines
+    assert len(lines) == 1 and "Traceback" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize("configs, overrides, reason", [
+    (["configs/finetune_vqa.yaml", "configs/finetune_vqa_lora.yaml"], ["--model.lora.targets=[decoder.nothing.*]"],
+     r"LoRA targets \['decoder.nothing.\*'\] match no linear layer"),
+    (["configs/finetune_vqa.yaml", "configs/finetune_vqa_lora.yaml"], ["--model.lora.rank=0"],
+     "LoRA rank must be at least 1, got 0"),
+    (["configs/pretrain.yaml"], ["--data.root={nowhere}"], r"{nowhere}/tokenizer.json: tokenizer file not found"),
+    (["configs/multitask.yaml"], ["--model.task_weights={{vqa: 2.0, captioning: 1.0}}"],
+     r"task_weights name \['captioning'\], which are not among the tasks"),
+], ids=["lora-targets", "lora-rank", "data-root", "task-weights"])
+def test_the_cli_ends_with_the_one_failing_reason(tiny_demo, tmp_path, capsys, configs, overrides, reason):
+    nowhere = tmp_path / "nowhere"
+    argv = tiny_fit(tiny_demo, *configs) + [o.format(nowhere=nowhere) for o in overrides]
+    if "multitask" in configs[0]:  # its data settings sit under each task
+        argv = [a for a in argv if not a.startswith("--data.")] + [
+            f"--data.tasks.{task}.init_args.{setting}" for task in ("pretrain", "vqa")
+            for setting in (f"root={tiny_demo}", "num_workers=0")]
+    lines = cli_error(capsys, *argv)
+    assert re.match(rf"mammut fit: error: {reason.format(nowhere=re.escape(str(nowhere)))}", lines[-1]), lines[-3:]
+    printed = "\n".join(lines)
+    assert "Namespace(" not in printed and "Union subtypes" not in printed and "Traceback" not in printed
+    assert len(lines) <= 4, lines

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mammut.cli import main
+from mammut.cli import run_cli
 
 from conftest import REPO
 
@@ -25,7 +25,7 @@ def run(command: str, data_root: Path, out: Path, *overrides: str,
         config: str | list[str] = "configs/pretrain.yaml") -> None:
     """``config``: a recipe, or a recipe and its overlays (e.g. the VQA recipe and the PEFT one)."""
     configs = [config] if isinstance(config, str) else config
-    main([
+    run_cli([
         command, *(argument for c in configs for argument in ("--config", str(REPO / c))), *TINY_MODEL,
         *data_arguments(data_root, joint="multitask" in configs[0]),
         "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",

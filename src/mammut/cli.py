@@ -11,13 +11,23 @@ Linked arguments (set once, copied to the other side; a value given for the targ
 
 Strategies for several devices or nodes are in configs/strategy/ (add ``--config
 configs/strategy/<name>.yaml``); the DeepSpeed ones are checked before anything is built.
+
+Bad input ends the command with one short line, ``mammut fit: error: <reason>``, the reason a
+setting or file was refused (not jsonargparse's list of every type it tried, with the whole
+configuration); ``MAMMUT_TRACEBACK=1`` shows the traceback too. Other errors show their
+traceback, and the same line after it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
+import traceback
+from pathlib import Path
+
+import yaml
 
 import lightning as L
 import torch
@@ -135,9 +145,46 @@ def show_package_logs() -> None:
         logger.setLevel(logging.INFO)
 
 
-def main(args=None) -> None:
+class ConfigFileError(ValueError):
+    """A ``--config`` file that is not a YAML file of settings; the message names it."""
+
+
+def check_config_files(args: list[str]) -> None:
+    """Refuse, naming the file, a ``--config`` that is not UTF-8 text or not YAML, before
+    jsonargparse reads it (its messages name neither the file nor, for binary files, the problem)."""
+    for position, argument in enumerate(args):
+        if argument == "--config" and position + 1 < len(args):
+            value = args[position + 1]
+        elif argument.startswith("--config="):
+            value = argument.removeprefix("--config=")
+        else:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            continue  # a missing file, or YAML given inline: jsonargparse says so
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigFileError(f"--config {path}: not a text file (byte 0x{raw[error.start]:02x} at offset "
+                                  f"{error.start} is not UTF-8); a config is a YAML file of settings") from None
+        try:
+            settings = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise ConfigFileError(f"--config {path}: not valid YAML: {where}{problem}") from None
+        if settings is not None and not isinstance(settings, dict):
+            raise ConfigFileError(f"--config {path}: holds a {type(settings).__name__}, not settings "
+                                  "(a mapping such as 'model:', 'data:', 'trainer:')")
+
+
+def run_cli(args: list[str] | None = None) -> MammutCLI:
+    """The command, for callers in Python (tests, notebooks): errors are raised, not printed."""
+    check_config_files(list(sys.argv[1:] if args is None else args))
     show_package_logs()
-    MammutCLI(
+    return MammutCLI(
         MammutModule,
         L.LightningDataModule,
         subclass_mode_model=True,
@@ -146,6 +193,59 @@ def main(args=None) -> None:
         parser_kwargs={"parser_mode": "omegaconf"},
         args=args,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``mammut`` command: ``run_cli``, with an error's reason printed as its last line."""
+    try:
+        run_cli(args)
+    except Exception as error:  # noqa: BLE001 - every error ends in its reason; KeyboardInterrupt stays Python's
+        argv = list(sys.argv[1:] if args is None else args)
+        command = f"mammut {argv[0]}" if argv and argv[0] in ("fit", "validate", "test", "predict") else "mammut"
+        reason = failing_reason(error)
+        expected = is_bad_input(reason)
+        if not expected or os.environ.get("MAMMUT_TRACEBACK") == "1":
+            traceback.print_exception(error)
+        elif not isinstance(reason, ConfigFileError):  # that one says all there is
+            print("(MAMMUT_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        message = str(reason) if expected else f"{type(reason).__name__}: {reason}"
+        print(f"{command}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2 if expected else 1)
+
+
+def failing_reason(error: BaseException) -> BaseException | str:
+    """The error a user has to act on. jsonargparse wraps a class's own error (``__cause__``) in
+    "Does not validate against any of the Union subtypes ...", with the whole configuration."""
+    seen = set()
+    while _raised_in(error, "jsonargparse") and error.__cause__ is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.__cause__
+    if _raised_in(error, "jsonargparse"):
+        return str(error).split("\nGiven value", 1)[0]  # without the configuration's dump
+    return error
+
+
+def is_bad_input(reason: BaseException | str) -> bool:
+    """Errors that say what is wrong with a setting or a file: ValueError (the data's
+    DataFormatError, unsafe weights, jsonargparse's), OSError (missing files), mammut's own
+    error classes, and any error raised by mammut's own code. The rest are shown with their traceback."""
+    if isinstance(reason, str) or isinstance(reason, (ValueError, OSError)):
+        return True
+    return type(reason).__module__.startswith("mammut") or _raised_in(reason, *_OWN_CODE)
+
+
+_OWN_CODE = (str(Path(__file__).parent), str(Path(__file__).parents[2] / "tasks"))
+
+
+def _raised_in(error: BaseException, *places: str) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is in a file under one of ``places``
+    (folders, or a package name as a path component)."""
+    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+    if not frames:
+        return False
+    file = frames[-1].filename
+    return any(file.startswith(place + os.sep) if os.sep in place else f"{os.sep}{place}{os.sep}" in file
+               for place in places)
 
 
 if __name__ == "__main__":
