@@ -248,3 +248,21 @@ def test_the_cli_ends_with_the_one_failing_reason(tiny_demo, tmp_path, capsys, c
     printed = "\n".join(lines)
     assert "Namespace(" not in printed and "Union subtypes" not in printed and "Traceback" not in printed
     assert len(lines) <= 4, lines
+
+
+# ---------------------------------------------------------------------- make bench
+
+
+def test_make_bench_installs_its_peers_into_their_own_environment():
+    """open_clip's transformers pin breaks peft's imports; `make bench` must leave .venv as it is."""
+    import shutil
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    # -B: every step printed, as on a machine where nothing is installed yet.
+    commands = subprocess.run(["make", "-n", "-B", "bench", "VENV=.venv"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+    installs = [c for c in commands if re.search(r"\bpip install\b", c)]
+    assert installs and all(c.lstrip().startswith(".venv-bench/bin/pip ") and "bench" in c for c in installs), installs
+    assert not any(".venv/" in c for c in commands), commands
+    runs = [c for c in commands if "bench/" in c and c.rstrip().endswith(".py")]
+    assert runs and all(c.startswith(".venv-bench/bin/python ") for c in runs), runs
