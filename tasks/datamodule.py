@@ -5,12 +5,14 @@
 - Settings flow one way: the module hands the data side its image size and context length
   once (``connect``); the data side never reads the model. ``setup`` reads the annotation
   files; the datasets, which need those settings, are built when their loader is asked for.
-- ``references_for(task)``: what a task's baselines and predictions need from the data
-  (the training captions, the majority answers), handed to the task by the module.
+- ``task_inputs(task)``: what a task's baselines and predictions need from the data (the
+  training captions, the majority answers), as the typed ``TaskInputs`` the task declares;
+  the module hands it to the task once, at set-up.
 - A training loader sharded over data-parallel ranks that resumes mid-epoch: the
   checkpoint records how many samples of the epoch were done, and the sampler skips them.
   A training set too small for one batch per rank is an error, not an empty epoch.
-- ``records_skipped``: per split, the records the readers dropped as bad.
+- ``records_skipped``: per split, the records the readers dropped as bad (read by the module
+  once, at set-up, after this module's ``setup`` has read the files).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mammut.data import CaptionTokenizer, image_transform
 from mammut.data.sampling import ResumableRandomSampler
+from mammut.task import TaskInputs
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +162,14 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
         """A split's records, how many the reader dropped, and the file they came from."""
         raise NotImplementedError
 
-    def references_for(self, task: str) -> dict:
-        """What task ``task``'s baselines and predictions need from the data; none by default."""
-        return {}
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's model input: (3, H, W) images."""
+        return (3, self.image_size, self.image_size)
+
+    def task_inputs(self, task: str) -> TaskInputs:
+        """What task ``task`` needs from the data (its ``Task.inputs_type``), given once at set-up."""
+        return TaskInputs(input_shape=self.input_shape)
 
     def train_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
         batch_size = self.hparams.batch_size

@@ -81,8 +81,8 @@ class JointDataModule(SizesTheModel, L.LightningDataModule):
         for data in self.tasks.values():
             data.connect(**model_settings)
 
-    def references_for(self, task: str) -> dict:
-        return self.tasks[task].references_for(task)
+    def task_inputs(self, task: str):
+        return self.tasks[task].task_inputs(task)
 
     def _attach(self) -> None:
         # Each task's data module shards its loader by the trainer's ranks and reads its state.

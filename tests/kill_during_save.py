@@ -45,20 +45,21 @@ def arm(point: str):
 
 def run(save: int, point: str, args: list[str]) -> None:
     checkpointing.WRITE_CHUNK = 4096  # many writes per checkpoint, so a kill can land between them
-    original = checkpointing.AtomicCheckpointIO.save_checkpoint
+    # The write itself, which happens once the next step's loss has passed the guard (mammut.stopping).
+    original = checkpointing.AtomicCheckpointIO._apply
     saves = 0
 
-    def save_checkpoint(self, *arguments, **kwargs):
+    def apply(self, action, *arguments, **kwargs):
         nonlocal saves
-        saves += 1
-        if saves == save:
+        saves += action == "save"
+        if action == "save" and saves == save:
             sys.setprofile(arm(point))
         try:
-            return original(self, *arguments, **kwargs)
+            return original(self, action, *arguments, **kwargs)
         finally:
             sys.setprofile(None)
 
-    checkpointing.AtomicCheckpointIO.save_checkpoint = save_checkpoint
+    checkpointing.AtomicCheckpointIO._apply = apply
     main(args)
 
 

@@ -216,10 +216,13 @@ def test_a_finite_but_exploding_loss_stops_before_the_next_checkpoint(tiny_demo,
     trainer = L.Trainer(max_steps=6, limit_val_batches=0, callbacks=[checkpoints, InflateCaptionLogitsAtStep(3)],
                         logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     module = PretrainModule(architecture={**tiny_architecture(), "vocab_size": data.vocab_size})
-    with pytest.raises(FloatingPointError, match=r"diverging loss at global step 3 .*over 1000 times the reference"):
+    with pytest.raises(FloatingPointError, match=r"diverging loss at global step 3 .*over 1000 times the reference"
+                                                 r".*resume from the newest, .*last.ckpt"):
         trainer.fit(module, data)
-    # Steps 1 to 3 were saved; the exploded weights never reached a checkpoint.
-    assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 3
+    # A save is written once the next step's loss passes the guard: steps 1 and 2 were, and the
+    # save after step 3, whose next loss diverged, was not; the exploded weights never reached a checkpoint.
+    assert read_checkpoint(tmp_path / "last.ckpt")["global_step"] == 2
+    assert not (tmp_path / "step=3.ckpt").exists()
     saved = read_checkpoint(tmp_path / "last.ckpt")["state_dict"]["model.decoder.norm.weight"]
     assert saved.abs().max() < 1e3
     # The control: without the check the same run trains through the explosion and saves it.

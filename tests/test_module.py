@@ -10,6 +10,7 @@ import torch
 
 from mammut.model import MammutConfig
 from mammut.module import MammutModule, warmup_cosine
+from mammut.trained import parameter_counts
 from mammut.tasks.pretrain import PretrainModule
 
 SMALL = dict(image_size=32, vision_width=32, vision_depth=1, vision_heads=2, text_width=32, text_depth=2,
@@ -65,7 +66,7 @@ def test_freeze_by_name_pattern():
     module = small_module(freeze=["model.vision.*", "model.logit_scale"])
     frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, _ in module.named_parameters() if n.startswith("model.vision.")} | {"model.logit_scale"}
-    trainable, total = module.parameter_counts()
+    trainable, total = parameter_counts(module)
     assert 0 < trainable < total
     with pytest.raises(ValueError, match="match no parameter"):
         small_module(freeze=["model.nothing_here.*"])

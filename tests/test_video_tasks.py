@@ -21,6 +21,7 @@ from mammut.data.vqa_dataset import collate_vqa
 from mammut.metrics.vqa import VQAAccuracy, exact_match_accuracy
 from mammut.tasks.joint_data import JointDataModule
 from mammut.tasks.video import VideoCaptionDataModule, VideoQADataModule
+from mammut.tasks.vqa import VQATask
 
 QA = "configs/finetune_video_qa.yaml"
 CAPTION = "configs/finetune_video_caption.yaml"
@@ -204,9 +205,10 @@ def test_single_answer_datasets_are_scored_by_exact_match(tiny_demo):
     data = VideoQADataModule(root=str(tiny_demo))
     data.connect(image_size=64, context_length=24, frames=16)
     data.setup("validate")
-    references = data.references_for("vqa")
-    assert references["answer_scoring"] == "exact_match" and references["input_shape"] == (3, 16, 64, 64)
-    baseline = references["majority_baseline"]["val"]
+    inputs = data.task_inputs("vqa")
+    assert isinstance(inputs, VQATask.inputs_type)
+    assert inputs.answer_scoring == "exact_match" and inputs.input_shape == (3, 16, 64, 64)
+    baseline = inputs.majority_baseline["val"]
     assert set(baseline.values()) <= {0.0, 1.0} and 0 < sum(baseline.values()) < len(baseline)
 
 

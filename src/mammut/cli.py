@@ -39,10 +39,13 @@ from mammut.checkpointing import AtomicCheckpointIO
 from mammut.module import MammutModule
 from mammut.progress import progress_for_log_file
 from mammut.resume import apply_checkpoint_settings
+from mammut.stopping import SaveOnSignal
 
 
 class MammutCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--restore_other_recipe", type=bool, default=False,
+                            help="restore a --ckpt_path written by another task or recipe (mammut.resume)")
         parser.link_arguments("data.vocab_size", "model.init_args.architecture.vocab_size", apply_on="instantiate")
         for name in ("pad", "bos", "eos"):
             parser.link_arguments("data.special_token_ids", f"model.init_args.architecture.{name}_id",
@@ -198,7 +201,7 @@ def run_cli(args: list[str] | None = None) -> MammutCLI:
 def main(args: list[str] | None = None) -> None:
     """The ``mammut`` command: ``run_cli``, with an error's reason printed as its last line."""
     try:
-        run_cli(args)
+        cli = run_cli(args)
     except Exception as error:  # noqa: BLE001 - every error ends in its reason; KeyboardInterrupt stays Python's
         argv = list(sys.argv[1:] if args is None else args)
         command = f"mammut {argv[0]}" if argv and argv[0] in ("fit", "validate", "test", "predict") else "mammut"
@@ -211,6 +214,17 @@ def main(args: list[str] | None = None) -> None:
         message = str(reason) if expected else f"{type(reason).__name__}: {reason}"
         print(f"{command}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2 if expected else 1)
+    stopped = signal_exit_code(cli)
+    if stopped:
+        sys.exit(stopped)
+
+
+def signal_exit_code(cli: MammutCLI) -> int | None:
+    """128 + the signal's number when SIGINT or SIGTERM stopped the run (``mammut.stopping``), as
+    for a process the signal killed: a job scheduler then sees the run did not finish."""
+    trainer = getattr(cli, "trainer", None)
+    codes = [c.exit_code for c in (trainer.callbacks if trainer else []) if isinstance(c, SaveOnSignal)]
+    return next((code for code in codes if code), None)
 
 
 def failing_reason(error: BaseException) -> BaseException | str:

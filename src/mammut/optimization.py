@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -70,3 +71,30 @@ def _differs(old, new) -> bool:
     if isinstance(new, tuple):
         return old is None or tuple(old) != new
     return old is None or not math.isclose(old, new, rel_tol=1e-12, abs_tol=0.0)
+
+
+class Optimization:
+    """AdamW with warmup and cosine decay, as a module's ``lr``, ``weight_decay``, ``betas``,
+    ``warmup_steps``, ``min_lr_ratio`` and ``lr_scales`` set it (see ``MammutModule``)."""
+
+    def __init__(self, lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int,
+                 min_lr_ratio: float, lr_scales: dict[str, float] | None):
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.warmup_steps, self.min_lr_ratio, self.lr_scales = warmup_steps, min_lr_ratio, dict(lr_scales or {})
+
+    def lr_scale(self, name: str) -> float:
+        """The multiplier of the first ``lr_scales`` pattern that matches a parameter's name, else 1."""
+        return next((scale for pattern, scale in self.lr_scales.items() if fnmatch.fnmatch(name, pattern)), 1.0)
+
+    def configure(self, named_parameters: Iterable[tuple[str, nn.Parameter]], no_weight_decay: set[str],
+                  total_steps: int | float) -> dict:
+        """Lightning's ``configure_optimizers`` answer: the optimiser and its per-step schedule."""
+        groups = parameter_groups(named_parameters, no_weight_decay, self.lr_scale, self.lr, self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, total_steps, self.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def follow(self, schedulers: Iterable) -> None:
+        """Restored optimisers take this run's settings (``follow_run_settings``)."""
+        follow_run_settings(schedulers, self.lr, self.weight_decay, self.betas)

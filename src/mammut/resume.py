@@ -18,6 +18,7 @@ its base, which the model checks against the hash the checkpoint records.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,6 +58,8 @@ def apply_checkpoint_settings(parser, config: Namespace, subcommand: str, args: 
     # A sharded checkpoint is a folder, restored by its strategy: its settings are not read here.
     if ckpt_path not in LIGHTNING_CHECKPOINT_NAMES and not Path(ckpt_path).is_dir():
         checkpoint = read_checkpoint(ckpt_path)
+        if not config[subcommand].get("restore_other_recipe"):
+            check_same_recipe(checkpoint, config[subcommand], ckpt_path)
         adapter = is_adapter_checkpoint(checkpoint)
         hparams = dict(checkpoint.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
@@ -83,6 +86,84 @@ def apply_checkpoint_settings(parser, config: Namespace, subcommand: str, args: 
         log.info("restoring %s: init_from=%s is not read, the checkpoint holds every weight", ckpt_path, merged[init_from])
         merged[init_from] = None
     return merged
+
+
+def check_same_recipe(checkpoint: dict, config: Namespace, ckpt_path: str) -> None:
+    """Refuse, before anything is built, a checkpoint written by another task or recipe: restoring
+    it would silently replace this recipe's model class, architecture, optimiser and schedule.
+    Compared by class (wherever it is imported from): the model, its tasks, and the data module."""
+    saved, wanted = Recipe.of_checkpoint(checkpoint), Recipe.of_config(config)
+    if saved.differs_from(wanted):
+        raise ValueError(
+            f"--ckpt_path={ckpt_path} is a checkpoint of another recipe: it was written by {saved}, and this "
+            f"command runs {wanted}. To start from its weights with this recipe's settings, use "
+            f"--model.init_from={ckpt_path} instead; to restore that run here anyway (its architecture, optimiser "
+            "and schedule), add --restore_other_recipe=true.")
+
+
+class Recipe:
+    """What a run trains: the model's class, its tasks' classes, and the data module's class."""
+
+    def __init__(self, model: str | None, tasks: dict[str, str], data: str | None):
+        self.model, self.tasks, self.data = model, tasks, data
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: dict) -> Recipe:
+        hparams = checkpoint.get("hyper_parameters", {})
+        recorded = checkpoint.get("recipe", {})
+        # Older checkpoints name the data module only by the key its state is saved under.
+        data = recorded.get("data") or next((key for key in checkpoint if key.endswith("DataModule")), None)
+        return cls(hparams.get("_class_path"), _task_classes(hparams.get("tasks")), data)
+
+    @classmethod
+    def of_config(cls, config: Namespace) -> Recipe:
+        model, data = config.get("model"), config.get("data")
+        init_args = model.get("init_args") if isinstance(model, Namespace) else None
+        return cls(model.get("class_path") if isinstance(model, Namespace) else None,
+                   _task_classes(init_args.get("tasks") if init_args is not None else None),
+                   data.get("class_path") if isinstance(data, Namespace) else None)
+
+    def differs_from(self, other: Recipe) -> bool:
+        def differ(a: str | None, b: str | None) -> bool:
+            if a is None or b is None:
+                return False
+            a, b = _resolve(a), _resolve(b)
+            if isinstance(a, str) or isinstance(b, str):  # known by name only
+                return _name(a) != _name(b)
+            return a is not b
+        tasks_differ = bool(self.tasks and other.tasks) and (
+            set(self.tasks) != set(other.tasks) or any(differ(self.tasks[t], other.tasks[t]) for t in self.tasks))
+        return differ(self.model, other.model) or differ(self.data, other.data) or tasks_differ
+
+    def __str__(self) -> str:
+        tasks = f" (tasks {', '.join(f'{n}: {c}' for n, c in self.tasks.items())})" if self.tasks else ""
+        return f"{self.model or 'a model'}{tasks} on {self.data or 'its data'}"
+
+
+def _task_classes(tasks) -> dict[str, str]:
+    """Task name -> class path, from a config's or a checkpoint's ``tasks`` (class_path dicts)."""
+    out = {}
+    for name, task in (vars(tasks) if isinstance(tasks, Namespace) else tasks or {}).items():
+        path = task.get("class_path") if isinstance(task, (dict, Namespace)) else None
+        if path:
+            out[name] = path
+    return out
+
+
+def _name(value) -> str:
+    return value.rpartition(".")[2] if isinstance(value, str) else value.__qualname__
+
+
+def _resolve(path: str):
+    """The class a class path names (a bare class name, as older checkpoints record a data module,
+    stays a name); a path that no longer imports stays its text."""
+    module, _, name = path.rpartition(".")
+    if not module:
+        return name
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return path
 
 
 def _report_changes(before: Namespace, after: Namespace, subcommand: str, ckpt_path: str, what: str) -> None:

@@ -8,15 +8,16 @@ rank whose samples were all bad, the non-finite check, skip counting, the report
 baselines and the metric names ``{stage}/{task}/{metric}``.
 
 A task declares what the shared machinery must know instead of the machinery guessing:
-the empty batch a rank with no good samples feeds through the model, which of its
-parameters take no weight decay, its FSDP entry points and how its parameters were named
-before tasks were components.
+what it needs from its data (``inputs_type``, a ``TaskInputs`` dataclass), the empty batch a
+rank with no good samples feeds through the model, which of its parameters take no weight
+decay, its FSDP entry points and how its parameters were named before tasks were components.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -45,15 +46,23 @@ class TaskReport:
 
 
 @dataclass
+class TaskInputs:
+    """What a task needs from its data, handed over once before any step. A task declares its
+    own subclass (``Task.inputs_type``) and its data module builds it (``task_inputs``)."""
+
+    # One sample's model input, (3, H, W) for images or (3, T, H, W) for clips: the shape of the
+    # empty batch that a rank whose samples were all bad feeds through the model.
+    input_shape: tuple[int, ...]
+
+
+@dataclass
 class TaskContext:
     """What the shared module hands each task once, before any step."""
 
     architecture: MammutConfig
     generation: GenerationConfig
+    inputs: TaskInputs
     tokenizer: CaptionTokenizer | None = None
-    # What the task's data side knows that its baselines and predictions need (the training
-    # captions, the majority answers, ...); its keys are the task's own.
-    references: dict = field(default_factory=dict)
     # Where the task may write files of its own (a detection results JSON, drawn predictions):
     # the run's log folder; None when the run has none.
     output_dir: Path | None = None
@@ -61,6 +70,8 @@ class TaskContext:
 
 class Task(nn.Module):
     """Base of every task. Subclasses implement ``loss``, ``evaluate``, ``report`` and ``empty_batch``."""
+
+    inputs_type: ClassVar[type[TaskInputs]] = TaskInputs  # what the task needs from its data
 
     def __init__(self):
         super().__init__()
@@ -71,8 +82,12 @@ class Task(nn.Module):
         before weights are loaded and parameters frozen, so that both see them."""
 
     def connect(self, context: TaskContext) -> None:
-        """Receive the tokenizer and the data's references before any step."""
+        """Receive the tokenizer and the data's typed inputs before any step."""
         self.context = context
+
+    @property
+    def inputs(self) -> TaskInputs:
+        return self.context.inputs
 
     @property
     def tokenizer(self) -> CaptionTokenizer:
@@ -92,11 +107,9 @@ class Task(nn.Module):
         raise NotImplementedError
 
     def empty_inputs(self, device) -> Tensor:
-        """Zero images, or zero clips when the task's data is video (its references give the
-        ``input_shape``), so that the empty batch runs the same encoder path as the others' batches."""
-        c = self.context.architecture
-        shape = self.context.references.get("input_shape") or (3, c.image_size, c.image_size)
-        return torch.zeros(0, *shape, device=device)
+        """Zero images, or zero clips when the task's data is video, so that the empty batch runs
+        the same encoder path as the others' batches."""
+        return torch.zeros(0, *self.inputs.input_shape, device=device)
 
     # ----------------------------------------------------------- evaluation
     def evaluate(self, model: Mammut, batch: Batch, stage: str, batch_idx: int) -> None:
@@ -132,3 +145,28 @@ class Task(nn.Module):
         """Checkpoint key prefixes of a task-specific LightningModule (before tasks were
         components) -> their names relative to this task, e.g. ``{"prefix.": "prefix."}``."""
         return {}
+
+
+def check_task_names(data, tasks: list[str]) -> list[str]:
+    """The task of each evaluation loader: the data's task names, which must be the model's."""
+    names = getattr(data, "task_names", None)
+    if names is None:
+        if data is not None and hasattr(data, "task_inputs") and len(tasks) != 1:
+            raise ValueError(f"the model has the tasks {tasks}, but {type(data).__name__} feeds one: use "
+                             "mammut.tasks.joint_data.JointDataModule with a data module per task")
+        return tasks
+    if sorted(names) != sorted(tasks):
+        raise ValueError(f"the data's tasks {list(names)} are not the model's {tasks}: data.tasks and "
+                         "model.tasks must name the same tasks")
+    return list(names)
+
+
+def task_inputs(data, name: str, task: Task, architecture: MammutConfig) -> TaskInputs:
+    """What the data gives task ``name``, checked to be what the task needs (its ``inputs_type``).
+    A data module that is not a ``TaskDataModule`` gives the images' input shape only."""
+    inputs = data.task_inputs(name) if hasattr(data, "task_inputs") else \
+        TaskInputs(input_shape=(3, architecture.image_size, architecture.image_size))
+    if not isinstance(inputs, task.inputs_type):
+        raise TypeError(f"task {name!r} ({type(task).__name__}) needs {task.inputs_type.__name__} from its data, but "
+                        f"{type(data).__name__} gives {type(inputs).__name__}: is data.class_path this task's data module?")
+    return inputs

@@ -15,7 +15,10 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
 
 WEIGHTINGS = ("fixed", "loss_balanced")
 # Weight of the past in each task's running mean of the loss: it spans about the last 50 steps.
@@ -56,6 +59,14 @@ class TaskWeighting:
             self.first.setdefault(task, loss)
             previous = self.mean.get(task)
             self.mean[task] = loss if previous is None else LOSS_MEAN_DECAY * previous + (1 - LOSS_MEAN_DECAY) * loss
+
+    def update_all_ranks(self, task_losses: Mapping[str, Tensor], all_ranks: Callable[[Tensor, str], Tensor]) -> None:
+        """Take in this step's task losses averaged over the ranks (``all_ranks(value, "mean")``), so
+        that every rank weighs the next step's tasks alike."""
+        if self.mode == "fixed":
+            return
+        losses = all_ranks(torch.stack([loss.float() for loss in task_losses.values()]), "mean")
+        self.update(dict(zip(task_losses, losses.tolist())))
 
     def state_dict(self) -> dict:
         return {"first": dict(self.first), "mean": dict(self.mean)}

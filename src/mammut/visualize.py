@@ -67,3 +67,18 @@ def to_image(tensor: Tensor) -> Image.Image:
 def to_tensor(image: Image.Image) -> Tensor:
     """A PIL image -> (3, H, W) in [0, 1]."""
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def true_and_predicted(image: Tensor, true_boxes: list, true_labels: list[str], predicted_boxes: list,
+                       predicted_labels: list[str], scale: int = 4) -> Tensor:
+    """A model input (3, H, W) in [0, 1], upscaled, with the true boxes (green) and the predicted
+    ones (orange), each [x0, y0, x1, y1] in the input's pixels. Returns (3, scale H, scale W)."""
+    picture = draw_boxes(to_image(image), true_boxes, true_labels, TRUE, scale=scale)
+    picture = draw_boxes(picture, [[v * scale for v in box] for box in predicted_boxes], predicted_labels, PREDICTED)
+    return to_tensor(picture)
+
+
+def legible_boxes(image: Image.Image, boxes: list, labels: list[str]) -> Image.Image:
+    """Boxes drawn on an image at its own size, or enlarged until its short side has 256 pixels
+    or more, so that the labels of small images are legible."""
+    return draw_boxes(image, boxes, labels, PREDICTED, scale=max(1, 256 // min(image.size)))

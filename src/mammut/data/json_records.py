@@ -1,9 +1,11 @@
-"""Checked access to JSON annotation files: every error names the file and the record."""
+"""JSON files: checked reading of annotation files (every error names the file and the record),
+and writing that never leaves a truncated file that looks complete."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,15 @@ def load_json(file: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise DataFormatError(f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Compact JSON written to a temporary name beside ``path`` and renamed over it: an interrupted
+    run leaves the old file or the new one, never a part of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(content, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def field(record: Any, key: str, kind: type, file: Path, where: str) -> Any:

@@ -28,6 +28,12 @@ class MammutOutput:
 
 
 class Mammut(nn.Module):
+    # Names of parameters that loading weights must know (``weights.load_mammut_weights``).
+    POSITION_EMBEDDING = "vision.vit.pos_embed"  # resampled when weights come from another image size
+    TUBES = "vision.tubes."  # the video tubes, which start from the patch embedding when a file lacks them
+    # The video path, which image-text weights do not hold: tubes and mPLUG-2's video-only blocks.
+    VIDEO_PATH = (TUBES, "vision.video_blocks.")
+
     def __init__(self, config: MammutConfig):
         super().__init__()
         self.config = config
@@ -105,6 +111,10 @@ class Mammut(nn.Module):
         names = {name for name, parameter in self.named_parameters() if parameter.ndim < 2}
         names |= {f"vision.vit.{name}" for name in self.vision.vit.no_weight_decay()}
         return names | {"decoder.token_embedding.weight", "decoder.position_embedding"}
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The repeated blocks: the units of compilation, sharding and activation checkpointing."""
+        return [*self.vision.vit.blocks, *self.vision.video_blocks.values(), *self.decoder.layers]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision.set_grad_checkpointing(enable)

@@ -12,7 +12,7 @@ import math
 
 import timm
 from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, checkpoint_filter_fn
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -21,6 +21,7 @@ from .attention import checkpoint_attention_contexts, cpu_bf16_friendly_attentio
 from .config import MammutConfig
 from .patch_embedding import ConvStem, overlapping_patches
 from .tubes import SparseTubes
+from .weights import load_weights
 from .weights_file import read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -40,16 +41,13 @@ class VisionEncoder(nn.Module):
             num_classes=0, global_pool="", drop_rate=config.dropout,
         )
         weights = config.vision_weights
+        self.vit = timm.create_model(config.vision_model, pretrained=False, **shape)
         if weights is not None:
-            # Read once without running code (a torch file is a pickle), so that timm, whose
-            # older releases unpickle in full, only ever reads a file that holds plain tensors.
-            read_state_dict(weights, purpose="vision_weights")
-            # timm loads .safetensors or a torch state dict and resamples the position
-            # embedding when the image or patch size differs from the file's.
-            self.vit = timm.create_model(config.vision_model, pretrained=True,
-                                         pretrained_cfg_overlay={"file": str(weights)}, **shape)
-        else:
-            self.vit = timm.create_model(config.vision_model, pretrained=False, **shape)
+            # Through the one door for weights (read without running code); timm's own filter
+            # maps original ViT names and resamples the position and patch embeddings to this
+            # image and patch size. Every ViT parameter must be filled; the file's classifier is left out.
+            state = checkpoint_filter_fn(read_state_dict(weights, purpose="vision_weights"), self.vit)
+            load_weights(self.vit, state, str(weights), required=lambda key: True, purpose="vision_weights")
         if config.patch_embedding == "conv_stem":
             if weights is not None:
                 logger.info("vision_weights: the conv stem replaces the file's patch embedding and starts "

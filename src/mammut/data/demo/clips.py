@@ -13,7 +13,7 @@ object's colour jitter stay the same from frame to frame and only the event chan
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..json_records import write_json
 from ..video_writer import write_video
 from .clips import CLIP_FPS, ClipRecord, build_clip_split, msrvtt_document, render_clip, video_qa_document
 from .formats import captions_document, instances_document, vqa_documents
@@ -31,7 +32,7 @@ from .layout import (
 from .render import render
 from .scene import Scene
 from .split import MAX_SPLIT_SIZE, ImageRecord, build_split
-from .writer import GENERATOR_VERSION, info, write_jpeg, write_json
+from .writer import GENERATOR_VERSION, info, write_jpeg
 from .world import SPLITS
 
 TASKS = ("captions", "vqa", "detection", "video")

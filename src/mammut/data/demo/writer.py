@@ -1,16 +1,15 @@
 """Writing files so that the same inputs always give byte-identical outputs.
 
-JSON is written compactly with a fixed key order and no timestamps; JPEGs with
+JSON is written compactly with a fixed key order and no timestamps (``json_records.write_json``); JPEGs with
 fixed encoder settings. JSON files are written to a temporary name and renamed, so
 an interrupted run never leaves a truncated JSON file that looks complete.
 """
 
 import io
-import json
-import os
 from pathlib import Path
 
 from PIL import Image
+
 
 GENERATOR_VERSION = "1.0.0"
 
@@ -29,18 +28,6 @@ def info(split: str, seed: int, image_size: int, description: str) -> dict:
         "split": split,
         "image_size": image_size,
     }
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def write_json(path: Path, content: dict) -> None:
-    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-    _replace_atomically(path, text.encode("utf-8"))
 
 
 def write_jpeg(path: Path, image: Image.Image) -> None:

@@ -33,6 +33,7 @@ from mammut.data.video_dataset import ClipSampling, VideoCaptionDataset, VideoQA
 from mammut.data.video_records import read_msrvtt_captions, read_video_qa
 from mammut.data.vqa import VQARecord
 from mammut.tasks.datamodule import TaskDataModule
+from mammut.tasks.pretrain import CaptionInputs, caption_inputs
 from mammut.tasks.vqa import QuestionData
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,10 @@ class VideoDataModule(TaskDataModule):
                                   self.context_length, train=split == "train", seed=h.seed,
                                   skip_bad_samples=h.skip_bad_samples, clips=clips, **self.dataset_arguments())
 
-    def references_for(self, task: str) -> dict:
-        """The clip shape, for the empty batch of a rank whose samples were all bad."""
-        return {"input_shape": (3, self.frames, self.image_size, self.image_size)}
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's model input: (3, T, H, W) clips."""
+        return (3, self.frames, self.image_size, self.image_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The clips leave the workers as uint8 (``clip_transform``); they become normalised floats
@@ -136,10 +138,9 @@ class VideoCaptionDataModule(VideoDataModule):
                                                 h.video_pattern, h.skip_bad_samples)
         return records, skipped, self.path(annotations)
 
-    def references_for(self, task: str) -> dict:
+    def task_inputs(self, task: str) -> CaptionInputs:
         """The training captions (the most frequent is the captioning baseline) and the clip shape."""
-        return {**super().references_for(task),
-                "train_captions": [c for record in self.records.get("train", []) for c in record.captions]}
+        return caption_inputs(self.records, self.input_shape)
 
     def predict_dataloader(self) -> DataLoader:
         paths = self.hparams.predict_videos
@@ -216,6 +217,3 @@ class VideoQADataModule(QuestionData, VideoDataModule):
         records, skipped = read_video_qa(self.path(questions), self.path(h.videos), h.video_pattern,
                                          h.msvd_mapping and self.path(h.msvd_mapping), h.skip_bad_samples)
         return records, skipped, self.path(questions)
-
-    def references_for(self, task: str) -> dict:
-        return {**QuestionData.references_for(self, task), **VideoDataModule.references_for(self, task)}

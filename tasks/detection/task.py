@@ -1,168 +1,51 @@
 """Open-vocabulary detection: box and class heads on the visual tokens, classes scored against
 text (MaMMUT, arXiv 2303.16839, Sec. 3.4; heads and loss after OWL-ViT, arXiv 2205.06230).
 
-    mammut fit --config configs/finetune_detection.yaml --model.init_from=runs/pretrain/.../last.ckpt
-    mammut predict --config configs/finetune_detection.yaml --ckpt_path=runs/finetune_detection/.../last.ckpt \\
-        --data.predict_images=[photo.jpg] --data.predict_words=[hexagon,cross]
-
-``DetectionTask`` is the task on the shared model and ``DetectionModule`` the preset of a
-``MammutModule`` with that one task. Every patch token predicts a box and a class embedding
-(``mammut.model.detection_head``); the classes are the text embeddings of their names from the
-decoder's contrastive pass, averaged over prompt templates, so any words can be asked for at test
-time. Training matches predictions to objects one to one (``mammut.model.set_loss``).
-Evaluation writes the detections as a COCO results JSON and scores that file with pycocotools'
-COCOeval (AP, AP50, AP75, AP per class, AP on the novel classes, those of frequency "r") and,
-for files with LVIS's federated fields, with LVIS's rules (APr, APc, APf), each beside the
-class-prior baseline: every class at its training frequency in uniform boxes.
+Every patch token predicts a box and a class embedding (``mammut.model.detection_head``); the
+classes are the text embeddings of their names from the decoder's contrastive pass, averaged
+over prompt templates, so any words can be asked for at test time. Training matches predictions
+to objects one to one (``mammut.model.set_loss``). Evaluation writes the detections as a COCO
+results JSON and scores that file with pycocotools' COCOeval (AP, AP50, AP75, AP per class, AP on
+the novel classes, those of frequency "r") and, for files with LVIS's federated fields, with
+LVIS's rules (APr, APc, APf), each beside the class-prior baseline: every class at its training
+frequency in uniform boxes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import statistics
-from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
 from torchvision.ops import box_convert, nms
 
 from mammut.data.batch import DetectionBatch
-from mammut.data.box_transforms import DetectionTransform
-from mammut.data.detection_dataset import DetectionDataset, collate_detection
 from mammut.data.images import load_rgb_image
-from mammut.data.instances import Category, DetectionRecord, read_instances
-from mammut.data.tokenizer import words_in_pieces
+from mammut.data.instances import Category
+from mammut.data.json_records import write_json
 from mammut.data.transforms import denormalize
-from mammut.metrics.detection import class_prior_detections, coco_evaluation, lvis_evaluation
+from mammut.metrics.detection import coco_evaluation, lvis_evaluation
 from mammut.model import Mammut, MammutConfig
 from mammut.model.detection_head import DetectionHead, Detections
 from mammut.model.set_loss import SetLossWeights, set_loss, xyxy
-from mammut.module import MammutModule
-from mammut.task import Task, TaskLoss, TaskReport
-from mammut.tasks.datamodule import TaskDataModule
-from mammut.visualize import PREDICTED, TRUE, draw_boxes, to_image, to_tensor
+from mammut.task import Task, TaskInputs, TaskLoss, TaskReport
+from mammut.visualize import legible_boxes, true_and_predicted
 
 log = logging.getLogger(__name__)
 
 
-class DetectionDataModule(TaskDataModule):
-    """Boxes in COCO instances or LVIS v1 format: the demo world, COCO, LVIS, or your own files."""
+@dataclass
+class DetectionInputs(TaskInputs):
+    """What ``DetectionTask`` needs from its data, per split ("train", "val", "test", "predict")."""
 
-    collate_train = collate_eval = staticmethod(collate_detection)
-
-    def __init__(
-        self,
-        train_annotations: str = "annotations/instances_train.json",
-        train_images: str = "images/train",
-        val_annotations: str = "annotations/instances_val.json",
-        val_images: str = "images/val",
-        test_annotations: str | None = "annotations/instances_test.json",
-        test_images: str | None = "images/test",
-        predict_images: list[str] | None = None,
-        predict_words: list[str] | None = None,
-        flip: bool = True,
-        scale_range: tuple[float, float] = (0.6, 1.0),
-        batch_size: int = 64,
-        eval_batch_size: int = 200,
-        **kwargs,
-    ):
-        """
-        Args:
-            train_annotations: COCO instances or LVIS v1 JSON, relative to ``root``; ``*_images``
-                the folder of its images (found by ``file_name``, or for LVIS by ``coco_url``:
-                ``<images>/val2017/000000397133.jpg``).
-            predict_images: image files to detect in with ``mammut predict``.
-            predict_words: the class names to look for in them, any words at all.
-            flip: training images are flipped left to right at random, boxes with them.
-            scale_range: scale jitter: training takes a random crop of this fraction of each side,
-                resized to the input size; boxes are clipped to it (and dropped, counted, if
-                nothing is left of them).
-            batch_size: training images per step and device.
-            eval_batch_size: images per evaluation step.
-            **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length
-                (of the class prompts), num_workers, skip_bad_samples, seed.
-        """
-        super().__init__(**kwargs)
-        self.save_arguments(locals())
-        self.categories: dict[str, list[Category]] = {}
-        self.ground_truth: dict[str, Path] = {}
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "predict":
-            self.records["predict"] = self._predict_records()
-
-    def read_split(self, split: str) -> tuple[list[DetectionRecord], int, Path]:
-        h = self.hparams
-        annotations, images = h[f"{split}_annotations"], h[f"{split}_images"]
-        if annotations is None:
-            raise ValueError(f"data.{split}_annotations is not set")
-        instances = read_instances(self.path(annotations), self.path(images), h.skip_bad_samples)
-        self.categories[split], self.ground_truth[split] = instances.categories, instances.file
-        return instances.records, instances.skipped, instances.file
-
-    def _predict_records(self) -> list[DetectionRecord]:
-        images, words = self.hparams.predict_images or [], self.hparams.predict_words or []
-        if not images or not words:
-            raise ValueError("nothing to detect: set --data.predict_images=[...] and --data.predict_words=[...]")
-        self.categories["predict"] = [Category(id=k + 1, name=word) for k, word in enumerate(words)]
-        in_pieces = words_in_pieces(self.tokenizer, [class_name(c) for c in self.categories["predict"]])
-        if in_pieces:  # text the tokenizer never saw whole, so training never taught the model these words
-            log.warning("data.predict_words: %s %s split into pieces by the tokenizer %s, whose training text never "
-                        "held them whole: the model knows them only as fragments, so its detections of them are "
-                        "unreliable", ", ".join(
-                            f"{word!r} ({' '.join(pieces)})" for word, pieces in in_pieces.items()),
-                        "is" if len(in_pieces) == 1 else "are", self.path(self.hparams.tokenizer))
-        records = []
-        for index, image in enumerate(images):
-            try:
-                with Image.open(image) as opened:
-                    width, height = opened.size
-            except (OSError, ValueError) as error:
-                raise ValueError(f"{image}: cannot read the image ({error})") from error
-            records.append(DetectionRecord(image_id=index, path=Path(image), width=width, height=height, boxes=(),
-                                           category_ids=()))
-        return records
-
-    def build_dataset(self, split: str) -> DetectionDataset:
-        h, train = self.hparams, split == "train"
-        transform = DetectionTransform(self.image_size, train=train, flip=h.flip, scale_range=tuple(h.scale_range))
-        return DetectionDataset(self.read_records(split), self.categories[split], transform, train=train,
-                                seed=h.seed, skip_bad_samples=h.skip_bad_samples)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.dataset("predict"), collate_detection)
-
-    def references_for(self, task: str) -> dict:
-        """Per split: its categories, its ground-truth file, whether it is LVIS-style (federated
-        negatives), the class-prior baseline's detections; the predict inputs' file names."""
-        references = {"categories": self.categories, "ground_truth": self.ground_truth, "federated": {},
-                      "class_prior": {}, "predict": {r.image_id: str(r.path) for r in self.records.get("predict", [])}}
-        train = self.records.get("train")
-        for split in ("val", "test"):
-            records = self.records.get(split)
-            if not records:
-                continue
-            references["federated"][split] = any(r.neg_category_ids is not None for r in records)
-            if train:
-                counts = Counter(c for r in train for c in r.category_ids)
-                prior = {c.id: counts.get(c.id, 0) for c in self.categories[split]}
-                references["class_prior"][split] = class_prior_detections(
-                    prior, [(r.image_id, r.width, r.height) for r in records], median_box_size(train))
-        return references
-
-
-def median_box_size(records: list[DetectionRecord]) -> tuple[float, float]:
-    """The training boxes' median width and height, as fractions of their image's."""
-    sizes = [(w / r.width, h / r.height) for r in records for _, _, w, h in r.boxes]
-    if not sizes:
-        return 0.25, 0.25
-    return statistics.median(w for w, _ in sizes), statistics.median(h for _, h in sizes)
+    categories: dict[str, list[Category]] = field(default_factory=dict)
+    ground_truth: dict[str, Path] = field(default_factory=dict)  # the annotation file COCOeval scores against
+    federated: dict[str, bool] = field(default_factory=dict)  # LVIS-style negatives: scored by LVIS's rules too
+    class_prior: dict[str, list[dict]] = field(default_factory=dict)  # the baseline's detections
+    predict: dict[int, str] = field(default_factory=dict)  # image id -> file, for ``mammut predict``
 
 
 def class_name(category: Category) -> str:
@@ -171,6 +54,8 @@ def class_name(category: Category) -> str:
 
 class DetectionTask(Task):
     """Open-vocabulary detection heads on the shared model's visual tokens."""
+
+    inputs_type = DetectionInputs
 
     def __init__(
         self,
@@ -232,7 +117,7 @@ class DetectionTask(Task):
         return self.head(patch_tokens, grid, model.project_tokens, self.queries(model, names))
 
     def names(self, split: str) -> list[str]:
-        return [class_name(c) for c in self.context.references["categories"][split]]
+        return [class_name(c) for c in self.inputs.categories[split]]
 
     # --------------------------------------------------------------- training
     def empty_batch(self, device) -> DetectionBatch:
@@ -279,7 +164,7 @@ class DetectionTask(Task):
         return out
 
     def evaluate(self, model: Mammut, batch: DetectionBatch, stage: str, batch_idx: int) -> None:
-        categories = self.context.references["categories"][stage]
+        categories = self.inputs.categories[stage]
         detections = self.detect(model, batch.images, self.names(stage))
         per_image = self.results(detections, batch, categories)
         self._results[stage].extend(r for image in per_image for r in image)
@@ -289,8 +174,8 @@ class DetectionTask(Task):
 
     def drawn_samples(self, batch: DetectionBatch, per_image: list[list[dict]],
                       categories: list[Category]) -> tuple[Tensor, list[str]]:
-        """Model inputs with the predicted boxes (orange, scored at least ``draw_threshold``) and the
-        true ones (green), and a line of text each."""
+        """Model inputs with the predicted boxes (scored at least ``draw_threshold``) and the true
+        ones, and a line of text each."""
         names = {c.id: c.name for c in categories}
         images, texts = [], []
         for i in range(min(self.num_logged_samples, len(batch))):
@@ -299,16 +184,13 @@ class DetectionTask(Task):
             to_input = [side / width, side / height, side / width, side / height]
             shown = [r for r in best_class_per_box(per_image[i]) if r["score"] >= self.draw_threshold]
             predicted = [[v * s for v, s in zip(box_corners(r["bbox"]), to_input)] for r in shown]
-            truth = (xyxy(batch.boxes[i].float()) * side).tolist()
+            labels = [f"{names[r['category_id']]} {r['score']:.2f}" for r in shown]
             true_names = [categories[k].name for k in batch.labels[i].tolist()]
-            picture = to_image(denormalize(batch.images[i:i + 1].float())[0])
-            picture = draw_boxes(picture, truth, true_names, TRUE, scale=4)
-            picture = draw_boxes(picture, [[v * 4 for v in b] for b in predicted],
-                                 [f"{names[r['category_id']]} {r['score']:.2f}" for r in shown], PREDICTED)
-            images.append(to_tensor(picture))
-            texts.append(f"image {int(batch.image_ids[i])}: predicted "
-                         + (", ".join(f"{names[r['category_id']]} {r['score']:.2f}" for r in shown) or "nothing")
-                         + f"; true {', '.join(true_names) or 'nothing'}")
+            images.append(true_and_predicted(denormalize(batch.images[i:i + 1].float())[0],
+                                             (xyxy(batch.boxes[i].float()) * side).tolist(), true_names,
+                                             predicted, labels))
+            texts.append(f"image {int(batch.image_ids[i])}: predicted {', '.join(labels) or 'nothing'}; "
+                         f"true {', '.join(true_names) or 'nothing'}")
         return torch.stack(images), texts
 
     def report(self, stage: str) -> TaskReport | None:
@@ -317,15 +199,14 @@ class DetectionTask(Task):
         self.reset(stage)
         if not image_ids:
             return None
-        references = self.context.references
-        categories = references["categories"][stage]
+        categories = self.inputs.categories[stage]
         novel = [c.id for c in categories if c.frequency == "r"]
-        ground_truth = references["ground_truth"][stage]
+        ground_truth = self.inputs.ground_truth[stage]
         self.write_results(results, f"detections_{stage}.json")
         scores = coco_evaluation(ground_truth, results, image_ids, novel)
-        baseline_results = references["class_prior"].get(stage)
+        baseline_results = self.inputs.class_prior.get(stage)
         baselines = coco_evaluation(ground_truth, baseline_results, image_ids, novel) if baseline_results else {}
-        if references["federated"].get(stage):
+        if self.inputs.federated.get(stage):
             scores.update(lvis_scores(ground_truth, results, image_ids))
             if baseline_results:
                 baselines.update(lvis_scores(ground_truth, baseline_results, image_ids))
@@ -339,10 +220,7 @@ class DetectionTask(Task):
         directory = self.context.output_dir
         if directory is None or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
             return
-        directory.mkdir(parents=True, exist_ok=True)
-        temporary = directory / f".{name}.tmp"
-        temporary.write_text(json.dumps(results))
-        temporary.replace(directory / name)
+        write_json(directory / name, results)
         log.info("detections written to %s", directory / name)
 
     def reset(self, stage: str) -> None:
@@ -354,8 +232,8 @@ class DetectionTask(Task):
         """Detections of ``--data.predict_words`` in each image (each box once, with its best word),
         drawn into ``predictions/`` beside ``predictions.json`` (COCO results, with each detection's
         file and word) in the run's folder."""
-        categories = self.context.references["categories"]["predict"]
-        files = self.context.references["predict"]
+        categories = self.inputs.categories["predict"]
+        files = self.inputs.predict
         per_image = self.results(self.detect(model, batch.images, self.names("predict")), batch, categories)
         words = {c.id: c.name for c in categories}
         out = []
@@ -372,10 +250,9 @@ class DetectionTask(Task):
         directory = self.context.output_dir
         if directory is None:
             return
-        image = load_rgb_image(file)  # the pixels the model saw: wide greys scaled, transparency composited
-        scale = max(1, 256 // min(image.size))  # small images are enlarged so that labels are legible
-        picture = draw_boxes(image, [box_corners(d["bbox"]) for d in detections],
-                             [f"{d['word']} {d['score']:.2f}" for d in detections], PREDICTED, scale)
+        # The pixels the model saw: wide greys scaled, transparency composited.
+        picture = legible_boxes(load_rgb_image(file), [box_corners(d["bbox"]) for d in detections],
+                                [f"{d['word']} {d['score']:.2f}" for d in detections])
         (directory / "predictions").mkdir(parents=True, exist_ok=True)
         picture.save(directory / "predictions" / f"{Path(file).stem}.png")
 
@@ -426,28 +303,3 @@ def gathered(items: list) -> list:
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, items)
     return [item for part in parts for item in part]
-
-
-class DetectionModule(MammutModule):
-    """The preset for detection alone: a ``MammutModule`` with one ``DetectionTask`` named "detection"."""
-
-    def __init__(
-        self,
-        templates: list[str] | None = None,
-        focal_weight: float = 2.0,
-        l1_weight: float = 5.0,
-        giou_weight: float = 2.0,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        max_detections: int = 100,
-        draw_threshold: float = 0.3,
-        num_logged_samples: int = 8,
-        **kwargs,
-    ):
-        """
-        Args: those of ``DetectionTask``, and ``**kwargs``: the shared settings of ``MammutModule``
-        (architecture, lr, init_from, freeze, ...).
-        """
-        super().__init__(tasks={"detection": DetectionTask(templates, focal_weight, l1_weight, giou_weight,
-                                                           focal_alpha, focal_gamma, max_detections, draw_threshold,
-                                                           num_logged_samples)}, **kwargs)

@@ -1,113 +1,45 @@
 """Pretraining: contrastive and captioning losses trained jointly (MaMMUT, arXiv 2303.16839, Sec. 3.3).
 
-    mammut fit --config configs/pretrain.yaml
-
-``PretrainTask`` is the task (``mammut.task.Task``) on the shared model; ``PretrainModule``
-is the preset of a ``MammutModule`` with that one task. Validation reports zero-shot
-retrieval R@1/5/10 in both directions and CIDEr-D / BLEU-4 of greedy captions, each beside
-its baseline computed from the same data: chance recall for retrieval, and the most
-frequent training caption for captioning.
+``PretrainTask`` is the task on the shared model. Validation reports zero-shot retrieval
+R@1/5/10 in both directions and CIDEr-D / BLEU-4 of greedy captions, each beside its baseline
+computed from the same data: chance recall for retrieval, and the most frequent training
+caption for captioning. On clips it is video captioning (``mammut.tasks.video``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from mammut.data import CaptionDataset, CaptionRecord, collate_eval, collate_train, image_transform, read_captions
 from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
-from mammut.data.images import load_rgb_image
 from mammut.data.transforms import denormalize
 from mammut.metrics import CaptionMetrics, RetrievalRecallAtK
 from mammut.metrics.captioning import most_frequent_caption_baseline
 from mammut.metrics.retrieval import chance_recall_at_k
 from mammut.model import ContrastiveLoss, Mammut, caption_loss, generate
-from mammut.module import MammutModule
-from mammut.task import Task, TaskLoss, TaskReport
-from mammut.tasks.datamodule import TaskDataModule
+from mammut.task import Task, TaskInputs, TaskLoss, TaskReport
 
 
-class ImageTextDataModule(TaskDataModule):
-    """Image-caption pairs in COCO captions format: the demo world, COCO, or your own files."""
+@dataclass
+class CaptionInputs(TaskInputs):
+    """What ``PretrainTask`` needs from its data (images or clips with captions)."""
 
-    dataset_class = CaptionDataset
-    collate_train, collate_eval = staticmethod(collate_train), staticmethod(collate_eval)
-
-    def __init__(
-        self,
-        train_annotations: str = "annotations/captions_train.json",
-        train_images: str = "images/train",
-        val_annotations: str = "annotations/captions_val.json",
-        val_images: str = "images/val",
-        test_annotations: str | None = "annotations/captions_test.json",
-        test_images: str | None = "images/test",
-        annotation_format: str = "auto",
-        predict_images: list[str] | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int = 250,
-        **kwargs,
-    ):
-        """
-        Args:
-            train_annotations: caption JSON of the training split (see ``annotation_format``),
-                relative to ``root``; ``*_images`` are image folders.
-            annotation_format: "coco" (a captions file per split), "karpathy" (one
-                ``dataset_coco.json``-style file of every split, read for the split's images:
-                train = "train" + "restval"), or "auto" to tell them apart by content.
-            predict_images: image files to caption with ``mammut predict``.
-            batch_size: training images per step and device. The contrastive batch is the
-                batch of all devices together (embeddings are gathered); with
-                ``trainer.accumulate_grad_batches`` it is still one step's, not the accumulated one.
-            eval_batch_size: images per validation step.
-            **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length,
-                num_workers, skip_bad_samples, seed.
-        """
-        super().__init__(**kwargs)
-        self.save_arguments(locals())
-
-    def read_split(self, split: str) -> tuple[list[CaptionRecord], int, Path]:
-        h = self.hparams
-        annotations, images = h[f"{split}_annotations"], h[f"{split}_images"]
-        if annotations is None:
-            raise ValueError(f"data.{split}_annotations is not set")
-        records, skipped = read_captions(self.path(annotations), self.path(images), split, h.skip_bad_samples,
-                                         h.annotation_format)
-        return records, skipped, self.path(annotations)
-
-    def references_for(self, task: str) -> dict:
-        """The training captions, whose most frequent one is the captioning baseline."""
-        return {"train_captions": [c for record in self.records.get("train", []) for c in record.captions]}
-
-    def predict_dataloader(self) -> DataLoader:
-        paths = self.hparams.predict_images
-        if not paths:
-            raise ValueError("nothing to predict: set --data.predict_images=[path.jpg, ...]")
-        return DataLoader(ImageFiles(paths, image_transform(self.image_size, train=False)),
-                          batch_size=self.hparams.eval_batch_size)
+    train_captions: list[str] = field(default_factory=list)  # the captioning baseline: the most frequent
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Image files given by path, for prediction."""
-
-    def __init__(self, paths: list[str], transform):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": self.transform(load_rgb_image(self.paths[index])), "path": self.paths[index]}
+def caption_inputs(records: dict[str, list], input_shape: tuple[int, ...]) -> CaptionInputs:
+    return CaptionInputs(input_shape, [c for record in records.get("train", []) for c in record.captions])
 
 
 class PretrainTask(Task):
     """Contrastive loss on the two embeddings plus captioning loss (Sec. 3.3); zero-shot
     retrieval and greedy captions in evaluation."""
+
+    inputs_type = CaptionInputs
 
     def __init__(
         self,
@@ -182,7 +114,7 @@ class PretrainTask(Task):
         scores = {**self.metrics[f"{stage}_retrieval"].compute(), **self.metrics[f"{stage}_captioning"].compute()}
         image_ids, caption_image_ids, references = self._whole_eval_set()
         baselines = chance_recall_at_k(image_ids, caption_image_ids)
-        baselines.update(most_frequent_caption_baseline(self.context.references["train_captions"], references).scores)
+        baselines.update(most_frequent_caption_baseline(self.inputs.train_captions, references).scores)
         scores["retrieval/mean_R@1"] = (scores["image_to_text/R@1"] + scores["text_to_image/R@1"]) / 2
         samples = self._samples.pop(stage, None)
         self.reset(stage)
@@ -221,26 +153,3 @@ class PretrainTask(Task):
         visual_tokens = model.encode_image(batch["image"])
         captions = self.tokenizer.decode_batch(generate(model, visual_tokens, config=self.context.generation))
         return [{"path": p, "caption": c} for p, c in zip(batch["path"], captions)]
-
-
-class PretrainModule(MammutModule):
-    """The preset for pretraining alone: a ``MammutModule`` with one ``PretrainTask`` named "pretrain"."""
-
-    def __init__(
-        self,
-        contrastive_weight: float = 1.0,
-        caption_weight: float = 1.0,
-        contrastive_loss: str = "infonce",
-        focal_gamma: float = 2.0,
-        local_loss: bool = False,
-        label_smoothing: float = 0.0,
-        num_logged_images: int = 16,
-        **kwargs,
-    ):
-        """
-        Args: those of ``PretrainTask``, and ``**kwargs``: the shared settings of
-        ``MammutModule`` (architecture, lr, init_from, ...).
-        """
-        task = PretrainTask(contrastive_weight, caption_weight, contrastive_loss, focal_gamma, local_loss,
-                            label_smoothing, num_logged_images)
-        super().__init__(tasks={"pretrain": task}, **kwargs)
