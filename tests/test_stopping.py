@@ -16,7 +16,7 @@ import torch
 from mammut.checkpointing import read_checkpoint
 
 from conftest import REPO
-from tiny_run import TINY_MODEL, checkpoint_every, data_arguments, run
+from tiny_run import TINY_MODEL, checkpoint_every, data_arguments, run, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +81,9 @@ def test_a_signal_saves_last_ckpt_at_the_end_of_the_step_and_says_where(tiny_dem
     step = read_checkpoint(last)["global_step"]
     assert step >= 3  # the recipe's 200-step saves would have kept nothing
     # It resumes from there.
-    run("fit", tiny_demo, tmp_path, f"--trainer.max_steps={step + 1}", "--trainer.limit_val_batches=0",
-        "--trainer.logger.init_args.version=run", f"--ckpt_path={last}")
-    assert read_checkpoint(last)["global_step"] == step + 1
+    run("fit", tiny_demo, tmp_path, f"--trainer.max_steps={step + 2}", "--trainer.limit_val_batches=0",
+        "--trainer.logger.init_args.version=resumed", f"--ckpt_path={last}")
+    assert [s for s, _ in scalars(tmp_path / "pretrain" / "resumed")["train/loss"]] == [step, step + 1]
 
 
 @pytest.fixture(scope="module")
@@ -118,5 +118,5 @@ def test_a_video_qa_checkpoint_given_to_the_image_vqa_recipe_is_refused(tiny_dem
     with pytest.raises(ValueError, match=r"another recipe: .*VideoQADataModule.*VQADataModule"):
         run("fit", tiny_demo, tmp_path, "--trainer.max_steps=2", f"--ckpt_path={video}", config="configs/finetune_vqa.yaml")
     # A deliberate cross-recipe restore says so, and then runs: the tube model on images.
-    run("validate", tiny_demo, tmp_path, f"--ckpt_path={video}", "--restore_other_recipe=true",
+    run("validate", tiny_demo, tmp_path, *video_width, f"--ckpt_path={video}", "--restore_other_recipe=true",
         "--trainer.limit_val_batches=1", "--trainer.logger.init_args.version=crossed", config="configs/finetune_vqa.yaml")

@@ -53,6 +53,11 @@ class CheckpointsBehindTheGuard(Callback):
         if io is not None and stage == "fit":
             io.holding = True
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        io = atomic_io(trainer)
+        if io is not None and io.newest_written is None and trainer.ckpt_path:
+            io.newest_written = str(trainer.ckpt_path)  # a resumed run: the checkpoint it came from
+
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         # The loss of the weights the held checkpoints hold has passed the guard.
         io = atomic_io(trainer)
@@ -118,24 +123,27 @@ class SaveOnSignal(Callback):
         if trainer.world_size > 1:  # every rank stops at the same step, and saves together
             received = int(trainer.strategy.reduce(torch.tensor(float(received), device=pl_module.device),
                                                    reduce_op="max"))
-        if not received:
-            return
-        self.received = received
+        if received:
+            self.received = received
+            self._save(trainer, pl_module)
+            trainer.should_stop = True
+
+    def _save(self, trainer, pl_module) -> None:
+        """Write ``last.ckpt`` now (at a step's end), after what was held, and say where."""
         path = last_checkpoint_path(trainer)
         if weights_are_finite(pl_module):
             io = atomic_io(trainer)
             if io is not None:
                 io.release()  # the held saves are older than this one
             trainer.save_checkpoint(path)
-            if io is not None and io.pending:
+            if io is not None:
                 io.release()  # written now: no later step will check these weights
             self.saved = str(path)
             message = f"saved {path} at step {trainer.global_step}; resume with --ckpt_path={path}"
         else:
             message = "the weights are not finite: nothing saved"
         if trainer.is_global_zero:
-            print(f"{signal.Signals(received).name}: {message}", flush=True)
-        trainer.should_stop = True
+            print(f"{signal.Signals(self.received).name}: {message}", flush=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         for number, handler in self._previous.items():
@@ -144,6 +152,12 @@ class SaveOnSignal(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.on_fit_end(trainer, pl_module)
+        # Lightning ends a run on SIGTERM itself, between two steps, by a SystemExit with no code (0):
+        # save if this step's end came too late for it, and exit as the signal would.
+        if isinstance(exception, SystemExit) and self.received:
+            if self.saved is None:
+                self._save(trainer, pl_module)
+            exception.code = self.exit_code
 
     @property
     def exit_code(self) -> int | None:

@@ -89,7 +89,10 @@ def load_weights(target: nn.Module, state: Mapping[str, Tensor], name: str, *,
     """
     own = target.state_dict()
     fitted, skipped = conform(state, own, renames, resample)
-    unfilled = sorted(base_key(k) for k in own if k not in fitted and ".lora_" not in k)  # adapters start anew
+    # A tied weight (the output projection and the token embedding) is filled with its twin.
+    filled = {own[k].data_ptr() for k in fitted if own[k].numel()}
+    unfilled = sorted(base_key(k) for k in own if k not in fitted and ".lora_" not in k  # adapters start anew
+                      and not (own[k].numel() and own[k].data_ptr() in filled))
     missing = [k for k in unfilled if required(k)]
     if missing:
         raise ValueError(f"{purpose}: {name}: {len(missing)} parameters missing or of another shape, e.g. "
