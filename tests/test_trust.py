@@ -9,7 +9,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -166,10 +165,13 @@ def test_detection_predict_draws_the_pixels_the_model_saw(tmp_path):
     from PIL import Image
 
     from mammut.data.images import load_rgb_image
-    from mammut.tasks.detection import DetectionTask
+    from mammut.model import GenerationConfig, MammutConfig
+    from mammut.task import TaskContext
+    from mammut.tasks.detection import DetectionInputs, DetectionTask
 
     task = DetectionTask()
-    task.context = SimpleNamespace(output_dir=tmp_path / "run")  # all that drawing needs: the run's folder
+    task.connect(TaskContext(MammutConfig(), GenerationConfig(), DetectionInputs(input_shape=(3, 64, 64)),
+                             output_dir=tmp_path / "run"))
     for file in wide_and_transparent_pngs(tmp_path):
         task.draw_prediction(str(file), [{"bbox": [40.0, 44.0, 20.0, 16.0], "word": "star", "score": 0.9}])
         drawn = np.asarray(Image.open(tmp_path / "run" / "predictions" / f"{file.stem}.png").convert("RGB"))
