@@ -77,11 +77,14 @@ multitask: data  ## pretraining and VQA trained jointly, from scratch, in one ru
 tensorboard: install  ## serve the training logs in runs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs --port 6006
 
+# Two pytest-xdist workers, a test file to each at a time (a file's module-scoped runs are made once).
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 test: install  ## run the whole test suite, slow end-to-end tests included
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: install  ## run the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 $(BENCH_STAMP): pyproject.toml
 	test -d $(BENCH_VENV) || $(PYTHON) -m venv $(BENCH_VENV)

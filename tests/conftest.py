@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,8 +12,13 @@ import torch
 from mammut.data.demo import generate
 from mammut.data.tokenizer import main as train_tokenizer
 
-# Tests run on the CPU, with few threads so that parallel processes do not thrash.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tests run on the CPU, with few threads so that parallel processes do not thrash: at most 2, and
+# under pytest-xdist (`make test`) the cores shared out among the workers, 1 each on 2 cores.
+# Processes the tests start (ranks, CLI runs) are told the same through OMP_NUM_THREADS.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mammut.progress import LineProgress, progress_for_log_file
 
-from conftest import REPO
+from conftest import REPO, THREADS
 from tiny_run import TINY_MODEL
 
 
@@ -33,7 +33,7 @@ def fit_command(data_root: Path, out: Path) -> list[str]:
     ]
 
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "2"}
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": str(THREADS)}
 
 
 @pytest.mark.slow
