@@ -22,6 +22,25 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `make test` runs two pytest-xdist workers with --dist loadgroup: each test goes to whichever worker
+# is free, except the tests of one file that share a module-scoped fixture (a training run, two
+# spawned ranks), which go to one worker so that it is made once, and the files below.
+ONE_WORKER_FILES = {
+    "test_compiled_decoding",  # the kernels one test compiles (kept in the process) serve the next
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(getattr(item, "module", None), "__name__", None)
+        fixtures = getattr(item, "_fixtureinfo", None)
+        shared = fixtures is not None and any(definitions[-1].scope in ("module", "class", "package")
+                                              for definitions in fixtures.name2fixturedefs.values())
+        if module is not None and (shared or module in ONE_WORKER_FILES):
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 # torch.compile's CPU backend (inductor) builds C++ kernels.
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                                     reason="inductor needs a C++ compiler on the CPU")
