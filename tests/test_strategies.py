@@ -61,9 +61,9 @@ def test_compile_flag_compiles_each_transformer_block_in_configure_model(compile
                                 text_depth=2, text_heads=2, cross_attention_layers=[1], embed_dim=32,
                                 context_length=12, vocab_size=50)
     module = PretrainModule(architecture=architecture, compile=compile)
-    assert all(block._compiled_call_impl is None for block in module.transformer_blocks())
+    assert all(block._compiled_call_impl is None for block in module.model.transformer_blocks())
     module.configure_model()
-    assert all((block._compiled_call_impl is not None) == compile for block in module.transformer_blocks())
+    assert all((block._compiled_call_impl is not None) == compile for block in module.model.transformer_blocks())
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "32-true"])

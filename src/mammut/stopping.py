@@ -79,6 +79,9 @@ class CheckpointsBehindTheGuard(Callback):
         self._settle(trainer, pl_module)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
+        # ModelCheckpoint saves last.ckpt in its own on_train_end, which Lightning runs after every
+        # other callback's: what it saved is written here.
+        self._settle(trainer, pl_module)
         io = atomic_io(trainer)
         if io is not None:
             io.holding = False
