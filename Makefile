@@ -77,8 +77,9 @@ multitask: data  ## pretraining and VQA trained jointly, from scratch, in one ru
 tensorboard: install  ## serve the training logs in runs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs --port 6006
 
-# Two pytest-xdist workers; tests that share a module-scoped run stay on one (tests/conftest.py).
-PYTEST_PARALLEL ?= -n 2 --dist loadgroup
+# Two pytest-xdist workers; tests that share a module-scoped run stay on one, the longest start first
+# (tests/conftest.py).
+PYTEST_PARALLEL ?= -n 2 --dist loadgroup --no-loadscope-reorder
 
 test: install  ## run the whole test suite, slow end-to-end tests included
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)

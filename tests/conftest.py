@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 ONE_WORKER_FILES = {
     "test_compiled_decoding",  # the kernels one test compiles (kept in the process) serve the next
 }
+# The longest of those start first (with --no-loadscope-reorder, work is handed out in this order),
+# so that the other worker takes the many short tests meanwhile.
+LONGEST_FIRST = ("test_compiled_decoding", "test_distributed_loss")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -39,6 +42,10 @@ def pytest_collection_modifyitems(config, items):
                                               for definitions in fixtures.name2fixturedefs.values())
         if module is not None and (shared or module in ONE_WORKER_FILES):
             item.add_marker(pytest.mark.xdist_group(module))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the same order on every worker; a stable sort
+        items.sort(key=lambda item: next((n for n, name in enumerate(LONGEST_FIRST)
+                                          if getattr(getattr(item, "module", None), "__name__", None) == name),
+                                         len(LONGEST_FIRST)))
 
 
 # torch.compile's CPU backend (inductor) builds C++ kernels.
