@@ -6,8 +6,9 @@ divergence checks, evaluation dispatch, the report table with baselines and the 
 ``{stage}/{task}/{metric}``. The rest is delegated, one job per object: weights in and out
 (``mammut.checkpoint_hooks``, through ``mammut.model.weights``), what trains (``mammut.trained``),
 the optimiser (``mammut.optimization``), sample counts (``mammut.data_counts``), compilation
-and sharding (``mammut.sharding``). A task (``mammut.task.Task``) brings its head, loss, metrics and samples;
-``tasks/<name>`` offers a thin preset per task, e.g. ``mammut.tasks.vqa.VQAModule``.
+and sharding (``mammut.sharding``), how a run stops (``mammut.stopping``). A task
+(``mammut.task.Task``) brings its head, loss, metrics and samples; ``tasks/<name>/preset.py``
+offers a thin preset per task, e.g. ``mammut.tasks.vqa.VQAModule``.
 
 Settings flow one way (docs/architecture.md): the data module's tokenizer sizes the model (a CLI
 link); in ``setup`` the data side is told the image size, context length and frames, and each
