@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,33 @@ def test_clips_travel_as_uint8_and_are_normalised_once_on_the_device(tiny_demo):
     assert torch.equal(joint.on_after_batch_transfer(sent, 0).images, received.images)
     with pytest.raises(TypeError, match="uint8"):
         data.on_after_batch_transfer(received, 0)  # normalising twice would be a silent mistake
+
+
+def msrvtt_layout(tiny_demo: Path, root: Path) -> Path:
+    """The demo's clips as MSR-VTT is distributed: train and val clips in TrainValVideo/, test clips in TestVideo/."""
+    shutil.copytree(tiny_demo, root, ignore=shutil.ignore_patterns("videos"))
+    for split, folder in (("train", "TrainValVideo"), ("val", "TrainValVideo"), ("test", "TestVideo")):
+        (root / folder).mkdir(exist_ok=True)
+        for video in json.loads((root / f"video/{split}_videodatainfo.json").read_text())["videos"]:
+            shutil.copy(tiny_demo / "video/videos" / f"{video['video_id']}.mp4", root / folder)
+    return root
+
+
+def test_msrvtt_videos_are_read_from_a_folder_per_split_as_distributed(tiny_demo, tmp_path):
+    root = msrvtt_layout(tiny_demo, tmp_path / "msrvtt")
+    per_split = {"train": "TrainValVideo", "val": "TrainValVideo", "test": "TestVideo"}
+    for data_class in (VideoCaptionDataModule, VideoQADataModule):
+        data = data_class(root=str(root), videos=per_split, num_workers=0)
+        data.connect(image_size=32, context_length=24, frames=4)
+        data.setup("test")  # train (for the baselines) and test
+        assert {r.path.parent.name for r in data.records["train"]} == {"TrainValVideo"}
+        assert {r.path.parent.name for r in data.records["test"]} == {"TestVideo"}
+        assert data.dataset("test")[0] is not None  # a clip decodes from its split's folder
+    # One folder for every split no longer finds the test clips; a split without a folder is named.
+    merged = VideoCaptionDataModule(root=str(root), videos="TrainValVideo", num_workers=0)
+    merged.connect(image_size=32, context_length=24, frames=4)
+    merged.setup("test")
+    with pytest.raises(BadSampleError, match="TrainValVideo"):
+        merged.dataset("test")[0]
+    with pytest.raises(ValueError, match="data.videos names folders for .*not for the test split"):
+        VideoCaptionDataModule(root=str(root), videos={"train": "TrainValVideo"}, num_workers=0).setup("test")

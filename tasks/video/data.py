@@ -63,6 +63,16 @@ class VideoDataModule(TaskDataModule):
         self.frames = frames
         self.save_arguments(locals())
 
+    def videos_of(self, split: str) -> Path:
+        """The folder of a split's video files: ``videos``, or its entry for the split when it names
+        one folder per split (MSR-VTT as distributed: ``TrainValVideo/`` and ``TestVideo/``)."""
+        videos = self.hparams.videos
+        if isinstance(videos, str):
+            return self.path(videos)
+        if split not in videos:
+            raise ValueError(f"data.videos names folders for {sorted(videos)}, not for the {split} split")
+        return self.path(videos[split])
+
     @property
     def clip_sampling(self) -> ClipSampling:
         h = self.hparams
@@ -103,7 +113,7 @@ class VideoCaptionDataModule(VideoDataModule):
         train_annotations: str = "video/train_videodatainfo.json",
         val_annotations: str = "video/val_videodatainfo.json",
         test_annotations: str | None = "video/test_videodatainfo.json",
-        videos: str = "video/videos",
+        videos: str | dict[str, str] = "video/videos",
         video_pattern: str = "{video}.mp4",
         split_names: dict[str, str] | None = None,
         predict_videos: list[str] | None = None,
@@ -116,7 +126,9 @@ class VideoCaptionDataModule(VideoDataModule):
             train_annotations: MSR-VTT JSON holding the training split, relative to ``root``
                 (MSR-VTT itself: ``train_val_videodatainfo.json`` for both train and val);
                 ``val_`` and ``test_`` likewise.
-            videos: the folder of the video files, found by ``video_pattern`` from a ``video_id``.
+            videos: the folder of the video files, found by ``video_pattern`` from a ``video_id``;
+                or one folder per split, e.g. MSR-VTT's ``{train: TrainValVideo, val: TrainValVideo,
+                test: TestVideo}``.
             split_names: our split -> the ``split`` value in the file; MSR-VTT's by default
                 (``{train: train, val: validate, test: test}``).
             predict_videos: video files to caption with ``mammut predict``.
@@ -134,7 +146,7 @@ class VideoCaptionDataModule(VideoDataModule):
         if annotations is None:
             raise ValueError(f"data.{split}_annotations is not set")
         names = {"train": "train", "val": "validate", "test": "test", **(h.split_names or {})}
-        records, skipped = read_msrvtt_captions(self.path(annotations), self.path(h.videos), names[split],
+        records, skipped = read_msrvtt_captions(self.path(annotations), self.videos_of(split), names[split],
                                                 h.video_pattern, h.skip_bad_samples)
         return records, skipped, self.path(annotations)
 
@@ -179,7 +191,7 @@ class VideoQADataModule(QuestionData, VideoDataModule):
         train_questions: str = "video/train_qa.json",
         val_questions: str = "video/val_qa.json",
         test_questions: str | None = "video/test_qa.json",
-        videos: str = "video/videos",
+        videos: str | dict[str, str] = "video/videos",
         video_pattern: str = "{video}.mp4",
         msvd_mapping: str | None = None,
         predict_videos: list[str] | None = None,
@@ -193,8 +205,9 @@ class VideoQADataModule(QuestionData, VideoDataModule):
         Args:
             train_questions: MSRVTT-QA-style JSON list of ``question``, ``answer``, ``id``,
                 ``video_id``, relative to ``root``.
-            videos: the folder of the video files; ``video_pattern`` names a file from its video,
-                ``video7`` for MSRVTT-QA's ``video_id`` 7, or MSVD's clip name (``{video}.avi``).
+            videos: the folder of the video files, or one per split (as for captions);
+                ``video_pattern`` names a file from its video, ``video7`` for MSRVTT-QA's
+                ``video_id`` 7, or MSVD's clip name (``{video}.avi``).
             msvd_mapping: MSVD's ``youtube_mapping.txt``: read the questions as MSVD-QA.
             predict_videos: video files to ask about with ``mammut predict``.
             predict_questions: one question per video, or one question for all of them.
@@ -214,6 +227,6 @@ class VideoQADataModule(QuestionData, VideoDataModule):
         questions = h[f"{split}_questions"]
         if questions is None:
             raise ValueError(f"data.{split}_questions is not set")
-        records, skipped = read_video_qa(self.path(questions), self.path(h.videos), h.video_pattern,
+        records, skipped = read_video_qa(self.path(questions), self.videos_of(split), h.video_pattern,
                                          h.msvd_mapping and self.path(h.msvd_mapping), h.skip_bad_samples)
         return records, skipped, self.path(questions)
