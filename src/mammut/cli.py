@@ -32,14 +32,12 @@ import yaml
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from mammut.checkpointing import AtomicCheckpointIO
 from mammut.module import MammutModule
 from mammut.progress import progress_for_log_file
 from mammut.resume import apply_checkpoint_settings
-from mammut.stopping import SaveOnSignal
+from mammut.stopping import SaveOnSignal, atomic_io
 
 
 class MammutCLI(LightningCLI):
@@ -70,8 +68,7 @@ class MammutCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         data_parallel_over_every_process(trainer.strategy)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own CheckpointIO stays
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        atomic_io(trainer)  # checkpoints written atomically and read safely; a user's own CheckpointIO stays
         return trainer
 
     def _instantiate_trainer(self, config, callbacks) -> L.Trainer:
