@@ -14,7 +14,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection multitask tensorboard test test-fast bench clean
+.PHONY: help install data pretrain pretrain-shards finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection multitask tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,16 @@ data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, de
 
 pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
 	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)
+
+# The demo's training split as img2dataset-layout tar shards (with parquet and stats files);
+# the stamp is written last, so an interrupted write is done again.
+$(DEMO)/shards/train/.written: | $(DEMO)/tokenizer.json
+	$(BIN)/python -m mammut.data.write_shards --captions $(DEMO)/annotations/captions_train.json \
+		--images $(DEMO)/images/train --out $(DEMO)/shards/train --samples-per-shard 1000
+	touch $@
+
+pretrain-shards: data $(DEMO)/shards/train/.written  ## pretrain as `make pretrain`, the training data read from tar shards (configs/pretrain_shards.yaml)
+	$(BIN)/mammut fit --config configs/pretrain_shards.yaml $(ARGS)
 
 finetune-vqa: data  ## fine-tune the pretrained model for VQA (CKPT=... to choose the checkpoint)
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }

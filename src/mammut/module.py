@@ -284,8 +284,9 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         return names
 
     def configure_optimizers(self):
+        # The schedule's length is asked for once training runs, not now (``Optimization.configure``).
         return self.optimization.configure(self.named_parameters(), self.no_weight_decay(),
-                                           self.trainer.estimated_stepping_batches)
+                                           lambda: self.trainer.estimated_stepping_batches)
 
     def on_train_start(self) -> None:
         self.optimization.follow(config.scheduler for config in self.trainer.lr_scheduler_configs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -35,10 +36,14 @@ def _group_name(decayed: bool, scale: float) -> str:
     return ("decay" if decayed else "no_decay") + ("" if scale == 1.0 else f"_x{scale:g}")
 
 
-def warmup_cosine(step: int, warmup: int, total: int | float, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
+def warmup_cosine(step: int, warmup: int, total: int | float | Callable[[], int | float], min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``. ``total`` may be
+    a function, asked only once the decay has begun (see ``Optimization.configure``)."""
     if step < warmup:
         return (step + 1) / warmup
+    if step == warmup:
+        return 1.0  # the decay's first step, whatever its length
+    total = total() if callable(total) else total
     if not math.isfinite(total) or total <= warmup:
         return 1.0
     progress = min(1.0, (step - warmup) / (total - warmup))
@@ -87,12 +92,20 @@ class Optimization:
         return next((scale for pattern, scale in self.lr_scales.items() if fnmatch.fnmatch(name, pattern)), 1.0)
 
     def configure(self, named_parameters: Iterable[tuple[str, nn.Parameter]], no_weight_decay: set[str],
-                  total_steps: int | float) -> dict:
-        """Lightning's ``configure_optimizers`` answer: the optimiser and its per-step schedule."""
+                  total_steps: int | float | Callable[[], int | float]) -> dict:
+        """Lightning's ``configure_optimizers`` answer: the optimiser and its per-step schedule.
+
+        ``total_steps`` may be a function (the trainer's ``estimated_stepping_batches``), asked once,
+        at the first step past the warmup. Asked in ``configure_optimizers`` it would make Lightning
+        build the training loader before a resumed run's data position is restored (with the
+        strategies that restore after set-up, FSDP and DeepSpeed: Lightning issue #20550), and the
+        resumed run would start its epoch again.
+        """
         groups = parameter_groups(named_parameters, no_weight_decay, self.lr_scale, self.lr, self.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
+        total = functools.cache(total_steps) if callable(total_steps) else total_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, total_steps, self.min_lr_ratio))
+            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, total, self.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def follow(self, schedulers: Iterable) -> None:

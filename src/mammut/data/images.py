@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -18,7 +19,14 @@ WHITE = (255, 255, 255)
 
 
 def load_rgb_image(path: str | os.PathLike, background: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Open, fully decode and convert an image to 8-bit RGB.
+    """Open, fully decode and convert an image file to 8-bit RGB (``decode_rgb_image``)."""
+    return decode_rgb_image(Path(path), background=background)
+
+
+def decode_rgb_image(source: Path | bytes, name: str | None = None,
+                     background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Fully decode and convert an image, a file or the bytes of one (a tar member, named ``name``
+    in messages), to 8-bit RGB.
 
     ``Image.open`` only reads the header, so the pixels are decoded here (``load``) to
     surface a corrupt or truncated file now, inside the sample that owns it, not later in
@@ -31,9 +39,9 @@ def load_rgb_image(path: str | os.PathLike, background: tuple[int, int, int] = W
     images (an alpha band, or a "transparency" colour or palette entry) are composited onto
     ``background``, white by default as web browsers show them.
     """
-    path = Path(path)
+    path = Path(name) if name is not None else source if isinstance(source, Path) else Path("<image bytes>")
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()
             if image.mode in ("I", "F") or image.mode.startswith("I;16"):
                 image = _to_8_bits(image, path)

@@ -1,0 +1,167 @@
+"""Image-caption pretraining from WebDataset tar shards as img2dataset writes them (LAION,
+DataComp, CC3M/CC12M), with validation and test on COCO-format caption files.
+
+    mammut fit --config configs/pretrain_shards.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mammut.tasks.datamodule import SPLITS_READ
+from mammut.tasks.pretrain.data import ImageTextDataModule
+from mammut.tasks.pretrain.task import CaptionInputs
+from torch.utils.data import DataLoader
+
+from mammut.data import image_transform
+from mammut.data.errors import BadSampleError, DataFormatError
+from mammut.data.shard_dataset import ShardCaptionDataset
+from mammut.data.shard_files import (
+    expand_shard_patterns,
+    is_local,
+    missing_local_shards,
+    parquet_captions,
+    stats_sample_count,
+)
+from mammut.data.shard_reader import read_shard
+from mammut.data.shard_streams import ShardSource
+
+log = logging.getLogger(__name__)
+
+
+class ShardTextDataModule(ImageTextDataModule):
+    """Training pairs streamed from tar shards; ``val_*`` and ``test_*`` as ``ImageTextDataModule``
+    reads them (``train_annotations`` and ``train_images`` are not read)."""
+
+    def __init__(
+        self,
+        train_shards: str = "shards/train/{00000..00019}.tar",
+        train_num_samples: int = 20_000,
+        source_weights: list[float] | None = None,
+        resampled: bool = False,
+        caption_field: str | None = None,
+        shuffle_buffer: int = 1000,
+        baseline_captions: int = 100_000,
+        **kwargs,
+    ):
+        """
+        Args:
+            train_shards: the training tars: a brace pattern, a glob, several joined by ``::``, or
+                ``pipe:`` commands (``pipe:aws s3 cp s3://bucket/{00000..00999}.tar -``). Local
+                paths are relative to ``root``.
+            train_num_samples: samples in an epoch, all ranks together (img2dataset writes no total).
+                Every rank runs ``train_num_samples // (batch_size × ranks)`` steps per epoch.
+            source_weights: one weight per ``::``-separated pattern, each then a source of its own,
+                mixed sample by sample in proportion (open_clip's upsampling factors); None: the
+                patterns are one list.
+            resampled: draw shards with replacement, each rank and worker from its own random
+                source; else every shard is read once per epoch, split among ranks and workers.
+            caption_field: None for ``<key>.txt``; else the field of ``<key>.json`` that holds the
+                caption (a list-valued field gives one of its captions, drawn per epoch).
+            shuffle_buffer: samples each worker holds to shuffle across its open shards.
+            baseline_captions: training captions read (from the shards' parquet files) for the
+                captioning baseline, the most frequent one.
+            **kwargs: those of ``ImageTextDataModule`` (val/test files, batch_size, root, ...).
+        """
+        super().__init__(**kwargs)
+        self.save_arguments(locals())
+        if train_num_samples <= 0:
+            raise ValueError(f"data.train_num_samples must be positive, got {train_num_samples}")
+        if source_weights is not None and any(w <= 0 for w in source_weights):
+            raise ValueError(f"data.source_weights must be positive, got {source_weights}")
+        self.resume_layout: tuple[int, int] | None = None  # (ranks, workers) of the run that saved resume_point
+
+    # ---------------------------------------------------------------- sources
+    def shard_groups(self) -> list[list[str]]:
+        """The shards of each ``::``-separated pattern, local paths resolved against ``root``."""
+        patterns = "::".join(part if not is_local(part.strip()) or Path(part.strip()).is_absolute()
+                             else str(self.root / part.strip()) for part in self.hparams.train_shards.split("::"))
+        return expand_shard_patterns(patterns)
+
+    def sources(self) -> list[ShardSource]:
+        groups, weights = self.shard_groups(), self.hparams.source_weights
+        if weights is None:
+            groups, weights = [[shard for group in groups for shard in group]], [1.0]
+        elif len(weights) != len(groups):
+            raise ValueError(f"data.source_weights has {len(weights)} weights for {len(groups)} '::'-separated "
+                             f"shard patterns in data.train_shards")
+        sources = []
+        for index, (shards, weight) in enumerate(zip(groups, weights)):
+            missing = missing_local_shards(shards)
+            if missing:
+                log.warning("source %d: %d of its %d shards are missing (%s%s); each is a skipped sample when read",
+                            index, len(missing), len(shards), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "")
+            sources.append(ShardSource(f"source{index}", tuple(shards), float(weight),
+                                       tuple(stats_sample_count(shard) for shard in shards)))
+        return sources
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        for split in SPLITS_READ[stage]:
+            if split != "train":  # the training split is streamed, never read whole
+                self.read_records(split)
+
+    def task_inputs(self, task: str) -> CaptionInputs:
+        """The captioning baseline's training captions: from the shards' parquet files, else from the
+        first shards themselves."""
+        shards = [shard for group in self.shard_groups() for shard in group]
+        limit, field = self.hparams.baseline_captions, self.hparams.caption_field
+        captions = parquet_captions(shards, field or "caption", limit)
+        if not captions:
+            dataset = self.train_dataset(rank=0, world_size=1)
+            for shard in shards[:10]:
+                for entry in read_shard(shard):
+                    try:
+                        captions.append(dataset.caption(entry))
+                    except BadSampleError:  # no caption to count; training skips or names it later
+                        pass
+                if len(captions) >= limit:
+                    break
+        if not captions:
+            raise DataFormatError(f"no caption found in the first shards of {self.hparams.train_shards}")
+        return CaptionInputs(self.input_shape, captions)
+
+    # ------------------------------------------------------------------ loading
+    def train_dataset(self, rank: int, world_size: int) -> ShardCaptionDataset:
+        h = self.hparams
+        batches = h.train_num_samples // (h.batch_size * world_size)
+        if batches == 0:
+            raise ValueError(f"data.train_num_samples={h.train_num_samples} is less than one batch of "
+                             f"{h.batch_size} on each of {world_size} device(s)")
+        return ShardCaptionDataset(self.sources(), self.tokenizer, image_transform(self.image_size, train=True),
+                                   self.context_length, h.batch_size, batches, h.caption_field, h.resampled,
+                                   h.shuffle_buffer, h.seed, rank, world_size, h.skip_bad_samples)
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
+        rank, world_size = shard.get("rank", 0), shard.get("num_replicas", 1)
+        dataset = self.train_dataset(rank, world_size)
+        epoch, samples_done = self.resume_point
+        dataset.set_epoch(epoch)
+        if samples_done:
+            layout = (world_size, max(h.num_workers, 1))
+            saved = self.resume_layout or layout
+            batches_done = samples_done // (h.batch_size * saved[0])
+            dataset.resume(epoch, batches_done, same_layout=saved == layout)
+            log.info("resuming epoch %d after %d batches per rank%s", epoch, batches_done,
+                     "" if saved == layout else f"; saved with {saved[0]} ranks × {saved[1]} workers, now "
+                     f"{layout[0]} × {layout[1]}: the rest of the epoch is drawn afresh")
+        loader = DataLoader(dataset, batch_size=h.batch_size, num_workers=h.num_workers, collate_fn=self.collate_train)
+        # Lightning tells the epoch to a loader's sampler; an iterable dataset's loader has only a
+        # placeholder sampler, which passes it on to the dataset.
+        loader.sampler.set_epoch = dataset.set_epoch
+        return loader
+
+    # Mid-epoch resume: the position as TaskDataModule records it, with the layout it was saved in.
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if state:
+            ranks = (self.trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
+            state["layout"] = [ranks, max(self.hparams.num_workers, 1)]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.resume_layout = tuple(state["layout"]) if "layout" in state else None
