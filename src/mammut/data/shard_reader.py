@@ -16,11 +16,14 @@ stops with that message:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+EVERY_SAMPLE = range(sys.maxsize)
 
 
 @dataclass
@@ -38,44 +41,55 @@ class Entry:
         return f"{self.shard}, key {self.key}" if self.key else self.shard
 
 
-def read_shard(shard: str, part: int = 0, parts: int = 1, expected: int | None = None) -> Iterator[Entry]:
-    """The samples of ``shard`` in stored order, every ``parts``-th one from the ``part``-th (so that
-    several readers can split one shard), then an ``Entry`` with a problem where the shard is
-    unreadable, truncated, or shorter than the ``expected`` samples of its stats file (reported by
-    part 0 only, so once per shard)."""
+def read_shard(shard: str, positions: range = EVERY_SAMPLE, expected: int | None = None) -> Iterator[Entry]:
+    """The samples of ``shard`` at ``positions`` (their places in the tar, from 0), in stored order,
+    so that several readers can split one shard; reading stops after the last position asked for.
+
+    A problem (the shard cannot be opened, is truncated or unreadable, or ends before the
+    ``expected`` samples of its stats file) comes as one more ``Entry``, from the reader whose
+    positions hold the first sample that could not be read, so that it is reported once per shard.
+    """
+    samples = 0  # whole samples passed so far: the position of the one being read
+
+    def owned() -> bool:
+        return samples in positions
+
     try:
         stream = wds.gopen(shard)
     except Exception as error:  # noqa: BLE001 (gopen raises whatever its scheme's opener raises)
-        yield Entry(shard, "", problem=f"cannot open shard ({type(error).__name__}: {error})")
+        if owned():
+            yield Entry(shard, "", problem=f"cannot open shard ({type(error).__name__}: {error})")
         return
-    samples, current = 0, None
+    current = None
     try:
         for member in tar_file_iterator(stream):
             key, extension = base_plus_ext(member["fname"])
             if key is None:
                 continue
             if current is not None and current.key != key:
-                if samples % parts == part:
+                if owned():
                     yield current
-                samples += 1
-                current = None
+                samples, current = samples + 1, None
+                if samples >= positions.stop:
+                    return
             if current is None:
                 current = Entry(shard, key)
             current.files[extension.lower()] = member["data"]
     except Exception as error:  # noqa: BLE001 (tarfile's ReadError, and whatever the stream raises)
-        where = "in this sample" if current is not None else f"after {samples} samples"
-        yield Entry(shard, current.key if current else "",
-                    problem=f"shard is truncated or unreadable {where} ({type(error).__name__}: {error})")
+        if owned():
+            where = "in this sample" if current is not None else f"after {samples} samples"
+            yield Entry(shard, current.key if current else "",
+                        problem=f"shard is truncated or unreadable {where} ({type(error).__name__}: {error})")
         return
     finally:
         problem = _close(stream)
     if current is not None:
-        if samples % parts == part:
+        if owned():
             yield current
         samples += 1
-    if problem:
+    if problem and owned():
         yield Entry(shard, "", problem=problem)
-    elif expected is not None and samples < expected and part == 0:
+    elif expected is not None and samples < expected and owned():
         yield Entry(shard, "", problem=f"shard ends after {samples} of the {expected} samples its stats file lists")
 
 

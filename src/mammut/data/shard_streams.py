@@ -4,12 +4,13 @@ Every (rank, worker) pair is one *stream*; streams never read the same samples, 
 function of (seed, epoch, stream, layout) alone, so a resumed run can rebuild it.
 
 - **Plain shard lists.** Each epoch shuffles a source's shards, the same order on every rank
-  (from the seed and the epoch). The shards are cut into pieces, each shard into
-  ``ceil(streams / shards)`` interleaved parts (one part when there are at least as many shards as
-  streams), and stream ``s`` of ``S`` takes pieces ``s, s + S, ...``: no two streams share a
-  sample, whatever the shard counts and sizes. A stream that has read all its pieces before the
-  epoch asks no more starts them again, and says so once: only then is a sample seen twice in an
-  epoch (give ``train_num_samples`` at most the data's size, or use resampling).
+  (from the seed and the epoch), and deals them out (``stream_pieces``): with the sample counts
+  of the stats files, stream ``s`` of ``S`` takes the ``s``-th of ``S`` equal stretches of the
+  samples in that order, so shares are equal whatever the shard sizes and counts (more streams
+  than shards included); without counts, interleaved parts of shards. No two streams share a
+  sample. A stream that has read all of its share before the epoch ends starts it again, and
+  says so once: only then is a sample seen twice in an epoch (keep ``train_num_samples`` at most
+  the data's size, or use resampling).
 - **Resampled shards** (open_clip's ``--dataset-resampled``): each stream draws shards with
   replacement from its own random source, seeded by (seed, epoch, stream), so streams differ.
 - **Several sources** with weights (open_clip's upsampling factors): each stream draws, for each
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import webdataset as wds
 
 from mammut.data.errors import DataFormatError
-from mammut.data.shard_reader import Entry, read_shard
+from mammut.data.shard_reader import EVERY_SAMPLE, Entry, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,15 @@ class Stream:
 
 def plain_entries(source: ShardSource, stream: Stream, seed: int | str, epoch: int,
                   shuffle_buffer: int) -> Iterator[Entry]:
-    """The stream's pieces of the epoch's shuffled shard list, each pass shuffled on its own (so
+    """The stream's share of the epoch's shuffled shard list, each pass shuffled on its own (so
     that the buffer never holds a sample twice), again and again (see the module's docstring)."""
     order = list(range(len(source.shards)))
     random.Random(f"{seed}/{source.name}/{epoch}/shard-order").shuffle(order)
-    parts = math.ceil(stream.count / len(order))
-    pieces = [(order[p % len(order)], p // len(order)) for p in range(stream.index, len(order) * parts, stream.count)]
+    pieces = stream_pieces(order, source.sample_counts, stream)
 
     def one_pass(repeat: int) -> Iterator[Entry]:
-        for shard, part in pieces:
-            yield from read_shard(source.shards[shard], part, parts, source.expected(shard) if not repeat else None)
+        for shard, positions in pieces:
+            yield from read_shard(source.shards[shard], positions, source.expected(shard) if not repeat else None)
 
     for repeat in range(2**62):
         read = 0
@@ -87,12 +87,40 @@ def plain_entries(source: ShardSource, stream: Stream, seed: int | str, epoch: i
             read += 1
             yield entry
         if not read:
-            raise DataFormatError(f"source {source.name}: stream {stream.index} of {stream.count} found no samples in "
-                                  f"its shards ({', '.join(source.shards[s] for s, _ in pieces[:3])}, ...)")
+            raise DataFormatError(f"source {source.name}: rank {stream.rank} worker {stream.worker} found no samples in "
+                                  f"its share of the shards ({', '.join(source.shards[s] for s, _ in pieces[:3])}"
+                                  f"{', ...' if len(pieces) > 3 else ''}): fewer samples than ranks × workers?")
         if not repeat:
             log.warning("source %s: rank %d worker %d read all of its %d samples of epoch %d and starts them again; "
                         "data.train_num_samples is more than the shards hold, or they are uneven",
                         source.name, stream.rank, stream.worker, read, epoch)
+
+
+def stream_pieces(order: list[int], counts: tuple[int | None, ...], stream: Stream) -> list[tuple[int, range]]:
+    """The (shard, positions in it) a stream reads of shards in ``order``.
+
+    Where the stats files give the shards' sample counts (those without one are taken to hold the
+    mean of the others), the shards in order are one run of samples, and stream ``s`` of ``S``
+    takes the ``s``-th of ``S`` equal stretches of it: the streams' shares differ by at most one
+    sample, whatever the shard sizes. Where no count is known, each shard is cut into
+    ``ceil(S / shards)`` interleaved parts and stream ``s`` takes parts ``s, s + S, ...``.
+    """
+    known = [c for c in counts if c is not None]
+    if not known:
+        parts = math.ceil(stream.count / len(order))
+        return [(order[p % len(order)], range(p // len(order), EVERY_SAMPLE.stop, parts))
+                for p in range(stream.index, len(order) * parts, stream.count)]
+    mean = round(sum(known) / len(known))
+    sizes = [counts[shard] if shard < len(counts) and counts[shard] is not None else mean for shard in order]
+    total = sum(sizes)
+    low, high = total * stream.index // stream.count, total * (stream.index + 1) // stream.count
+    pieces, offset = [], 0
+    for shard, size in zip(order, sizes):
+        start, stop = max(low, offset), min(high, offset + size)
+        if start < stop:
+            pieces.append((shard, range(start - offset, stop - offset)))
+        offset += size
+    return pieces
 
 
 def resampled_entries(source: ShardSource, stream: Stream, seed: int | str, epoch: int,

@@ -33,19 +33,21 @@ from mammut.data.errors import DataFormatError
 EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 
 
-def write_shards(records: list[CaptionRecord], out: Path, samples_per_shard: int = 1000) -> list[Path]:
-    """Write ``records`` as shards under ``out``; returns the tar files written."""
+def write_shards(records: list[CaptionRecord], out: Path, samples_per_shard: int = 1000,
+                 first_shard: int = 0) -> list[Path]:
+    """Write ``records`` as shards under ``out``, numbered from ``first_shard`` (to add to a set
+    already written, as a second img2dataset job does); returns the tar files written."""
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
     if not records:
         raise ValueError("no records to write")
     out.mkdir(parents=True, exist_ok=True)
     num_shards = math.ceil(len(records) / samples_per_shard)
-    shard_digits = max(5, len(str(num_shards - 1)))
+    shard_digits = max(5, len(str(first_shard + num_shards - 1)))
     sample_digits = len(str(samples_per_shard - 1))
     written = []
     for shard in range(num_shards):
-        name = f"{shard:0{shard_digits}d}"
+        name = f"{first_shard + shard:0{shard_digits}d}"
         start = time.time()
         rows = []
         with wds.TarWriter(str(out / f"{name}.tar"), encoder=False) as tar:
@@ -89,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the shards")
     parser.add_argument("--split", default="train", help="split to read from a Karpathy file (default: %(default)s)")
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="(default: %(default)s)")
+    parser.add_argument("--first-shard", type=int, default=0, help="number of the first shard (default: %(default)s)")
     args = parser.parse_args(argv)
     records, _ = read_captions(args.captions, args.images, args.split)
     start = time.perf_counter()
-    shards = write_shards(records, Path(args.out), args.samples_per_shard)
+    shards = write_shards(records, Path(args.out), args.samples_per_shard, args.first_shard)
     print(f"wrote {len(records)} samples in {len(shards)} shards to {args.out} "
           f"({time.perf_counter() - start:.1f} s)", flush=True)
     return 0
