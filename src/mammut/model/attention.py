@@ -165,18 +165,29 @@ class CrossAttention(nn.Module):
 
     ``context_norm``: a LayerNorm of the context's own before its keys and values (openMaMMUT's
     cross-attention blocks); otherwise the context comes as it is.
+
+    ``learner``: a text-conditioned ``TokenLearner`` (Joint Adaptive Representations'
+    iterative fusion): the layer attends to a few tokens learned from the context with the text
+    of the prompt. The condition is the mean of the queries over the first ``condition_length``
+    positions (the prompt, and the prefix before it); with a cache, over the positions of the
+    call that fills it, which is the prompt, so later (generated) tokens never change the keys
+    and values.
     """
 
-    def __init__(self, width: int, context_width: int, heads: int, dropout: float = 0.0, context_norm: bool = False):
+    def __init__(self, width: int, context_width: int, heads: int, dropout: float = 0.0, context_norm: bool = False,
+                 learner: nn.Module | None = None):
         super().__init__()
         self.heads = heads
         self.norm_context = nn.LayerNorm(context_width) if context_norm else None
+        self.learner = learner
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(context_width, 2 * width)
         self.proj = nn.Linear(width, width)
         self.dropout = dropout
 
-    def context_keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+    def context_keys_values(self, context: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.learner is not None:
+            context = self.learner(context, condition)
         B, N, _ = context.shape
         C = self.q.out_features
         if self.norm_context is not None:
@@ -184,14 +195,26 @@ class CrossAttention(nn.Module):
         k, v = self.kv(context).view(B, N, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         return k, v  # 2 x (B, nh, N, hs)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, cache: ContextCache | None = None) -> Tensor:
-        """Attend to ``context`` (B, N, context_width), or to the context held by ``cache``."""
+    def condition(self, x: Tensor, condition_length: Tensor | None) -> Tensor | None:
+        """(B, C): the mean of ``x`` (B, T, C) over each row's first ``condition_length`` positions
+        (all of them: None); None when the layer's tokens do not depend on the text."""
+        if self.learner is None or self.learner.condition is None:
+            return None
+        if condition_length is None:
+            return x.mean(dim=1)
+        seen = (torch.arange(x.shape[1], device=x.device)[None] < condition_length[:, None]).to(x.dtype)
+        return (x * seen[..., None]).sum(dim=1) / seen.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, cache: ContextCache | None = None,
+                condition_length: Tensor | None = None) -> Tensor:
+        """Attend to ``context`` (B, N, context_width), or to the context held by ``cache``.
+        ``condition_length`` (B,): positions of ``x`` that a conditioned learner reads."""
         B, T, C = x.shape
         if cache is None:
-            k, v = self.context_keys_values(context)
+            k, v = self.context_keys_values(context, self.condition(x, condition_length))
         else:
-            if cache.keys_values is None:
-                cache.keys_values = self.context_keys_values(cache.context)
+            if cache.keys_values is None:  # the call that fills the cache holds the prompt
+                cache.keys_values = self.context_keys_values(cache.context, self.condition(x, None))
             k, v = cache.keys_values
         q = self.q(x).view(B, T, self.heads, C // self.heads).transpose(1, 2)  # (B, nh, T, hs)
         y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)

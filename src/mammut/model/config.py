@@ -14,6 +14,9 @@ from .tubes import TUBE_INITS, TubeShape
 TEXT_POOLING = ("eos", "mean", "mean_all")
 IMAGE_POOLING = ("mean", "cls", "mean_all")
 DECODER_LAYOUTS = ("interleaved", "cross_blocks")
+# Where the decoder learns its compact visual tokens (model/token_learner.py): not at all, once
+# for every cross-attention layer, or again at each fusion layer, with the text.
+DECODER_FUSION = ("none", "once", "iterative")
 
 
 @dataclass
@@ -70,6 +73,22 @@ class MammutConfig:
     # every layer (openMaMMUT's ``map_viz2txt_kv``); otherwise each layer's keys and values are
     # projected from vision_width directly.
     visual_to_text: bool = False
+    # Compact token fusion (model/token_learner.py: TokenLearner, Ryoo et al. 2021; Joint Adaptive
+    # Representations, Piergiovanni & Angelova 2023). Off by default; each placement is measured in
+    # docs/token-fusion.md. fusion_tokens learned tokens (S) take the place of the patch or tube tokens:
+    # - fusion_vision_block: after this ViT block (0-based), the later blocks, the image embedding and
+    #   the decoder see the class token and S learned tokens (per-token heads, detection, still get
+    #   every patch: ``Mammut.encode_patches``). None: the ViT keeps every token.
+    # - decoder_fusion: "once": one learner before the decoder's cross-attention, the encoder
+    #   unchanged; "iterative": each layer of fusion_layers learns its S tokens again from the visual
+    #   tokens, conditioned on the text prompt (the begin-of-text token, or a VQA question), never on
+    #   generated tokens, so generation keeps its cache.
+    fusion_tokens: int = 8
+    fusion_bottleneck: int = 64
+    fusion_vision_block: int | None = None
+    decoder_fusion: str = "none"
+    # Cross-attention layers that learn their tokens again with "iterative"; None: every one.
+    fusion_layers: list[int] | None = None
     # Tie the output projection to the token embedding.
     tie_word_embeddings: bool = True
     dropout: float = 0.0
@@ -121,6 +140,21 @@ class MammutConfig:
             raise ValueError("video_layers need a video path: set tube_shapes too")
         if any(not 0 <= i < self.vision_depth for i in self.video_layers):
             raise ValueError(f"video_layers {self.video_layers} must be ViT block indices in 0..{self.vision_depth - 1}")
+        if self.decoder_fusion not in DECODER_FUSION:
+            raise ValueError(f"decoder_fusion must be one of {DECODER_FUSION}, got {self.decoder_fusion!r}")
+        if self.fusion_tokens < 1 or self.fusion_bottleneck < 1:
+            raise ValueError(f"fusion_tokens and fusion_bottleneck must be at least 1, got {self.fusion_tokens}, "
+                             f"{self.fusion_bottleneck}")
+        if self.fusion_vision_block is not None and not 0 <= self.fusion_vision_block < self.vision_depth:
+            raise ValueError(f"fusion_vision_block {self.fusion_vision_block} must be a ViT block index in "
+                             f"0..{self.vision_depth - 1}")
+        if self.fusion_layers is not None:
+            if self.decoder_fusion != "iterative":
+                raise ValueError("fusion_layers apply to decoder_fusion: iterative")
+            outside = sorted(set(self.fusion_layers) - self.cross_attention_layer_set)
+            if outside:
+                raise ValueError(f"fusion_layers {outside} are not cross-attention layers "
+                                 f"({sorted(self.cross_attention_layer_set)})")
         bad = [i for i in self.cross_attention_layer_set if not 0 <= i < self.text_depth]
         if bad:
             raise ValueError(f"cross_attention_layers {bad} are outside 0..{self.text_depth - 1}")
@@ -145,6 +179,13 @@ class MammutConfig:
         if self.tube_shapes is not None and not shapes:
             raise ValueError("tube_shapes is empty: give at least one tube, or null for an image-only model")
         return shapes
+
+    @property
+    def iterative_fusion_layer_set(self) -> set[int]:
+        """Decoder layers that learn their visual tokens again, with the text."""
+        if self.decoder_fusion != "iterative":
+            return set()
+        return self.cross_attention_layer_set if self.fusion_layers is None else set(self.fusion_layers)
 
     @property
     def cross_attention_layer_set(self) -> set[int]:

@@ -37,11 +37,13 @@ class GenerationConfig:
 class _Stepper:
     """Next-token logits for a batch of growing sequences, incrementally or from scratch."""
 
-    def __init__(self, model: Mammut, visual_tokens: Tensor, max_length: int, config: GenerationConfig,
-                 prefix: Tensor | None):
+    def __init__(self, model: Mammut, visual_tokens: Tensor, prompt_length: int, max_length: int,
+                 config: GenerationConfig, prefix: Tensor | None):
         self.model = model
         self.visual_tokens = visual_tokens
         self.prefix = prefix
+        # Text-conditioned fusion reads the prompt alone, with or without the cache.
+        self.prompt_lengths = torch.full((visual_tokens.shape[0],), prompt_length, device=visual_tokens.device)
         # Weights cannot change within one generate call: check them once, not at every step.
         compiled = config.use_cache and config.compile
         self.compiled_step = compiled_decoding.for_weights_of(model.decoder) if compiled else None
@@ -52,7 +54,8 @@ class _Stepper:
     def next_logits(self, sequences: Tensor) -> Tensor:
         decoder = self.model.decoder
         if self.state is None:
-            return decoder.generative(sequences, self.visual_tokens, self.prefix, last_only=True)[:, -1]
+            return decoder.generative(sequences, self.visual_tokens, self.prefix, last_only=True,
+                                      prompt_lengths=self.prompt_lengths)[:, -1]
         new = sequences[:, self.fed:]
         # The prompt goes through eagerly: it also fills the visual caches, and compiling its
         # shape would buy little for one call.
@@ -124,7 +127,7 @@ def generate_after_prompts(model: Mammut, visual_tokens: Tensor, prompts: Tensor
 def _greedy(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: int, config: GenerationConfig,
             prefix: Tensor | None) -> Tensor:
     c = model.config
-    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config, prefix)
+    stepper = _Stepper(model, visual_tokens, prompt.shape[1], prompt.shape[1] + max_new, config, prefix)
     sequences = prompt
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for step in range(max_new):
@@ -154,7 +157,7 @@ def _beam_search(model: Mammut, visual_tokens: Tensor, prompt: Tensor, max_new: 
     lengths = torch.zeros(B * K, device=device)
     finished = torch.zeros(B * K, dtype=torch.bool, device=device)
     prefix = None if prefix is None else prefix.repeat_interleave(K, dim=0)
-    stepper = _Stepper(model, visual_tokens, prompt.shape[1] + max_new, config, prefix)
+    stepper = _Stepper(model, visual_tokens, prompt.shape[1], prompt.shape[1] + max_new, config, prefix)
     for step in range(max_new):
         logits = _mask_end(stepper.next_logits(sequences), step, config, c.eos_id)
         log_probs = logits.float().log_softmax(dim=-1)  # (B*K, V)

@@ -91,3 +91,78 @@ def caption_loss(logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: 
     """Next-token cross-entropy. logits (B, T, V) predict targets (B, T); padding is ignored."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad_id,
                            label_smoothing=label_smoothing)
+
+
+def chunked_caption_loss(hidden: Tensor, head: nn.Module, targets: Tensor, ignore_index: int,
+                         label_smoothing: float = 0.0, chunk_tokens: int = 2048) -> Tensor:
+    """``caption_loss`` of ``head(hidden)`` without ever building the whole (B, T, V) logits.
+
+    hidden (B, T, C): the decoder's final hidden states; head: the vocabulary projection
+    (``decoder.lm_head``, LoRA-wrapped or not); targets (B, T). Positions whose target is
+    ``ignore_index`` are dropped first, then the logits of ``chunk_tokens`` positions at a time are
+    built, scored and freed. The mean over the kept positions, with label smoothing, is
+    ``F.cross_entropy``'s, and so are the gradients (``LossWithGradientsInForward``): peak memory is
+    one chunk's logits instead of all of them, and nothing is recomputed. With no position to score
+    the loss is zero, joined to the graph.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
+    keep = (targets != ignore_index).flatten()
+    kept_hidden = hidden.flatten(0, 1)[keep]
+    kept_targets = targets.flatten()[keep]
+    if not len(kept_targets):
+        return hidden.sum() * 0.0
+    parameters = [p for p in head.parameters() if p.requires_grad]
+    if torch.is_grad_enabled() and (kept_hidden.requires_grad or parameters):
+        return LossWithGradientsInForward.apply(kept_hidden, kept_targets, head, label_smoothing, chunk_tokens,
+                                                *parameters)
+    total = sum(F.cross_entropy(head(part).float(), target, reduction="sum", label_smoothing=label_smoothing)
+                for part, target in zip(kept_hidden.split(chunk_tokens), kept_targets.split(chunk_tokens)))
+    return total / len(kept_targets)
+
+
+class LossWithGradientsInForward(torch.autograd.Function):
+    """The mean cross-entropy of ``head(hidden)`` against ``targets``, chunk by chunk, each chunk's
+    gradients (for ``hidden`` and the head's parameters) taken while its logits exist.
+
+    The gradients are kept for ``backward``, which only scales them by the incoming gradient. This
+    is the fused linear cross-entropy of Liger Kernel and open_clip's main branch, written with
+    autograd rather than by hand, so that any head works (a tied, LoRA-wrapped or sharded weight)
+    and autocast applies as in the forward of the full logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, targets: Tensor, head: nn.Module, label_smoothing: float, chunk_tokens: int,
+                *parameters: Tensor) -> Tensor:
+        wants = [hidden.requires_grad] + [p.requires_grad for p in parameters]
+        hidden_grad = torch.zeros_like(hidden) if hidden.requires_grad else None
+        parameter_grads = [torch.zeros_like(p, dtype=torch.float32) for p in parameters]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, len(targets), chunk_tokens):
+            part = hidden[start:start + chunk_tokens].detach().requires_grad_(wants[0])
+            with torch.enable_grad():
+                loss = F.cross_entropy(head(part).float(), targets[start:start + chunk_tokens], reduction="sum",
+                                       label_smoothing=label_smoothing)
+            inputs = ([part] if wants[0] else []) + list(parameters)
+            grads = list(torch.autograd.grad(loss, inputs))
+            if wants[0]:
+                hidden_grad[start:start + chunk_tokens] = grads.pop(0)
+            for accumulated, grad in zip(parameter_grads, grads):
+                accumulated += grad
+            total += loss.detach()
+        scale = 1.0 / len(targets)
+        ctx.save_for_backward(*([] if hidden_grad is None else [hidden_grad]), *parameter_grads)
+        ctx.has_hidden_grad = hidden_grad is not None
+        ctx.scale = scale
+        ctx.parameter_dtypes = [p.dtype for p in parameters]
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        saved = list(ctx.saved_tensors)
+        factor = grad_output * ctx.scale
+        hidden_grad = saved.pop(0) if ctx.has_hidden_grad else None
+        if hidden_grad is not None:
+            hidden_grad = hidden_grad * factor.to(hidden_grad.dtype)
+        parameter_grads = [(grad * factor).to(dtype) for grad, dtype in zip(saved, ctx.parameter_dtypes)]
+        return (hidden_grad, None, None, None, None, *parameter_grads)

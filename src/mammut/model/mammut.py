@@ -3,6 +3,10 @@
 One image encoder and one text decoder. The decoder runs twice per image-text pair
 (Sec. 3.2): a contrastive pass without the image gives the text embedding, and a generative
 pass with cross-attention to the visual tokens predicts the caption.
+
+Compact token fusion (``model/token_learner.py``, ``MammutConfig.fusion_*``) may replace the visual
+tokens by a few learned ones inside the encoder or before the decoder's cross-attention; the
+contrastive pass and the image embedding never depend on the text either way.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from .vision import VisionEncoder
 class MammutOutput:
     image_embedding: Tensor  # (B, E), unit norm
     text_embedding: Tensor   # (B, E), unit norm
-    caption_logits: Tensor   # (B, T-1, V): predicts tokens[:, 1:] from tokens[:, :-1]
+    # (B, T-1, V): predicts tokens[:, 1:] from tokens[:, :-1]; None when the forward was asked for
+    # the hidden states alone (``caption_hidden``), which a chunked loss turns into logits piece by piece.
+    caption_logits: Tensor | None
     logit_scale: Tensor      # scalar: 1 / temperature
+    caption_hidden: Tensor | None = None  # (B, T-1, text_width): the final hidden states, before lm_head
 
 
 class Mammut(nn.Module):
@@ -50,8 +57,15 @@ class Mammut(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / config.init_temperature)))
 
     def encode_image(self, images: Tensor) -> Tensor:
-        """Visual tokens (B, N, vision_width)."""
+        """Visual tokens (B, N, vision_width); N = class token + fusion_tokens with a token learner
+        in the encoder."""
         return self.vision(images)
+
+    def encode_patches(self, images: Tensor) -> Tensor:
+        """Visual tokens with one token per patch (B, prefix + H/p * W/p, vision_width), for
+        per-token heads (detection): every block runs over every patch, past any token learner
+        of the encoder (which only the image embedding and the decoder read)."""
+        return self.vision(images, learned_tokens=False)
 
     def encode_image_with_layers(self, images: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
         """Visual tokens, and the pooled token of each block in ``layers`` (B, len(layers),
@@ -83,27 +97,39 @@ class Mammut(nn.Module):
             pooled = self.text_projection(pooled)
         return F.normalize(pooled, dim=-1)
 
-    def caption_logits(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None) -> Tensor:
-        """Generative pass (Sec. 3.2): causal, cross-attending to the visual tokens."""
-        return self.decoder.generative(tokens, visual_tokens, prefix)
+    def caption_logits(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None,
+                       prompt_lengths: Tensor | None = None) -> Tensor:
+        """Generative pass (Sec. 3.2): causal, cross-attending to the visual tokens. ``prompt_lengths``
+        (B,): leading tokens that text-conditioned fusion reads (default: the begin-of-text token)."""
+        return self.decoder.generative(tokens, visual_tokens, prefix, prompt_lengths=prompt_lengths)
+
+    def caption_hidden(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None,
+                       prompt_lengths: Tensor | None = None) -> Tensor:
+        """``caption_logits`` before ``decoder.lm_head``: (B, T, text_width), for a loss that never
+        builds the whole (B, T, V) logits (``losses.chunked_caption_loss``)."""
+        return self.decoder.generative(tokens, visual_tokens, prefix, prompt_lengths=prompt_lengths, logits=False)
 
     def scale(self) -> Tensor:
         # Clamped as in CLIP so the temperature cannot fall below 1/100.
         return self.logit_scale.clamp(max=math.log(100.0)).exp().squeeze(0)
 
-    def forward(self, images: Tensor, tokens: Tensor) -> MammutOutput:
+    def forward(self, images: Tensor, tokens: Tensor, caption_logits: bool = True) -> MammutOutput:
+        """Both passes. ``caption_logits=False``: the generative pass's hidden states
+        (``caption_hidden``) in place of its logits."""
         visual_tokens = self.encode_image(images)
+        generative = (self.caption_logits if caption_logits else self.caption_hidden)(tokens[:, :-1], visual_tokens)
         return MammutOutput(
             image_embedding=self.image_embedding(visual_tokens),
             text_embedding=self.text_embedding(tokens),
-            caption_logits=self.caption_logits(tokens[:, :-1], visual_tokens),
+            caption_logits=generative if caption_logits else None,
             logit_scale=self.scale(),
+            caption_hidden=None if caption_logits else generative,
         )
 
     # Methods other than forward that evaluation calls first: under FSDP2 they gather the
     # root's weights as forward does (``sharding.shard``).
-    fsdp_entry_points = ("encode_image", "encode_image_with_layers", "image_embedding", "project_tokens",
-                         "text_embedding", "caption_logits")
+    fsdp_entry_points = ("encode_image", "encode_patches", "encode_image_with_layers", "image_embedding",
+                         "project_tokens", "text_embedding", "caption_logits", "caption_hidden")
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay: norm scales, biases, the temperature, the

@@ -7,6 +7,14 @@
 
 Cross-attention sits inside a layer, between its self-attention and MLP, or, in openMaMMUT's
 layout (``decoder_layout: cross_blocks``, ``model/openmammut.py``), in a block of its own after it.
+
+Compact token fusion (``model/token_learner.py``): with ``decoder_fusion: once`` the layers
+cross-attend to a few tokens learned once from the visual tokens; with ``iterative`` each layer of
+``fusion_layers`` learns its own again, conditioned on the prompt it reads (Joint Adaptive
+Representations, Piergiovanni & Angelova 2023), and the other cross-attention layers take the
+tokens learned once. The condition is the prompt alone (the begin-of-text token, or a question,
+and any prefix before it), in training as in generation, so the visual keys and values never
+depend on generated tokens and stay cached.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import ContextCache, CrossAttention, KVCache, SelfAttention, StaticKVCache
 from .config import MammutConfig
+from .token_learner import TokenLearner
 
 
 @dataclass
@@ -30,6 +39,8 @@ class DecoderState:
     self_attention: list[KVCache]
     visual: list[ContextCache | None]
     prefix_length: int = 0  # embeddings before the first token, e.g. PEFT prompts
+    # A prefix that waits for the prompt: layers conditioned on the text read both in one call.
+    pending_prefix: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -51,15 +62,17 @@ class CrossAttentionBlock(nn.Module):
     the text and for the visual tokens, then an MLP of its own. openMaMMUT's decoder places one
     after some of its self-attention layers (``decoder_layout: cross_blocks``)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, visual_width: int, dropout: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, visual_width: int, dropout: float,
+                 learner: TokenLearner | None = None):
         super().__init__()
         self.norm_query = nn.LayerNorm(width)
-        self.cross_attention = CrossAttention(width, visual_width, heads, dropout, context_norm=True)
+        self.cross_attention = CrossAttention(width, visual_width, heads, dropout, context_norm=True, learner=learner)
         self.norm_mlp = nn.LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU, drop=dropout)
 
-    def forward(self, x: Tensor, visual_tokens: Tensor | None, visual_cache: ContextCache | None) -> Tensor:
-        x = x + self.cross_attention(self.norm_query(x), visual_tokens, visual_cache)
+    def forward(self, x: Tensor, visual_tokens: Tensor | None, visual_cache: ContextCache | None,
+                condition_length: Tensor | None = None) -> Tensor:
+        x = x + self.cross_attention(self.norm_query(x), visual_tokens, visual_cache, condition_length)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -68,17 +81,18 @@ class DecoderLayer(nn.Module):
     them (``interleaved``), or in a block of its own after them (``cross_blocks``)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, visual_width: int | None, dropout: float,
-                 layout: str = "interleaved"):
+                 layout: str = "interleaved", learner: TokenLearner | None = None):
         super().__init__()
         self.norm_self = nn.LayerNorm(width)
         self.self_attention = SelfAttention(width, heads, dropout)
         # Only some layers can look at the image; in the contrastive pass none do.
         interleaved = visual_width is not None and layout == "interleaved"
         self.norm_cross = nn.LayerNorm(width) if interleaved else None
-        self.cross_attention = CrossAttention(width, visual_width, heads, dropout) if interleaved else None
+        self.cross_attention = CrossAttention(width, visual_width, heads, dropout, learner=learner) if interleaved \
+            else None
         self.norm_mlp = nn.LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio), act_layer=nn.GELU, drop=dropout)
-        self.cross_block = (CrossAttentionBlock(width, heads, mlp_ratio, visual_width, dropout)
+        self.cross_block = (CrossAttentionBlock(width, heads, mlp_ratio, visual_width, dropout, learner)
                             if visual_width is not None and layout == "cross_blocks" else None)
 
     @property
@@ -87,14 +101,14 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False,
                 visual_tokens: Tensor | None = None, cache: KVCache | None = None,
-                visual_cache: ContextCache | None = None) -> Tensor:
+                visual_cache: ContextCache | None = None, condition_length: Tensor | None = None) -> Tensor:
         sees_image = visual_tokens is not None or visual_cache is not None
         x = x + self.self_attention(self.norm_self(x), key_padding_mask, causal, cache)
         if self.cross_attention is not None and sees_image:
-            x = x + self.cross_attention(self.norm_cross(x), visual_tokens, visual_cache)
+            x = x + self.cross_attention(self.norm_cross(x), visual_tokens, visual_cache, condition_length)
         x = x + self.mlp(self.norm_mlp(x))
         if self.cross_block is not None and sees_image:
-            x = self.cross_block(x, visual_tokens, visual_cache)
+            x = self.cross_block(x, visual_tokens, visual_cache, condition_length)
         return x
 
 
@@ -110,11 +124,18 @@ class TextDecoder(nn.Module):
         self.visual_to_text = nn.Linear(c.vision_width, c.text_width, bias=False) if c.visual_to_text else None
         visual_width = c.text_width if c.visual_to_text else c.vision_width
         cross = c.cross_attention_layer_set
+        iterative = c.iterative_fusion_layer_set
         self.layers = nn.ModuleList(
             DecoderLayer(c.text_width, c.text_heads, c.mlp_ratio, visual_width if i in cross else None, c.dropout,
-                         c.decoder_layout)
+                         c.decoder_layout,
+                         TokenLearner(visual_width, c.fusion_tokens, c.fusion_bottleneck, condition_width=c.text_width)
+                         if i in iterative else None)
             for i in range(c.text_depth)
         )
+        # Tokens learned once, for every cross-attention layer that does not learn its own.
+        self.token_learner = (TokenLearner(visual_width, c.fusion_tokens, c.fusion_bottleneck)
+                              if c.decoder_fusion != "none" and cross - iterative else None)
+        self.conditions_on_text = bool(iterative)
         self.norm = nn.LayerNorm(c.text_width)
         self.lm_head = nn.Linear(c.text_width, c.vocab_size, bias=False)
         self.grad_checkpointing = False
@@ -130,8 +151,11 @@ class TextDecoder(nn.Module):
         if self.visual_to_text is not None:
             nn.init.normal_(self.visual_to_text.weight, std=self.config.vision_width ** -0.5)
         residual_std = 0.02 / (2 * self.config.text_depth) ** 0.5
+        # Token learners keep their own initialisation (the condition's zero start).
+        learned = {id(m) for learner in self.layers.modules() if isinstance(learner, TokenLearner)
+                   for m in learner.modules()}
         for name, module in self.layers.named_modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and id(module) not in learned:
                 # Output projections of residual branches start small (GPT-2 scaling).
                 is_residual = name.endswith(("proj", "fc2"))
                 nn.init.normal_(module.weight, std=residual_std if is_residual else 0.02)
@@ -152,6 +176,23 @@ class TextDecoder(nn.Module):
         """The visual tokens as the cross-attention layers take them."""
         return visual_tokens if self.visual_to_text is None else self.visual_to_text(visual_tokens)
 
+    def layer_contexts(self, visual_tokens: Tensor) -> list[Tensor | None]:
+        """What each layer cross-attends to (None: nothing): the mapped visual tokens, or the tokens
+        learned once from them; a layer with a learner of its own learns from the mapped tokens."""
+        mapped = self.map_visual(visual_tokens)
+        learned_once = self.token_learner(mapped) if self.token_learner is not None else mapped
+        return [None if not layer.looks_at_image else mapped if layer_learner(layer) is not None else learned_once
+                for layer in self.layers]
+
+    def condition_length(self, batch: int, prefix_length: int, prompt_lengths: Tensor | None,
+                         device: torch.device) -> Tensor | None:
+        """(B,) positions a text-conditioned learner reads: the prefix and the prompt (default:
+        the begin-of-text token alone); None without such a learner."""
+        if not self.conditions_on_text:
+            return None
+        prompt = torch.ones(batch, dtype=torch.long, device=device) if prompt_lengths is None else prompt_lengths
+        return prompt.to(device) + prefix_length
+
     def contrastive(self, tokens: Tensor) -> Tensor:
         """Contrastive pass: bidirectional attention over non-padding tokens (over every token,
         for openMaMMUT's ``text_pooling: mean_all``), no image. (B, T, C)"""
@@ -162,9 +203,13 @@ class TextDecoder(nn.Module):
         return self.norm(x)
 
     def generative(self, tokens: Tensor, visual_tokens: Tensor, prefix: Tensor | None = None,
-                   last_only: bool = False) -> Tensor:
+                   last_only: bool = False, prompt_lengths: Tensor | None = None, logits: bool = True) -> Tensor:
         """Generative pass: causal self-attention and cross-attention to the image. Logits (B, T, V),
-        or (B, 1, V) for the last position alone with ``last_only``.
+        or (B, 1, V) for the last position alone with ``last_only``; with ``logits=False`` the
+        final hidden states (B, T, text_width) that ``lm_head`` turns into logits.
+
+        ``prompt_lengths`` (B,): each row's leading tokens that text-conditioned fusion may read
+        (the prompt: a question and the begin-of-text token); default the begin-of-text token.
 
         Padding sits after the end of each text, so the causal mask alone keeps real tokens
         from seeing it; positions after the end are ignored by the loss.
@@ -176,14 +221,17 @@ class TextDecoder(nn.Module):
         x = self.embed(tokens)
         if prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
-        visual_tokens = self.map_visual(visual_tokens)
-        for layer in self.layers:
-            x = self._run_layer(layer, x, causal=True, visual_tokens=visual_tokens)
+        contexts = self.layer_contexts(visual_tokens)
+        condition_length = self.condition_length(x.shape[0], 0 if prefix is None else prefix.shape[1],
+                                                 prompt_lengths, x.device)
+        for layer, context in zip(self.layers, contexts):
+            x = self._run_layer(layer, x, causal=True, visual_tokens=context, condition_length=condition_length)
         if prefix is not None:
             x = x[:, prefix.shape[1]:]
         if last_only:  # generation without a cache needs the next token's logits alone
             x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        return self.lm_head(x) if logits else x
 
     def start_decoding(self, visual_tokens: Tensor, max_length: int, prefix: Tensor | None = None,
                        static: bool = False) -> DecoderState:
@@ -194,10 +242,11 @@ class TextDecoder(nn.Module):
         prefix_length = 0 if prefix is None else prefix.shape[1]
         cache_type = StaticKVCache if static else KVCache
         caches = [cache_type(prefix_length + max_length) for _ in self.layers]
-        visual_tokens = self.map_visual(visual_tokens)
-        visual = [ContextCache(visual_tokens) if layer.looks_at_image else None for layer in self.layers]
+        visual = [None if context is None else ContextCache(context) for context in self.layer_contexts(visual_tokens)]
         state = DecoderState(caches, visual)
-        if prefix is not None:
+        if prefix is not None and self.conditions_on_text:
+            state.pending_prefix = prefix  # runs with the prompt, which the condition reads too
+        elif prefix is not None:
             self._extend(prefix, state)
             state.prefix_length = prefix_length
         return state
@@ -208,9 +257,22 @@ class TextDecoder(nn.Module):
 
     def continue_decoding(self, x: Tensor, state: DecoderState) -> Tensor:
         """``decode_step`` after the embedding: the part ``CompiledDecoding`` compiles."""
-        return self.lm_head(self.norm(self._extend(x, state)))
+        prefix = state.pending_prefix
+        if prefix is None:
+            return self.lm_head(self.norm(self._extend(x, state)))
+        state.pending_prefix = None
+        x = self._extend(torch.cat([prefix.to(x.dtype), x], dim=1), state)[:, prefix.shape[1]:]
+        state.prefix_length = prefix.shape[1]
+        return self.lm_head(self.norm(x))
 
     def _extend(self, x: Tensor, state: DecoderState) -> Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x, causal=True, cache=state.self_attention[i], visual_cache=state.visual[i])
         return x
+
+
+def layer_learner(layer: DecoderLayer) -> TokenLearner | None:
+    """The token learner of a layer's own cross-attention, if it has one."""
+    attention = layer.cross_attention if layer.cross_attention is not None else (
+        layer.cross_block.cross_attention if layer.cross_block is not None else None)
+    return None if attention is None else attention.learner

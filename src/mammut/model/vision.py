@@ -3,6 +3,11 @@
 Images (B, 3, H, W) take the ViT's own patch and position embedding; clips (B, 3, T, H, W) are
 cut into sparse tubes (``tubes.SparseTubes``, MaMMUT Sec. 3.4) whose tokens go through the same
 blocks once, so the input's shape decides which path runs.
+
+With ``fusion_vision_block`` set, a ``TokenLearner`` after that block replaces the patch or tube
+tokens by a few learned ones (TokenLearner, Ryoo et al. 2021, "in the middle of the network"); the
+class token stays. ``forward(..., learned_tokens=False)`` runs every block over every token instead:
+the blocks work on any number of tokens, so a per-token head gets one token per patch at full depth.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import checkpoint_attention_contexts, cpu_bf16_friendly_attention
 from .config import MammutConfig
 from .patch_embedding import ConvStem, overlapping_patches
+from .token_learner import TokenLearner
 from .tubes import SparseTubes
 from .weights import load_weights
 from .weights_file import read_state_dict
@@ -70,6 +76,10 @@ class VisionEncoder(nn.Module):
         self.video_blocks = nn.ModuleDict({
             str(i): Block(config.vision_width, config.vision_heads, config.mlp_ratio, qkv_bias=True,
                           init_values=VIDEO_BLOCK_INIT) for i in sorted(set(config.video_layers))})
+        # Learned tokens after block ``fusion_vision_block``: the same learner for images and clips.
+        self.fusion_block = config.fusion_vision_block
+        self.token_learner = (TokenLearner(config.vision_width, config.fusion_tokens, config.fusion_bottleneck)
+                              if self.fusion_block is not None else None)
 
     @torch.no_grad()
     def initialise_tubes(self) -> None:
@@ -115,10 +125,12 @@ class VisionEncoder(nn.Module):
             tokens = tokens + vit.pos_embed[:, :self.num_prefix_tokens]
         return tokens.expand(batch, -1, -1).to(dtype)
 
-    def run_blocks(self, x: Tensor, video: bool, keep: set[int] = frozenset()) -> tuple[Tensor, list[Tensor]]:
+    def run_blocks(self, x: Tensor, video: bool, keep: set[int] = frozenset(),
+                   learned_tokens: bool = True) -> tuple[Tensor, list[Tensor]]:
         """The blocks (for ``video``, each listed video block before its shared one), then the
         final norm, unless it comes after pooling; also the output of each shared block in
-        ``keep``, normed the same way."""
+        ``keep``, normed the same way. With a token learner and ``learned_tokens``, the tokens
+        after its block are the class token and the learned ones."""
         finish = (lambda tokens: tokens) if self.norm_after_pool else self.vit.norm
         kept = []
         for index, block in enumerate(self.vit.blocks):
@@ -132,15 +144,23 @@ class VisionEncoder(nn.Module):
                     x = checkpoint(layer, x, use_reentrant=False, context_fn=checkpoint_attention_contexts)
                 else:
                     x = layer(x)
+            if index == self.fusion_block and learned_tokens:
+                x = self.learn_tokens(x)
             if index in keep:
                 kept.append(finish(x))
         return finish(x), kept
 
-    def forward(self, inputs: Tensor) -> Tensor:
+    def learn_tokens(self, x: Tensor) -> Tensor:
+        """(B, prefix + N, C) -> (B, prefix + S, C): the patch or tube tokens replaced by S learned ones."""
+        prefix = self.num_prefix_tokens
+        return torch.cat([x[:, :prefix], self.token_learner(x[:, prefix:])], dim=1)
+
+    def forward(self, inputs: Tensor, learned_tokens: bool = True) -> Tensor:
         """images (B, 3, H, W) -> visual tokens (B, prefix + H/p * W/p, vision_width);
-        clips (B, 3, T, H, W) -> visual tokens (B, prefix + tube tokens, vision_width)."""
+        clips (B, 3, T, H, W) -> visual tokens (B, prefix + tube tokens, vision_width); with a token
+        learner (and ``learned_tokens``), (B, prefix + fusion_tokens, vision_width) either way."""
         with cpu_bf16_friendly_attention():
-            return self.run_blocks(self.embed(inputs), video=inputs.ndim == 5)[0]
+            return self.run_blocks(self.embed(inputs), video=inputs.ndim == 5, learned_tokens=learned_tokens)[0]
 
     def forward_with_layers(self, images: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
         """Visual tokens, and the pooled token of each block in ``layers`` (B, len(layers), width),
