@@ -109,7 +109,8 @@ class DetectionTask(Task):
         return torch.nn.functional.normalize(mean, dim=-1)
 
     def detect(self, model: Mammut, images: Tensor, names: list[str]) -> Detections:
-        visual_tokens = model.encode_image(images)
+        # One token per patch, whatever token fusion the model does for its image embedding and decoder.
+        visual_tokens = model.encode_patches(images)
         patch_tokens = visual_tokens[:, model.vision.num_prefix_tokens:]
         grid = tuple(model.vision.vit.patch_embed.grid_size)
         if patch_tokens.shape[1] != grid[0] * grid[1]:

@@ -21,7 +21,8 @@ from torch import Tensor
 from mammut.data import VQABatch
 from mammut.data.transforms import denormalize
 from mammut.metrics.vqa import (VQAAccuracy, accuracy_breakdown, most_frequent_answer)
-from mammut.model import Mammut, MammutConfig, PrefixConfig, VisualPrefix, generate_after_prompts
+from mammut.model import (Mammut, MammutConfig, PrefixConfig, VisualPrefix, chunked_caption_loss,
+                          generate_after_prompts)
 from mammut.task import Task, TaskContext, TaskInputs, TaskLoss, TaskReport
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,19 @@ class QuestionInputs(TaskInputs):
     predict: dict[int, tuple[str, str]] = field(default_factory=dict)  # question id -> (input file, question)
 
 
+IGNORED = -100  # the target of a question or padding position
+
+
+def answer_targets(tokens: Tensor, answer_start: Tensor, pad_id: int) -> Tensor:
+    """(B, T-1) targets of ``tokens[:, :-1]``: the next token where it is an answer token (or its
+    eos), ``IGNORED`` at question and padding positions. answer_start: (B,) index in ``tokens`` of
+    each first answer token."""
+    targets = tokens[:, 1:].clone()
+    target_position = torch.arange(1, tokens.shape[1], device=tokens.device)
+    targets[(target_position[None, :] < answer_start[:, None]) | (targets == pad_id)] = IGNORED
+    return targets
+
+
 def answer_loss(logits: Tensor, tokens: Tensor, answer_start: Tensor, pad_id: int,
                 label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy of the answer tokens (and their eos) only.
@@ -46,11 +60,8 @@ def answer_loss(logits: Tensor, tokens: Tensor, answer_start: Tensor, pad_id: in
     logits: (B, T-1, V) predicting ``tokens[:, 1:]`` from ``tokens[:, :-1]``; answer_start: (B,)
     index in ``tokens`` of each first answer token. Question and padding positions are ignored.
     """
-    targets = tokens[:, 1:].clone()
-    target_position = torch.arange(1, tokens.shape[1], device=tokens.device)
-    targets[(target_position[None, :] < answer_start[:, None]) | (targets == pad_id)] = -100
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
-                           label_smoothing=label_smoothing)
+    return F.cross_entropy(logits.float().flatten(0, 1), answer_targets(tokens, answer_start, pad_id).flatten(),
+                           ignore_index=IGNORED, label_smoothing=label_smoothing)
 
 
 class VQATask(Task):
@@ -58,7 +69,8 @@ class VQATask(Task):
 
     inputs_type = QuestionInputs
 
-    def __init__(self, peft: PrefixConfig | None = None, label_smoothing: float = 0.0, num_logged_samples: int = 16):
+    def __init__(self, peft: PrefixConfig | None = None, label_smoothing: float = 0.0, num_logged_samples: int = 16,
+                 loss_chunk_tokens: int | None = None):
         """
         Args:
             peft: add a learned prefix (prompt tokens and projected visual tokens of chosen
@@ -66,11 +78,15 @@ class VQATask(Task):
                 the model with ``freeze: ["model.*"]`` to train the prefix alone.
             label_smoothing: of the answer cross-entropy.
             num_logged_samples: validation images drawn with question, answer and ground truth.
+            loss_chunk_tokens: compute the answer loss this many answer tokens at a time, never
+                building the whole (batch, length, vocabulary) logits
+                (``mammut.model.chunked_caption_loss``: the same loss and gradients); None: all at once.
         """
         super().__init__()
         # LightningCLI stores the arguments as given, not instantiated.
         self.peft = PrefixConfig(**peft) if isinstance(peft, dict) else peft
         self.label_smoothing, self.num_logged_samples = label_smoothing, num_logged_samples
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.metrics = torch.nn.ModuleDict({"val": VQAAccuracy(), "test": VQAAccuracy()})
         self.prefix: VisualPrefix | None = None
         self._samples: dict[str, tuple[Tensor, list[str]]] = {}
@@ -107,7 +123,14 @@ class VQATask(Task):
 
     def loss(self, model: Mammut, batch: VQABatch) -> TaskLoss:
         visual_tokens, prefix = self.encode(model, batch.images)
-        logits = model.caption_logits(batch.tokens[:, :-1], visual_tokens, prefix)
+        # Text-conditioned fusion reads the question (the tokens before the answer), as in generation.
+        if self.loss_chunk_tokens is not None:  # zero, joined to the graph, for an empty batch
+            hidden = model.caption_hidden(batch.tokens[:, :-1], visual_tokens, prefix, batch.answer_start)
+            loss = chunked_caption_loss(hidden, model.decoder.lm_head,
+                                        answer_targets(batch.tokens, batch.answer_start, model.config.pad_id),
+                                        IGNORED, self.label_smoothing, self.loss_chunk_tokens)
+            return TaskLoss(loss, {"answer_loss": loss})
+        logits = model.caption_logits(batch.tokens[:, :-1], visual_tokens, prefix, batch.answer_start)
         if len(batch):
             loss = answer_loss(logits, batch.tokens, batch.answer_start, model.config.pad_id, self.label_smoothing)
         else:
