@@ -20,7 +20,7 @@ from mammut.data.transforms import denormalize
 from mammut.metrics import CaptionMetrics, RetrievalRecallAtK
 from mammut.metrics.captioning import most_frequent_caption_baseline
 from mammut.metrics.retrieval import chance_recall_at_k
-from mammut.model import ContrastiveLoss, Mammut, caption_loss, generate
+from mammut.model import ContrastiveLoss, Mammut, caption_loss, chunked_caption_loss, generate
 from mammut.task import Task, TaskInputs, TaskLoss, TaskReport
 
 
@@ -50,6 +50,7 @@ class PretrainTask(Task):
         local_loss: bool = False,
         label_smoothing: float = 0.0,
         num_logged_images: int = 16,
+        loss_chunk_tokens: int | None = None,
     ):
         """
         Args:
@@ -61,10 +62,14 @@ class PretrainTask(Task):
                 (less memory, the same gradients); see ``mammut.model.ContrastiveLoss``.
             label_smoothing: of the captioning cross-entropy.
             num_logged_images: validation images drawn with their generated captions.
+            loss_chunk_tokens: compute the captioning loss this many caption tokens at a time,
+                never building the whole (batch, length, vocabulary) logits
+                (``mammut.model.chunked_caption_loss``: the same loss and gradients); None: all at once.
         """
         super().__init__()
         self.contrastive_weight, self.caption_weight = contrastive_weight, caption_weight
         self.label_smoothing, self.num_logged_images = label_smoothing, num_logged_images
+        self.loss_chunk_tokens = loss_chunk_tokens
         self.contrastive_loss = ContrastiveLoss(contrastive_loss, focal_gamma, local_loss)
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{name}": metric
@@ -84,9 +89,12 @@ class PretrainTask(Task):
                               image_ids=torch.zeros(0, dtype=torch.long, device=device))
 
     def loss(self, model: Mammut, batch: ImageTextBatch) -> TaskLoss:
-        out = model(batch.images, batch.tokens)
+        out = model(batch.images, batch.tokens, caption_logits=self.loss_chunk_tokens is None)
         contrastive = self.contrastive_loss(out.image_embedding, out.text_embedding, out.logit_scale)
-        if len(batch):
+        if self.loss_chunk_tokens is not None:  # zero, joined to the graph, for an empty batch
+            captioning = chunked_caption_loss(out.caption_hidden, model.decoder.lm_head, batch.tokens[:, 1:],
+                                              model.config.pad_id, self.label_smoothing, self.loss_chunk_tokens)
+        elif len(batch):
             captioning = caption_loss(out.caption_logits, batch.tokens[:, 1:], model.config.pad_id,
                                       self.label_smoothing)
         else:
