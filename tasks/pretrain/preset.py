@@ -21,6 +21,7 @@ class PretrainModule(MammutModule):
         local_loss: bool = False,
         label_smoothing: float = 0.0,
         num_logged_images: int = 16,
+        loss_chunk_tokens: int | None = None,
         **kwargs,
     ):
         """
@@ -28,5 +29,5 @@ class PretrainModule(MammutModule):
         ``MammutModule`` (architecture, lr, init_from, ...).
         """
         task = PretrainTask(contrastive_weight, caption_weight, contrastive_loss, focal_gamma, local_loss,
-                            label_smoothing, num_logged_images)
+                            label_smoothing, num_logged_images, loss_chunk_tokens)
         super().__init__(tasks={"pretrain": task}, **kwargs)

@@ -19,10 +19,11 @@ class VQAModule(MammutModule):
         peft: PrefixConfig | None = None,
         label_smoothing: float = 0.0,
         num_logged_samples: int = 16,
+        loss_chunk_tokens: int | None = None,
         **kwargs,
     ):
         """
         Args: those of ``VQATask``, and ``**kwargs``: the shared settings of ``MammutModule``
         (architecture, lr, init_from, freeze, ...).
         """
-        super().__init__(tasks={"vqa": VQATask(peft, label_smoothing, num_logged_samples)}, **kwargs)
+        super().__init__(tasks={"vqa": VQATask(peft, label_smoothing, num_logged_samples, loss_chunk_tokens)}, **kwargs)
