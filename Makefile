@@ -39,7 +39,12 @@ $(DEMO)/tokenizer.json: | $(DEMO)/video/train_qa.json
 		--msrvtt $(DEMO)/video/train_videodatainfo.json --video-qa $(DEMO)/video/train_qa.json \
 		--answers $(DEMO)/vqa/v2_mscoco_train_annotations.json --answers $(DEMO)/video/train_qa.json
 
-data: $(DEMO)/tokenizer.json  ## write the demo world (images, captions, VQA, detection, video clips) and train its tokenizer
+# A demo world written before it had the zero-shot classification split gets that split alone
+# (its other files stay as they were, byte for byte).
+$(DEMO)/classification/info.json: | $(DEMO)/video/train_qa.json
+	$(BIN)/python -m mammut.data.demo.classification --out $(DEMO)
+
+data: $(DEMO)/tokenizer.json $(DEMO)/classification/info.json  ## write the demo world (images, captions, VQA, detection, video clips, classification) and train its tokenizer
 
 pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
 	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)

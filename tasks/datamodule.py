@@ -171,6 +171,10 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
         """What task ``task`` needs from the data (its ``Task.inputs_type``), given once at set-up."""
         return TaskInputs(input_shape=self.input_shape)
 
+    def num_eval_loaders(self, split: str) -> int:
+        """How many loaders ``val_dataloader`` / ``test_dataloader`` return for ``split``."""
+        return 1
+
     def train_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
         batch_size = self.hparams.batch_size
         # Each data-parallel rank draws its own shard of every epoch's permutation.

@@ -103,11 +103,16 @@ class JointDataModule(SizesTheModel, L.LightningDataModule):
             self.mixer.load_state_dict(previous.state_dict())
         return self.mixer
 
+    def eval_loader_tasks(self, split: str) -> list[str]:
+        """The task of each evaluation loader: a task's data module may run several (pretraining's
+        zero-shot classification sets)."""
+        return [name for name, data in self.tasks.items() for _ in range(data.num_eval_loaders(split))]
+
     def val_dataloader(self) -> list[DataLoader]:
-        return [data.val_dataloader() for data in self.tasks.values()]
+        return [loader for data in self.tasks.values() for loader in _as_list(data.val_dataloader())]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [data.test_dataloader() for data in self.tasks.values()]
+        return [loader for data in self.tasks.values() for loader in _as_list(data.test_dataloader())]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Each task's batch as its own data module finishes it on the device (a video module
@@ -115,9 +120,15 @@ class JointDataModule(SizesTheModel, L.LightningDataModule):
         if isinstance(batch, dict):
             return {name: self.tasks[name].on_after_batch_transfer(task_batch, dataloader_idx)
                     for name, task_batch in batch.items()}
-        return self.tasks[self.task_names[dataloader_idx]].on_after_batch_transfer(batch, dataloader_idx)
+        stage = "test" if self.trainer is not None and self.trainer.testing else "val"
+        task = self.eval_loader_tasks(stage)[dataloader_idx]
+        return self.tasks[task].on_after_batch_transfer(batch, dataloader_idx)
 
     # The mixer's position is saved by Lightning with the loader itself; the task data modules'
     # own mid-epoch bookkeeping means nothing here (the mixer positions their samplers).
     def state_dict(self) -> dict:
         return {}
+
+
+def _as_list(loaders) -> list:
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]

@@ -33,7 +33,7 @@ from mammut.optimization import Optimization, warmup_cosine
 from mammut.report import log_samples, report_table
 from mammut.sharding import ShardingHooks
 from mammut.stopping import CheckpointsBehindTheGuard, SaveOnSignal
-from mammut.task import Task, TaskContext, check_task_names, task_inputs
+from mammut.task import Task, TaskContext, check_task_names, eval_loader_tasks, task_inputs
 from mammut.task_weighting import TaskWeighting
 from mammut.trained import TrainedParameters, hold_frozen_norms, parameter_counts
 
@@ -136,7 +136,8 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         self.trained.apply(self, self.model)
         self.counts = DataCounts()
         self.loss_guard = LossGuard(divergence_factor)
-        self.eval_task_names = list(self.tasks)  # the task of each evaluation dataloader, in order
+        self.eval_task_names = list(self.tasks)  # the tasks evaluated, in the order of their loaders
+        self.eval_loader_tasks: dict[str, list[str]] = {}  # per stage, the task of each evaluation loader
 
     # ------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -148,6 +149,8 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         if data is not None and hasattr(data, "connect"):
             data.connect(image_size=a.image_size, context_length=a.context_length, frames=a.video_frames)
         self.eval_task_names = check_task_names(data, list(self.tasks))
+        self.eval_loader_tasks = {stage: eval_loader_tasks(data, self.eval_task_names, stage)
+                                  for stage in ("val", "test")}
         self.counts.records_dropped = dict(getattr(data, "records_skipped", {}))
         for name, task in self.tasks.items():
             task.connect(TaskContext(architecture=a, generation=self.generation, inputs=task_inputs(data, name, task, a),
@@ -238,7 +241,8 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
     def _evaluate(self, batch, batch_idx: int, dataloader_idx: int, stage: str) -> None:
         self.count_data(batch)
         if len(batch):
-            self.tasks[self.eval_task_names[dataloader_idx]].evaluate(self.model, batch, stage, batch_idx)
+            task = self.eval_loader_tasks.get(stage, self.eval_task_names)[dataloader_idx]
+            self.tasks[task].evaluate(self.model, batch, stage, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._report("val")

@@ -11,10 +11,11 @@ from mammut.visualize import captioned_images
 def report_table(report) -> str:
     """Each score of a ``TaskReport`` beside its baseline, and the number of examples behind it where known."""
     counts = bool(report.counts)
-    rows = [f"{'metric':<28}{'model':>10}{'baseline':>10}" + (f"{'examples':>10}" if counts else "")]
+    width = max([28, *(len(name) + 2 for name in report.scores)])
+    rows = [f"{'metric':<{width}}{'model':>10}{'baseline':>10}" + (f"{'examples':>10}" if counts else "")]
     for name, value in report.scores.items():
         base = report.baselines.get(name)
-        row = f"{name:<28}{float(value):>10.4f}{'' if base is None else f'{base:>10.4f}':>10}"
+        row = f"{name:<{width}}{float(value):>10.4f}{'' if base is None else f'{base:>10.4f}':>10}"
         rows.append(row + (f"{report.counts.get(name, ''):>10}" if counts else ""))
     return "\n".join(rows)
 

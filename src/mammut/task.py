@@ -161,6 +161,17 @@ def check_task_names(data, tasks: list[str]) -> list[str]:
     return list(names)
 
 
+def eval_loader_tasks(data, names: list[str], stage: str) -> list[str]:
+    """The task of each evaluation loader of ``stage`` ("val" or "test"), in order. A task's data
+    module may run several (``num_eval_loaders``: pretraining's captions, then its zero-shot
+    classification sets); a joint one names the task of each of its loaders (``eval_loader_tasks``)."""
+    if hasattr(data, "eval_loader_tasks"):
+        return data.eval_loader_tasks(stage)
+    if hasattr(data, "num_eval_loaders") and len(names) == 1:
+        return names * data.num_eval_loaders(stage)
+    return names
+
+
 def task_inputs(data, name: str, task: Task, architecture: MammutConfig) -> TaskInputs:
     """What the data gives task ``name``, checked to be what the task needs (its ``inputs_type``).
     A data module that is not a ``TaskDataModule`` gives the images' input shape only."""

@@ -1,16 +1,28 @@
-"""Image-caption pairs for pretraining, in COCO captions or Karpathy format."""
+"""Image-caption pairs for pretraining, in COCO captions or Karpathy format, and the zero-shot
+classification sets its evaluations score."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
 from pathlib import Path
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from mammut.data import CaptionDataset, CaptionRecord, collate_eval, collate_train, image_transform, read_captions
+from mammut.data.classification import ClassificationSet, ZeroShotSet, read_classification_set
+from mammut.data.classification_dataset import ClassificationStream, GatedLoader, collate_classification
 from mammut.data.images import load_rgb_image
-from mammut.tasks.datamodule import TaskDataModule
+from mammut.tasks.datamodule import SPLITS_READ, TaskDataModule
 from mammut.tasks.pretrain.task import CaptionInputs, caption_inputs
+from mammut.tasks.pretrain.zero_shot import ZeroShotClasses
+
+log = logging.getLogger(__name__)
+
+SET_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a zero-shot set's name keys its metrics
 
 
 class ImageTextDataModule(TaskDataModule):
@@ -31,6 +43,9 @@ class ImageTextDataModule(TaskDataModule):
         predict_images: list[str] | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 250,
+        val_zeroshot: dict[str, ZeroShotSet] | None = None,
+        test_zeroshot: dict[str, ZeroShotSet] | None = None,
+        zeroshot_every_n_steps: int | None = None,
         **kwargs,
     ):
         """
@@ -45,11 +60,62 @@ class ImageTextDataModule(TaskDataModule):
                 batch of all devices together (embeddings are gathered); with
                 ``trainer.accumulate_grad_batches`` it is still one step's, not the accumulated one.
             eval_batch_size: images per validation step.
+            val_zeroshot: name -> a zero-shot classification set (``mammut.data.classification.ZeroShotSet``:
+                an ImageFolder tree or a CLIP_benchmark WebDataset root, with class names and prompt
+                templates) scored at validation: top-1, top-5 and mean per-class recall beside chance,
+                as ``val/pretrain/zeroshot/<name>/top1``. With ``val_annotations: null`` validation
+                is zero-shot classification alone.
+            test_zeroshot: the same for ``mammut test``.
+            zeroshot_every_n_steps: in ``fit``, classify only at the validations whose step is a
+                multiple of this (None: at every validation); ``validate`` and ``test`` always do.
             **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length,
                 num_workers, skip_bad_samples, seed.
         """
         super().__init__(**kwargs)
+        # Saved as plain data, which a checkpoint loads without unpickling any class.
+        val_zeroshot, test_zeroshot = _plain(val_zeroshot), _plain(test_zeroshot)
         self.save_arguments(locals())
+        for split, sets in (("val", val_zeroshot), ("test", test_zeroshot)):
+            for name in sets or {}:
+                if not SET_NAME.fullmatch(name):
+                    raise ValueError(f"data.{split}_zeroshot: the set name {name!r} may hold only letters, digits, "
+                                     "'_' and '-' (it names the set's metrics)")
+        if zeroshot_every_n_steps is not None and zeroshot_every_n_steps < 1:
+            raise ValueError(f"data.zeroshot_every_n_steps must be positive or null, got {zeroshot_every_n_steps}")
+        self.zero_shot_sets: dict[str, dict[str, ClassificationSet]] = {}  # split -> name -> the set read
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        evaluated = {"fit": "val", "validate": "val", "test": "test"}.get(stage)
+        for split in SPLITS_READ[stage]:
+            if split != "train" and h[f"{split}_annotations"] is None:
+                continue  # zero-shot classification alone: no captions to evaluate,
+            if split == "train" and stage != "fit" and h[f"{evaluated}_annotations"] is None:
+                continue  # nor a captioning baseline to take from the training captions
+            self.read_records(split)
+        self.read_zero_shot_sets(stage)
+
+    def read_zero_shot_sets(self, stage: str) -> None:
+        """Read the zero-shot classification sets that ``stage`` evaluates, once."""
+        split = {"fit": "val", "validate": "val", "test": "test"}.get(stage)
+        if split is None or split in self.zero_shot_sets:
+            return
+        if not self.num_eval_loaders(split):
+            raise ValueError(f"nothing to evaluate: data.{split}_annotations and data.{split}_zeroshot are both unset")
+        sets = {}
+        for name, spec in (self.hparams[f"{split}_zeroshot"] or {}).items():
+            try:
+                sets[name] = read_classification_set(ZeroShotSet(**spec), self.root, name)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"data.{split}_zeroshot, set {name!r}: {error} (configs/pretrain.yaml names "
+                                        f"the demo's; with other data, name yours or set data.{split}_zeroshot=null)") \
+                    from error
+        self.zero_shot_sets[split] = sets
+
+    def num_eval_loaders(self, split: str) -> int:
+        """Evaluation loaders of a split: the captions', then one per zero-shot set."""
+        h = self.hparams
+        return int(h[f"{split}_annotations"] is not None) + len(h[f"{split}_zeroshot"] or {})
 
     def read_split(self, split: str) -> tuple[list[CaptionRecord], int, Path]:
         h = self.hparams
@@ -61,8 +127,55 @@ class ImageTextDataModule(TaskDataModule):
         return records, skipped, self.path(annotations)
 
     def task_inputs(self, task: str) -> CaptionInputs:
-        """The training captions, whose most frequent one is the captioning baseline."""
-        return caption_inputs(self.records, self.input_shape)
+        """The training captions, whose most frequent one is the captioning baseline, and the
+        class names and tokenized prompts of the zero-shot sets that this stage reads."""
+        inputs = caption_inputs(self.records, self.input_shape)
+        inputs.zero_shot = self.zero_shot_inputs()
+        return inputs
+
+    def zero_shot_inputs(self) -> dict[str, ZeroShotClasses]:
+        """The class names and tokenized prompts of each zero-shot set read."""
+        return {name: self._zero_shot_classes(name, dataset)
+                for sets in self.zero_shot_sets.values() for name, dataset in sets.items()}
+
+    def _zero_shot_classes(self, name: str, dataset: ClassificationSet) -> ZeroShotClasses:
+        texts = [template.format(c=classname) for classname in dataset.classnames for template in dataset.templates]
+        tokens, lengths = self.tokenizer.encode_batch(texts, self.context_length, return_lengths=True)
+        cut = [text for text, length in zip(texts, lengths) if length > self.context_length]
+        if cut:
+            log.warning("zero-shot set %s: %d prompts are cut to the context length %d, e.g. %r", name, len(cut),
+                        self.context_length, cut[0])
+        return ZeroShotClasses(dataset.classnames, dataset.templates,
+                               tokens.reshape(len(dataset.classnames), len(dataset.templates), -1))
+
+    def val_dataloader(self):
+        return self._eval_loaders("val")
+
+    def test_dataloader(self):
+        return self._eval_loaders("test")
+
+    def _eval_loaders(self, split: str):
+        """The captions' loader (if the split has captions), then a loader per zero-shot set; a
+        single loader as itself."""
+        loaders = [self.eval_loader(self.dataset(split), self.collate_eval)] \
+            if self.hparams[f"{split}_annotations"] is not None else []
+        for name, dataset in self.zero_shot_sets.get(split, {}).items():
+            stream = ClassificationStream(dataset, name, image_transform(self.image_size, train=False),
+                                          self.image_size, self.hparams.skip_bad_samples)
+            if self.trainer is not None:
+                stream.rank, stream.world_size = self.trainer.global_rank, self.trainer.world_size
+            loaders.append(GatedLoader(stream, batch_size=self.hparams.eval_batch_size,
+                                       num_workers=self.hparams.num_workers, collate_fn=collate_classification(name),
+                                       due=self._zero_shot_due))
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def _zero_shot_due(self) -> bool:
+        """Whether this evaluation classifies: always in validate and test; in fit, not in the
+        sanity check, and at the steps ``zeroshot_every_n_steps`` names."""
+        trainer, every = self.trainer, self.hparams.zeroshot_every_n_steps
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return True
+        return not trainer.sanity_checking and (every is None or trainer.global_step % every == 0)
 
     def predict_dataloader(self) -> DataLoader:
         paths = self.hparams.predict_images
@@ -70,6 +183,14 @@ class ImageTextDataModule(TaskDataModule):
             raise ValueError("nothing to predict: set --data.predict_images=[path.jpg, ...]")
         return DataLoader(ImageFiles(paths, image_transform(self.image_size, train=False)),
                           batch_size=self.hparams.eval_batch_size)
+
+
+def _plain(sets: dict[str, ZeroShotSet | dict] | None) -> dict[str, dict] | None:
+    """Zero-shot sets as dicts, whether given as ``ZeroShotSet`` or as dicts."""
+    if sets is None:
+        return None
+    return {name: dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(spec)
+            for name, spec in sets.items()}
 
 
 class ImageFiles(torch.utils.data.Dataset):

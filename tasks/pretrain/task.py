@@ -3,7 +3,8 @@
 ``PretrainTask`` is the task on the shared model. Validation reports zero-shot retrieval
 R@1/5/10 in both directions and CIDEr-D / BLEU-4 of greedy captions, each beside its baseline
 computed from the same data: chance recall for retrieval, and the most frequent training
-caption for captioning. On clips it is video captioning (``mammut.tasks.video``).
+caption for captioning; and, when its data names classification sets, zero-shot classification
+beside chance (``zero_shot.py``). On clips it is video captioning (``mammut.tasks.video``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mammut.data.batch import ImageCaptionsBatch, ImageTextBatch
+from mammut.data.batch import ClassificationBatch, ImageCaptionsBatch, ImageTextBatch
 from mammut.data.transforms import denormalize
 from mammut.metrics import CaptionMetrics, RetrievalRecallAtK
 from mammut.metrics.captioning import most_frequent_caption_baseline
 from mammut.metrics.retrieval import chance_recall_at_k
 from mammut.model import ContrastiveLoss, Mammut, caption_loss, chunked_caption_loss, generate
-from mammut.task import Task, TaskInputs, TaskLoss, TaskReport
+from mammut.task import Task, TaskContext, TaskInputs, TaskLoss, TaskReport
+from mammut.tasks.pretrain.zero_shot import ZeroShotClasses, ZeroShotClassification
 
 
 @dataclass
@@ -29,6 +31,8 @@ class CaptionInputs(TaskInputs):
     """What ``PretrainTask`` needs from its data (images or clips with captions)."""
 
     train_captions: list[str] = field(default_factory=list)  # the captioning baseline: the most frequent
+    # Zero-shot classification sets evaluated in this stage, by name (none: no such evaluation).
+    zero_shot: dict[str, ZeroShotClasses] = field(default_factory=dict)
 
 
 def caption_inputs(records: dict[str, list], input_shape: tuple[int, ...]) -> CaptionInputs:
@@ -76,10 +80,15 @@ class PretrainTask(Task):
             for stage in ("val", "test")
             for name, metric in (("retrieval", RetrievalRecallAtK()), ("captioning", CaptionMetrics()))
         })
+        self.zero_shot = ZeroShotClassification()
         self._samples: dict[str, tuple[Tensor, list[str]]] = {}
         self._eval_ids: list[Tensor] = []
         self._eval_caption_image_ids: list[Tensor] = []
         self._eval_references: list[list[str]] = []
+
+    def connect(self, context: TaskContext) -> None:
+        super().connect(context)
+        self.zero_shot.connect(context.inputs.zero_shot)
 
     # --------------------------------------------------------------- training
     def empty_batch(self, device) -> ImageTextBatch:
@@ -104,7 +113,11 @@ class PretrainTask(Task):
                                 "temperature": 1.0 / out.logit_scale.detach()})
 
     # ------------------------------------------------------------- evaluation
-    def evaluate(self, model: Mammut, batch: ImageCaptionsBatch, stage: str, batch_idx: int) -> None:
+    def evaluate(self, model: Mammut, batch: ImageCaptionsBatch | ClassificationBatch, stage: str,
+                 batch_idx: int) -> None:
+        if isinstance(batch, ClassificationBatch):
+            self.zero_shot.evaluate(model, batch, stage)
+            return
         visual_tokens = model.encode_image(batch.images)
         self.metrics[f"{stage}_retrieval"].update(
             model.image_embedding(visual_tokens), batch.image_ids,
@@ -119,15 +132,19 @@ class PretrainTask(Task):
             self._samples[stage] = (denormalize(batch.images[:n]), captions[:n])
 
     def report(self, stage: str) -> TaskReport:
-        scores = {**self.metrics[f"{stage}_retrieval"].compute(), **self.metrics[f"{stage}_captioning"].compute()}
-        image_ids, caption_image_ids, references = self._whole_eval_set()
-        baselines = chance_recall_at_k(image_ids, caption_image_ids)
-        baselines.update(most_frequent_caption_baseline(self.inputs.train_captions, references).scores)
-        scores["retrieval/mean_R@1"] = (scores["image_to_text/R@1"] + scores["text_to_image/R@1"]) / 2
+        scores, baselines = {}, {}
+        if self._eval_ids:  # captions were evaluated (a zero-shot-only evaluation has none)
+            scores = {**self.metrics[f"{stage}_retrieval"].compute(), **self.metrics[f"{stage}_captioning"].compute()}
+            image_ids, caption_image_ids, references = self._whole_eval_set()
+            baselines = chance_recall_at_k(image_ids, caption_image_ids)
+            baselines.update(most_frequent_caption_baseline(self.inputs.train_captions, references).scores)
+            scores["retrieval/mean_R@1"] = (scores["image_to_text/R@1"] + scores["text_to_image/R@1"]) / 2
+        zero_shot_scores, zero_shot_chance, counts = self.zero_shot.report(stage)
         samples = self._samples.pop(stage, None)
         self.reset(stage)
-        return TaskReport({name: float(value) for name, value in scores.items()},
-                          {name: float(value) for name, value in baselines.items()}, samples=samples)
+        return TaskReport({name: float(value) for name, value in {**scores, **zero_shot_scores}.items()},
+                          {name: float(value) for name, value in {**baselines, **zero_shot_chance}.items()},
+                          counts=counts, samples=samples)
 
     def _whole_eval_set(self) -> tuple[Tensor, Tensor, list[list[str]]]:
         """Image ids, the image id of each caption, and the references of the whole evaluation
@@ -149,6 +166,7 @@ class PretrainTask(Task):
         return torch.tensor(list(num_captions)), torch.tensor(caption_image_ids), list(references.values())
 
     def reset(self, stage: str) -> None:
+        self.zero_shot.reset(stage)
         self.metrics[f"{stage}_retrieval"].reset()
         self.metrics[f"{stage}_captioning"].reset()
         self._eval_ids.clear()

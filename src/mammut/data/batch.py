@@ -124,3 +124,15 @@ class DetectionBatch(Batch):
     num_skipped: int = 0
     truncated: list[str] = field(default_factory=list)  # always empty: no text is cut
     boxes_dropped: int = 0  # boxes of this batch dropped as too small once cropped
+
+
+@dataclass
+class ClassificationBatch(Batch):
+    """Images of a zero-shot classification set with their class indices. Padding rows (a rank's
+    share evened out with the others') have label -1."""
+
+    images: Tensor  # (B, 3, H, W) float
+    labels: Tensor  # (B,) long: index into the set's class names, -1 for padding
+    dataset: str = ""  # the set's name, which keys its metrics
+    num_skipped: int = 0
+    truncated: list[str] = field(default_factory=list)  # always empty: no text is cut

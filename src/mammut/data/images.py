@@ -32,6 +32,22 @@ def decode_rgb_image(source: Path | bytes, name: str | None = None,
     surface a corrupt or truncated file now, inside the sample that owns it, not later in
     a transform. EXIF orientation is not applied, as in the COCO annotations.
 
+    The conversion is ``as_rgb``'s.
+    """
+    path = Path(name) if name is not None else source if isinstance(source, Path) else Path("<image bytes>")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.load()
+            return as_rgb(image, path, background)
+    except FileNotFoundError as error:
+        raise BadSampleError(f"{path}: image file not found") from error
+    except _DECODE_ERRORS as error:
+        raise BadSampleError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
+
+
+def as_rgb(image: Image.Image, path: Path = Path("<image>"), background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """A decoded image as 8-bit RGB (``path`` names it in messages).
+
     PIL's own conversion clips wider pixels to 8 bits, which turns a 16-bit image white, and
     drops alpha, which shows whatever colour transparent pixels store. Instead, greyscale of
     16 or 32 bits per pixel (modes "I;16", "I") is scaled from the 16-bit range (value / 257),
@@ -39,22 +55,14 @@ def decode_rgb_image(source: Path | bytes, name: str | None = None,
     images (an alpha band, or a "transparency" colour or palette entry) are composited onto
     ``background``, white by default as web browsers show them.
     """
-    path = Path(name) if name is not None else source if isinstance(source, Path) else Path("<image bytes>")
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            image.load()
-            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-                image = _to_8_bits(image, path)
-            if image.has_transparency_data:
-                rgba = image.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (*background, 255))
-                canvas.alpha_composite(rgba)
-                return canvas.convert("RGB")
-            return image.convert("RGB")
-    except FileNotFoundError as error:
-        raise BadSampleError(f"{path}: image file not found") from error
-    except _DECODE_ERRORS as error:
-        raise BadSampleError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8_bits(image, path)
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
 
 
 def _to_8_bits(image: Image.Image, path: Path) -> Image.Image:

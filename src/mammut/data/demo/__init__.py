@@ -13,6 +13,8 @@ Layout under the output root (`file_name` entries are bare names inside `images/
     vqa/v2_OpenEnded_mscoco_{split}_questions.json
     vqa/v2_mscoco_{split}_annotations.json
     manifest.json
+    classification/{val,test}/<colour>_<shape>/*.jpg   zero-shot classification (ImageFolder), with
+        classnames.txt, zeroshot_classification_templates.txt and info.json (`classification`)
 
 Modules, one job each: `world` (vocabulary), `geometry` (shape outlines), `scene`
 (sampling), `render` (pixels), `captions`, `vqa`, `detection` (per-scene content),

@@ -204,6 +204,11 @@ def generate(
         pool.close()
         pool.join()
 
+    # Imported here, so that `python -m mammut.data.demo.classification` does not import its module twice.
+    from .classification import IMAGES_PER_CLASS, TINY_IMAGES_PER_CLASS, write_classification
+
+    # Not in the manifest, whose bytes a demo world written before this split keeps (it has its own info.json).
+    write_classification(root, seed, image_size, TINY_IMAGES_PER_CLASS if tiny else IMAGES_PER_CLASS)
     manifest = {
         "generator": "mammut.data.demo",
         "generator_version": GENERATOR_VERSION,

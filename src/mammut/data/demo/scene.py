@@ -124,3 +124,9 @@ def sample_scene(rng: random.Random, image_size: int) -> Scene:
             placed.append(obj)
         if len(placed) == count:
             return Scene(tuple(placed), rng.choice(BACKGROUND_KINDS), image_size)
+
+
+def single_object_scene(rng: random.Random, shape: str, colour: str, size: str, image_size: int) -> Scene:
+    """One given object at a random place on a random background (the classification split)."""
+    obj = _place(rng, shape, colour, size, image_size, [])  # alone, it fits at the first try
+    return Scene((obj,), rng.choice(BACKGROUND_KINDS), image_size)
