@@ -19,7 +19,8 @@ from mammut.tasks.vqa import VQADataModule
 RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "configs").glob("*.yaml"))
 # Overlays change a recipe rather than stand alone: each parses on top of its recipe.
 OVERLAYS = {"configs/finetune_vqa_peft.yaml": "configs/finetune_vqa.yaml",
-            "configs/finetune_vqa_lora.yaml": "configs/finetune_vqa.yaml"}
+            "configs/finetune_vqa_lora.yaml": "configs/finetune_vqa.yaml",
+            "configs/pretrain_fusion.yaml": "configs/pretrain.yaml"}
 
 
 def print_config(*args: str, capsys, monkeypatch) -> str:
