@@ -9,13 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import REPO
 from lightning.pytorch.callbacks import Callback
+from tiny_run import TINY_MODEL
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from mammut.data.write_shards import main as write_shards
-
-from conftest import REPO
-from tiny_run import TINY_MODEL
 
 
 def write_demo_shards(demo: Path, out: Path, samples_per_shard: int, split: str = "train", first_shard: int = 0) -> None:
@@ -51,11 +50,12 @@ def recorded(path: Path, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
 
 
-def fit_on_shards(demo: Path, out: Path, shards: str, *overrides: str, record: Path | None = None,
-                  processes: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
+def fit_on_shards(demo: Path, out: Path, shards: str, *overrides: str, strategy: str | None = None,
+                  record: Path | None = None, processes: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
     """`mammut fit --config configs/pretrain_shards.yaml` with a tiny model on ``shards`` (relative to
-    ``demo``), as its own process (a strategy's process group stays its own), on ``processes`` CPU
-    processes; each rank appends its batches to ``record`` (``<record>.rank<N>``)."""
+    ``demo``), as its own process (a strategy's process group stays its own), with
+    ``configs/strategy/<strategy>.yaml`` on ``processes`` CPU processes; each rank appends its
+    batches to ``record`` (``<record>.rank<N>``)."""
     callbacks = out / f"callbacks_{len(list(out.glob('callbacks_*.yaml')))}.yaml"
     text = ("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
             "      init_args: {save_top_k: -1, every_n_train_steps: 2, filename: '{step}'}\n")
@@ -64,6 +64,7 @@ def fit_on_shards(demo: Path, out: Path, shards: str, *overrides: str, record: P
     callbacks.write_text(text)
     command = [
         sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / "configs/pretrain_shards.yaml"),
+        *(["--config", str(REPO / "configs/strategy" / f"{strategy}.yaml")] if strategy else []),
         "--config", str(callbacks), *TINY_MODEL, f"--data.root={demo}", f"--data.train_shards={shards}",
         "--data.batch_size=4", "--data.eval_batch_size=12", "--data.test_annotations=null",
         "--trainer.limit_val_batches=0", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false",
@@ -71,7 +72,7 @@ def fit_on_shards(demo: Path, out: Path, shards: str, *overrides: str, record: P
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *overrides,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     (out / "stderr.txt").write_text(result.stderr)
     return result
 

@@ -13,16 +13,19 @@ from itertools import islice, product
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from mammut.tasks.pretrain import ShardTextDataModule
+from shard_runs import shard_keys, write_demo_shards
 
 from mammut.data import CaptionTokenizer, image_transform, read_coco_captions
 from mammut.data.errors import BadSampleError, DataFormatError
 from mammut.data.shard_dataset import ShardCaptionDataset
-from mammut.data.shard_files import expand_shard_patterns, parquet_captions, stats_sample_count
+from mammut.data.shard_files import (
+    expand_shard_patterns,
+    parquet_captions,
+    stats_sample_count,
+)
 from mammut.data.shard_reader import read_shard
 from mammut.data.shard_streams import ShardSource, Stream, stream_entries, stream_pieces
-from mammut.tasks.pretrain import ShardTextDataModule
-
-from shard_runs import shard_keys, write_demo_shards
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +138,11 @@ def bad_shards(shards, tmp_path_factory):
             if sample["__key__"] == "0000003":
                 del files["txt"]
             tar.write(files)
-    members = tarfile.open(good / "00001.tar").getmembers()  # jpg, json, txt of each sample
+    with tarfile.open(good / "00001.tar") as tar:
+        members = tar.getmembers()  # jpg, json, txt of each sample
     (folder / "00001.tar").write_bytes((good / "00001.tar").read_bytes()[:members[16].offset_data + 100])
-    members = tarfile.open(good / "00002.tar").getmembers()
+    with tarfile.open(good / "00002.tar") as tar:
+        members = tar.getmembers()
     (folder / "00002.tar").write_bytes((good / "00002.tar").read_bytes()[:members[12].offset])  # 4 whole samples
     for name in ("00001", "00002"):
         shutil.copy(good / f"{name}_stats.json", folder / f"{name}_stats.json")
@@ -155,7 +160,7 @@ def test_bad_samples_and_shards_are_counted_skips_naming_shard_and_key(bad_shard
     skipped = [r.getMessage() for r in caplog.records if "skipping bad sample" in r.getMessage()]
     assert sum(s is None for s in samples) == len(skipped) == 5
     text = "\n".join(skipped)
-    assert f"{shards[0]}, key 0000001" in text and "cannot decode image" in text
+    assert f"{shards[0]}, key 0000001: cannot decode image" in text
     assert f"{shards[0]}, key 0000003" in text and "no caption" in text
     assert f"{shards[1]}, key 0000105: shard is truncated" in text
     assert f"{shards[2]}: shard ends after 4 of the 8 samples its stats file lists" in text

@@ -113,12 +113,12 @@ class ShardCaptionDataset(IterableDataset):
         try:
             if entry.problem:
                 raise BadSampleError(f"{entry.name}: {entry.problem}")
-            image = self.transform(decode_rgb_image(_image_bytes(entry), name=f"{entry.shard}/{entry.key}"))
+            image = self.transform(decode_rgb_image(_image_bytes(entry), name=entry.name))
             caption = self.caption(entry)
         except BadSampleError as error:
             if not self.skip_bad_samples:
                 raise
-            log.warning("skipping bad sample (%s): %s", entry.name, error)
+            log.warning("skipping bad sample: %s", error)  # the message names the shard and key
             return None
         tokens, lengths = self.tokenizer.encode_batch([caption], self.context_length, return_lengths=True)
         truncated = [f"{entry.name}: caption of {n} tokens cut to the context length {self.context_length}"

@@ -1,0 +1,54 @@
+"""A run on shards resumed from a mid-epoch checkpoint sees the batches the uninterrupted run saw
+from that step on: it does not read the epoch's first samples again, and its step count, learning
+rate schedule and mix of weighted sources continue.
+
+It runs under FSDP2 (Lightning's ModelParallelStrategy), which restores a checkpoint after the
+strategy's set-up, with an epoch-based run (``max_epochs``), whose schedule length Lightning
+estimates from the training loader: had ``configure_optimizers`` asked for that length, the loader
+would have been built before the data position was restored, and the resumed run would have
+started its epoch again (Lightning issue #20550)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shard_runs import fit_on_shards, recorded, write_demo_shards
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_resumed_run_continues_where_the_interrupted_one_stopped(tiny_demo, tmp_path):
+    write_demo_shards(tiny_demo, tmp_path / "a", samples_per_shard=20)  # 48 samples: 20, 20, 8
+    write_demo_shards(tiny_demo, tmp_path / "b", samples_per_shard=20, split="val", first_shard=10)  # 24: 20, 4
+    shards = f"{tmp_path}/a/*.tar::{tmp_path}/b/*.tar"
+    # Two sources weighted 2:1, 32 samples an epoch in batches of 4: 8 steps, 2 epochs, 2 workers.
+    common = ["--data.source_weights=[2,1]", "--data.train_num_samples=32", "--data.num_workers=2",
+              "--trainer.max_steps=-1", "--trainer.max_epochs=2", "--model.warmup_steps=3"]
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    result = fit_on_shards(tiny_demo, whole, shards, *common, "--trainer.logger.init_args.version=0",
+                           strategy="fsdp2", record=whole / "batches")
+    assert result.returncode == 0, result.stderr[-3000:]
+    uninterrupted = {batch["step"]: batch for batch in recorded(whole / "batches")}
+    assert sorted(uninterrupted) == list(range(16))
+
+    checkpoint = whole / "pretrain_shards" / "version_0" / "checkpoints" / "step=10.ckpt"  # epoch 1, 2 steps in
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    result = fit_on_shards(tiny_demo, resumed_dir, shards, *common, f"--ckpt_path={checkpoint}",
+                           strategy="fsdp2", record=resumed_dir / "batches")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = recorded(resumed_dir / "batches")
+
+    assert [batch["step"] for batch in resumed] == list(range(10, 16))
+    for batch in resumed:
+        expected = uninterrupted[batch["step"]]
+        assert batch["epoch"] == expected["epoch"] == 1
+        assert batch["ids"] == expected["ids"], batch["step"]  # the same samples, from both sources
+        assert batch["lr"] == pytest.approx(expected["lr"], rel=1e-9)  # the schedule continues
+    # The epoch's first batches are not seen again: no sample of steps 8 and 9 comes back (the
+    # plain shard lists hold more than the epoch asks of each stream).
+    start_of_epoch = {i for step in (8, 9) for i in uninterrupted[step]["ids"]}
+    assert not start_of_epoch & {i for batch in resumed for i in batch["ids"]}
+    from_b = sum(i >= 1000 for batch in resumed for i in batch["ids"])  # b's keys are 0001000 and on
+    assert 0.15 < from_b / (6 * 4) < 0.55  # a third, by the weights
