@@ -3,16 +3,22 @@ gradients as ``caption_loss`` on the full logits, in the tasks that train captio
 
 from __future__ import annotations
 
+import math
+
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from mammut.data.batch import ImageTextBatch, VQABatch
-from mammut.model import Mammut, caption_loss, chunked_caption_loss
+from mammut.model import Mammut, MammutConfig, caption_loss, chunked_caption_loss
 from mammut.model.lora import LoraConfig, add_lora
-from mammut.tasks.pretrain import PretrainTask
+from mammut.tasks.pretrain import ImageTextDataModule, PretrainModule, PretrainTask
 from mammut.tasks.vqa import VQATask
 
 from test_model import PAD, random_tokens, tiny_config
+from tiny_run import scalars
 
 
 def gradients(loss: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -97,3 +103,34 @@ def test_the_tasks_train_the_same_with_the_chunked_loss(fusion):
         torch.testing.assert_close(chunked_loss, loss, atol=1e-5, rtol=1e-5)
         for got, expected in zip(chunked_grads, grads):
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+class PoisonTheVocabularyProjectionAtStep(Callback):
+    """Sends one weight of the vocabulary projection to NaN before a given step: only the caption
+    loss, computed chunk by chunk, sees it."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.decoder.lm_head.weight[5, 0] = float("nan")
+
+
+@pytest.mark.slow
+def test_a_run_with_the_chunked_loss_and_fusion_logs_its_loss_and_the_guard_stops_a_bad_one(tiny_demo, tmp_path):
+    data = ImageTextDataModule(root=str(tiny_demo), batch_size=8, num_workers=0, context_length=24, image_size=32)
+    architecture = MammutConfig(image_size=32, vision_width=32, vision_depth=2, vision_heads=2, text_width=32,
+                                text_depth=2, text_heads=2, cross_attention_layers=[1], embed_dim=32,
+                                context_length=24, vocab_size=data.vocab_size, fusion_vision_block=0,
+                                fusion_tokens=4, decoder_fusion="iterative")
+    trainer = L.Trainer(max_steps=4, limit_val_batches=0, log_every_n_steps=1, enable_checkpointing=False,
+                        callbacks=[PoisonTheVocabularyProjectionAtStep(2)], enable_progress_bar=False,
+                        logger=TensorBoardLogger(tmp_path, name="run", version="0"), default_root_dir=tmp_path)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at global step 2 .*caption_loss=nan"):
+        trainer.fit(PretrainModule(architecture=architecture, loss_chunk_tokens=16), data)
+    trainer.logger.experiment.flush()
+    logged = scalars(tmp_path / "run" / "0")
+    caption = logged["train/pretrain/caption_loss"]
+    assert [step for step, _ in caption] == [0, 1] and all(math.isfinite(v) and v > 0 for _, v in caption)
