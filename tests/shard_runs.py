@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
 from lightning.pytorch.callbacks import Callback
-from tiny_run import TINY_MODEL
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from mammut.data.write_shards import main as write_shards
+
+from conftest import REPO
+from tiny_run import TINY_MODEL
 
 
 def write_demo_shards(demo: Path, out: Path, samples_per_shard: int, split: str = "train", first_shard: int = 0) -> None:

@@ -13,19 +13,16 @@ from itertools import islice, product
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from mammut.tasks.pretrain import ShardTextDataModule
-from shard_runs import shard_keys, write_demo_shards
 
 from mammut.data import CaptionTokenizer, image_transform, read_coco_captions
 from mammut.data.errors import BadSampleError, DataFormatError
 from mammut.data.shard_dataset import ShardCaptionDataset
-from mammut.data.shard_files import (
-    expand_shard_patterns,
-    parquet_captions,
-    stats_sample_count,
-)
+from mammut.data.shard_files import expand_shard_patterns, parquet_captions, stats_sample_count
 from mammut.data.shard_reader import read_shard
 from mammut.data.shard_streams import ShardSource, Stream, stream_entries, stream_pieces
+from mammut.tasks.pretrain import ShardTextDataModule
+
+from shard_runs import shard_keys, write_demo_shards
 
 
 @pytest.fixture(scope="module")

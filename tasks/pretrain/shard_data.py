@@ -9,23 +9,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mammut.tasks.datamodule import SPLITS_READ
-from mammut.tasks.pretrain.data import ImageTextDataModule
-from mammut.tasks.pretrain.task import CaptionInputs
 from torch.utils.data import DataLoader
 
 from mammut.data import image_transform
 from mammut.data.errors import BadSampleError, DataFormatError
 from mammut.data.shard_dataset import ShardCaptionDataset
-from mammut.data.shard_files import (
-    expand_shard_patterns,
-    is_local,
-    missing_local_shards,
-    parquet_captions,
-    stats_sample_count,
-)
+from mammut.data.shard_files import (expand_shard_patterns, is_local, missing_local_shards, parquet_captions,
+                                     stats_sample_count)
 from mammut.data.shard_reader import read_shard
 from mammut.data.shard_streams import ShardSource
+from mammut.tasks.datamodule import SPLITS_READ
+from mammut.tasks.pretrain.data import ImageTextDataModule
+from mammut.tasks.pretrain.task import CaptionInputs
 
 log = logging.getLogger(__name__)
 

@@ -34,13 +34,7 @@ from mammut.data.captions_dataset import TrainSample
 from mammut.data.errors import BadSampleError
 from mammut.data.images import decode_rgb_image
 from mammut.data.shard_reader import Entry
-from mammut.data.shard_streams import (
-    ShardSource,
-    Stream,
-    stream_entries,
-    worker_batches,
-    worker_batches_done,
-)
+from mammut.data.shard_streams import ShardSource, Stream, stream_entries, worker_batches, worker_batches_done
 from mammut.data.tokenizer import CaptionTokenizer
 
 log = logging.getLogger(__name__)
