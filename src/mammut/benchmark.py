@@ -153,8 +153,11 @@ def evaluate(model: Mammut, tokenizer: CaptionTokenizer, dataset: str, dataset_r
                          split=split, download=False, task=task)
     # The loaders CLIP_benchmark's own command builds.
     if dataset.startswith("wds/"):
+        # A worker without a shard of its own would find no samples, which webdataset refuses.
+        shards = Path(dataset_root) / split / "nshards.txt"
+        workers = min(num_workers, int(shards.read_text())) if shards.is_file() else num_workers
         loader = torch.utils.data.DataLoader(data.batched(batch_size), batch_size=None, shuffle=False,
-                                             num_workers=num_workers)
+                                             num_workers=workers)
     else:
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                              collate_fn=get_dataset_collate_fn(dataset))
@@ -184,14 +187,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--recall_k", type=int, nargs="+", default=[1, 5, 10], help="retrieval's K values")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no_amp", dest="amp", action="store_false",
-                        help="full precision (by default, autocast as CLIP_benchmark runs it)")
+    # CLIP_benchmark autocasts by default: float16 on a GPU; on a CPU autocast means bfloat16, whose
+    # coarse logits tie, and top-1 (topk) and mean per-class recall (argmax) break ties differently.
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--amp", dest="amp", action="store_true", default=None,
+                           help="autocast (the default on a GPU, as CLIP_benchmark runs)")
+    precision.add_argument("--no_amp", dest="amp", action="store_false", default=None,
+                           help="full precision (the default on a CPU)")
     parser.add_argument("--output", type=Path, help="the JSON file to write (default: print it only)")
     args = parser.parse_args(argv)
+    amp = args.amp if args.amp is not None else args.device.startswith("cuda")
     try:
         model, tokenizer = load_model(args.checkpoint, args.architecture, args.tokenizer)
         result = evaluate(model, tokenizer, args.dataset, args.dataset_root, args.task, args.split, args.batch_size,
-                          args.num_workers, tuple(args.recall_k), args.device, args.amp)
+                          args.num_workers, tuple(args.recall_k), args.device, amp)
     except (OSError, ValueError) as error:
         print(f"python -m mammut.benchmark: {error}", file=sys.stderr)
         return 1
