@@ -11,7 +11,8 @@ workers), timed over ``--batches`` batches after its first (worker start-up and 
 buffer's first fill). The step is the full pretraining step of configs/pretrain.yaml's model
 (contrastive and captioning losses, backward, AdamW) on one of those batches, bf16 autocast where
 the CPU runs it natively, median of ``--repeats``. Loaders and step are timed one after the
-other, each with the machine to itself; in a real run they share the cores.
+other, each with the machine to itself; in a real run they share the cores. Last, the time to a
+resumed shard loader's first batch, ``--resume-after`` batches into an epoch, against a fresh one's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ def loader_pairs_per_second(data, batches: int) -> tuple[float, object]:
     return pairs / (time.perf_counter() - start), first
 
 
+def resume_seconds(data: ShardTextDataModule, batches_done: int) -> tuple[float, float]:
+    """Seconds to the first batch of a fresh epoch, and of one resumed after ``batches_done``
+    batches (each worker reads past the samples its batches had used, without decoding them)."""
+    times = []
+    for done in (0, batches_done):
+        data.resume_point = (0, done * data.hparams.batch_size)
+        start = time.perf_counter()
+        next(iter(data.train_dataloader()))
+        times.append(time.perf_counter() - start)
+    data.resume_point = (0, 0)
+    return times[0], times[1]
+
+
 def step_function(module: PretrainModule, bf16: bool):
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
     task = module.tasks["pretrain"]
@@ -63,6 +77,7 @@ def main() -> None:
     parser.add_argument("--root", default="data/demo")
     parser.add_argument("--batches", type=int, default=30, help="timed batches per loader")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--resume-after", type=int, default=100, help="batches a timed resume skips")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16" if cpu_has_native_bf16() else "fp32",
                         help="of the step: bf16 autocast (as bf16-mixed) or fp32; bf16 where the CPU runs it natively")
     parser.set_defaults(batch_size=128, repeats=5, warmup=1)
@@ -82,6 +97,8 @@ def main() -> None:
         rate, first = loader_pairs_per_second(data, args.batches)
         batch = batch or first
         rows.append([name, rate])
+        if data_class is ShardTextDataModule:
+            fresh, resumed = resume_seconds(data, args.resume_after)
 
     tokenizer = data.tokenizer
     config = MammutConfig(**architecture, vocab_size=tokenizer.vocab_size,
@@ -95,7 +112,10 @@ def main() -> None:
     notes = (f"Pretraining on the demo world: batch {args.batch_size}, {args.workers} loader workers, "
              f"{architecture['image_size']}x{architecture['image_size']} images; the step is the full pretraining step "
              f"of configs/pretrain.yaml's model in {'bf16 autocast' if args.precision == 'bf16' else 'fp32'} "
-             f"({seconds * 1e3:.0f} ms per step). Loaders and step were timed one after the other.")
+             f"({seconds * 1e3:.0f} ms per step). Loaders and step were timed one after the other. "
+             f"Resuming the shard loader {args.resume_after} batches into an epoch "
+             f"({args.resume_after * args.batch_size} samples read again, not decoded): {resumed:.1f} s to its "
+             f"first batch, against {fresh:.1f} s for a fresh epoch.")
     publish("Tar-shard loading against the pretraining step", f"{table}\n\n{notes}", args.results)
 
 
