@@ -13,6 +13,7 @@ from itertools import islice, product
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from jsonargparse import ArgumentParser
 
 from mammut.data import CaptionTokenizer, image_transform, read_coco_captions
 from mammut.data.errors import BadSampleError, DataFormatError
@@ -190,6 +191,10 @@ def test_data_module_reads_patterns_weights_and_baseline(shards, tiny_demo):
     loader = data.train_dataloader()
     assert len(loader) == 10
     assert sum(len(batch) for batch in loader) == 40
+    # a checkpoint holds every argument the CLI offers, which a resumed run's data settings come from
+    parser = ArgumentParser()
+    parser.add_class_arguments(ShardTextDataModule, "data")
+    assert set(data.hparams) == set(vars(parser.get_defaults().data))
     with pytest.raises(ValueError, match="2 weights for 1"):
         ShardTextDataModule(root=str(shards), tokenizer=str(tiny_demo / "tokenizer.json"),
                             train_shards="train/*.tar", source_weights=[1, 2]).sources()
