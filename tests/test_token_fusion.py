@@ -203,7 +203,7 @@ def test_blocks_for_sharding_are_the_same_and_the_learners_sit_in_them_or_the_ro
     # The decoder's own learners are inside their layer's unit; the ViT's is the root's (a small MLP).
     assert [all(id(p) in in_blocks for p in m.parameters()) for m in learners].count(True) == 2
     assert not any(id(p) in in_blocks for p in fused.vision.token_learner.parameters())
-    assert {"encode_patches", "caption_hidden"} <= set(fused.fsdp_entry_points)
+    assert {"encode_patches", "caption_hidden", "chunked_caption_loss"} <= set(fused.fsdp_entry_points)
 
 
 def test_a_checkpoint_without_the_learner_loads_and_reports_it_as_initialised(tmp_path, g):

@@ -21,7 +21,7 @@ from mammut.data.transforms import denormalize
 from mammut.metrics import CaptionMetrics, RetrievalRecallAtK
 from mammut.metrics.captioning import most_frequent_caption_baseline
 from mammut.metrics.retrieval import chance_recall_at_k
-from mammut.model import ContrastiveLoss, Mammut, caption_loss, chunked_caption_loss, generate
+from mammut.model import ContrastiveLoss, Mammut, caption_loss, generate
 from mammut.task import Task, TaskContext, TaskInputs, TaskLoss, TaskReport
 from mammut.tasks.pretrain.zero_shot import ZeroShotClasses, ZeroShotClassification
 
@@ -101,8 +101,8 @@ class PretrainTask(Task):
         out = model(batch.images, batch.tokens, caption_logits=self.loss_chunk_tokens is None)
         contrastive = self.contrastive_loss(out.image_embedding, out.text_embedding, out.logit_scale)
         if self.loss_chunk_tokens is not None:  # zero, joined to the graph, for an empty batch
-            captioning = chunked_caption_loss(out.caption_hidden, model.decoder.lm_head, batch.tokens[:, 1:],
-                                              model.config.pad_id, self.label_smoothing, self.loss_chunk_tokens)
+            captioning = model.chunked_caption_loss(out.caption_hidden, batch.tokens[:, 1:], model.config.pad_id,
+                                                    self.label_smoothing, self.loss_chunk_tokens)
         elif len(batch):
             captioning = caption_loss(out.caption_logits, batch.tokens[:, 1:], model.config.pad_id,
                                       self.label_smoothing)

@@ -21,8 +21,7 @@ from torch import Tensor
 from mammut.data import VQABatch
 from mammut.data.transforms import denormalize
 from mammut.metrics.vqa import (VQAAccuracy, accuracy_breakdown, most_frequent_answer)
-from mammut.model import (Mammut, MammutConfig, PrefixConfig, VisualPrefix, chunked_caption_loss,
-                          generate_after_prompts)
+from mammut.model import Mammut, MammutConfig, PrefixConfig, VisualPrefix, generate_after_prompts
 from mammut.task import Task, TaskContext, TaskInputs, TaskLoss, TaskReport
 
 log = logging.getLogger(__name__)
@@ -126,9 +125,9 @@ class VQATask(Task):
         # Text-conditioned fusion reads the question (the tokens before the answer), as in generation.
         if self.loss_chunk_tokens is not None:  # zero, joined to the graph, for an empty batch
             hidden = model.caption_hidden(batch.tokens[:, :-1], visual_tokens, prefix, batch.answer_start)
-            loss = chunked_caption_loss(hidden, model.decoder.lm_head,
-                                        answer_targets(batch.tokens, batch.answer_start, model.config.pad_id),
-                                        IGNORED, self.label_smoothing, self.loss_chunk_tokens)
+            loss = model.chunked_caption_loss(hidden, answer_targets(batch.tokens, batch.answer_start,
+                                                                     model.config.pad_id),
+                                              IGNORED, self.label_smoothing, self.loss_chunk_tokens)
             return TaskLoss(loss, {"answer_loss": loss})
         logits = model.caption_logits(batch.tokens[:, :-1], visual_tokens, prefix, batch.answer_start)
         if len(batch):

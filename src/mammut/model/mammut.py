@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MammutConfig
+from .losses import chunked_caption_loss
 from .text_decoder import TextDecoder
+from .token_use import TokenUse
 from .vision import VisionEncoder
 
 
@@ -40,6 +42,7 @@ class Mammut(nn.Module):
     TUBES = "vision.tubes."  # the video tubes, which start from the patch embedding when a file lacks them
     # The video path, which image-text weights do not hold: tubes and mPLUG-2's video-only blocks.
     VIDEO_PATH = (TUBES, "vision.video_blocks.")
+    TOKEN_USE = "token_use.counts"  # not a weight: files written before it was kept lack it
 
     def __init__(self, config: MammutConfig):
         super().__init__()
@@ -55,6 +58,7 @@ class Mammut(nn.Module):
         # Learnable temperature, stored as log(1 / tau) as in CLIP. Shape (1,), not (): neither
         # FSDP1 nor FSDP2 can shard a 0-dim parameter.
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / config.init_temperature)))
+        self.token_use = TokenUse(config.vocab_size)  # which vocabulary rows training met
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Visual tokens (B, N, vision_width); N = class token + fusion_tokens with a token learner
@@ -109,6 +113,15 @@ class Mammut(nn.Module):
         builds the whole (B, T, V) logits (``losses.chunked_caption_loss``)."""
         return self.decoder.generative(tokens, visual_tokens, prefix, prompt_lengths=prompt_lengths, logits=False)
 
+    def chunked_caption_loss(self, hidden: Tensor, targets: Tensor, ignore_index: int, label_smoothing: float = 0.0,
+                             chunk_tokens: int = 2048) -> Tensor:
+        """The caption loss of ``caption_hidden``'s states (B, T, C) against targets (B, T), built
+        ``chunk_tokens`` logits at a time (``losses.chunked_caption_loss``). A method of the model,
+        so that under FSDP2 it is an entry point: the vocabulary projection's full weight is
+        gathered for it, as for ``forward``."""
+        return chunked_caption_loss(hidden, self.decoder.lm_head, targets, ignore_index, label_smoothing,
+                                    chunk_tokens)
+
     def scale(self) -> Tensor:
         # Clamped as in CLIP so the temperature cannot fall below 1/100.
         return self.logit_scale.clamp(max=math.log(100.0)).exp().squeeze(0)
@@ -129,7 +142,8 @@ class Mammut(nn.Module):
     # Methods other than forward that evaluation calls first: under FSDP2 they gather the
     # root's weights as forward does (``sharding.shard``).
     fsdp_entry_points = ("encode_image", "encode_patches", "encode_image_with_layers", "image_embedding",
-                         "project_tokens", "text_embedding", "caption_logits", "caption_hidden")
+                         "project_tokens", "text_embedding", "caption_logits", "caption_hidden",
+                         "chunked_caption_loss")
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay: norm scales, biases, the temperature, the
