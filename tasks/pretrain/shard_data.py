@@ -7,6 +7,7 @@ DataComp, CC3M/CC12M), with validation and test on COCO-format caption files.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -23,6 +24,10 @@ from mammut.tasks.pretrain.data import ImageTextDataModule
 from mammut.tasks.pretrain.task import CaptionInputs
 
 log = logging.getLogger(__name__)
+
+# Lightning warns that an iterable dataset's length may be wrong with several workers; each worker
+# of ShardCaptionDataset makes exactly its share of the epoch, so the length is exact.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class ShardTextDataModule(ImageTextDataModule):
