@@ -174,6 +174,15 @@ def test_an_image_without_a_label_is_refused_naming_shard_and_key(tmp_path):
         read_wds(tmp_path, "test")
 
 
+def test_a_shard_that_nshards_counts_but_is_missing_is_named(mixed_formats, tmp_path):
+    classnames = tmp_path / "classnames.txt"
+    (templates := tmp_path / "templates.txt").write_text("a single {c}\n")
+    write_classification(mixed_formats, classnames, templates, tmp_path / "wds", samples_per_shard=10)
+    (tmp_path / "wds/test/1.tar").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test/1\.tar: shard missing"):
+        read_wds(tmp_path / "wds", "test")
+
+
 def test_the_demo_split_is_written_alone_onto_a_demo_world_written_before_it(tiny_demo, tmp_path):
     """``make data`` on a demo world from before this split: the split comes out as the generator
     writes it, and every other file stays byte for byte as it was."""
@@ -192,6 +201,7 @@ def test_the_demo_split_is_written_alone_onto_a_demo_world_written_before_it(tin
     assert {name: d for name, d in after.items() if name.startswith("classification")} == written
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_zero_shot_accuracy_is_clip_benchmarks_and_leaves_padding_out():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(60, 7, generator=g)

@@ -157,7 +157,7 @@ def read_wds(root: Path, split: str, classnames_file: Path | None = None,
 def _labelled_samples(shard: str, num_classes: int) -> list[ClassifiedImage]:
     """Each sample of a shard that has an image, with its label from its ``.cls`` member."""
     labels: dict[str, int] = {}
-    with_image: list[str] = []
+    with_image: dict[str, None] = {}  # keys in the order of their first image, as webdataset groups them
     try:
         with tarfile.open(shard) as tar:
             for member in tar:
@@ -171,8 +171,8 @@ def _labelled_samples(shard: str, num_classes: int) -> list[ClassifiedImage]:
                     except ValueError as error:
                         raise DataFormatError(f"{shard}: sample {key!r}: .cls holds {text!r}, not a class index") \
                             from error
-                elif extension.lower() in WDS_IMAGE_EXTENSIONS and key not in with_image:
-                    with_image.append(key)
+                elif extension in WDS_IMAGE_EXTENSIONS:  # as CLIP_benchmark reads them, lower case
+                    with_image.setdefault(key)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{shard}: shard missing (nshards.txt counts it)") from error
     except tarfile.TarError as error:

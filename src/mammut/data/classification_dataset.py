@@ -82,7 +82,8 @@ class ClassificationStream(IterableDataset):
                     yield index, lambda data=sample[extension], name=name: decode_rgb_image(data, name)
                 index += 1
         except (OSError, ValueError, tarfile.TarError) as error:  # a shard truncated or changed since it was listed
-            raise BadSampleError(f"{sample_source(self.set, index)}: cannot read the shard on ({error})") from error
+            raise BadSampleError(f"{sample_source(self.set, index)}: the shards cannot be read past here "
+                                 f"({type(error).__name__}: {error})") from error
         if index != len(self.set.images):
             raise BadSampleError(f"{self.set.source}: the shards hold {index} samples with images now, "
                                  f"{len(self.set.images)} when they were listed")
