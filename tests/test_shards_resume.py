@@ -52,3 +52,14 @@ def test_a_resumed_run_continues_where_the_interrupted_one_stopped(tiny_demo, tm
     assert not start_of_epoch & {i for batch in resumed for i in batch["ids"]}
     from_b = sum(i >= 1000 for batch in resumed for i in batch["ids"])  # b's keys are 0001000 and on
     assert 0.15 < from_b / (6 * 4) < 0.55  # a third, by the weights
+
+    # A checkpoint at the end of an epoch (step 8 ends epoch 0) goes on with the next epoch's batches.
+    at_epoch_end = tmp_path / "at_epoch_end"
+    at_epoch_end.mkdir()
+    checkpoint = whole / "pretrain_shards" / "version_0" / "checkpoints" / "step=8.ckpt"
+    result = fit_on_shards(tiny_demo, at_epoch_end, shards, *common, f"--ckpt_path={checkpoint}",
+                           strategy="fsdp2", record=at_epoch_end / "batches")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = recorded(at_epoch_end / "batches")
+    assert [batch["step"] for batch in resumed] == list(range(8, 16))
+    assert [batch["ids"] for batch in resumed] == [uninterrupted[step]["ids"] for step in range(8, 16)]

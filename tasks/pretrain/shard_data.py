@@ -140,10 +140,12 @@ class ShardTextDataModule(ImageTextDataModule):
         dataset = self.train_dataset(rank, world_size)
         epoch, samples_done = self.resume_point
         dataset.set_epoch(epoch)
-        if samples_done:
-            layout = (world_size, max(h.num_workers, 1))
-            saved = self.resume_layout or layout
-            batches_done = samples_done // (h.batch_size * saved[0])
+        layout = (world_size, max(h.num_workers, 1))
+        saved = self.resume_layout or layout
+        batches_done = samples_done // (h.batch_size * saved[0])
+        if batches_done >= h.train_num_samples // (h.batch_size * saved[0]):
+            dataset.set_epoch(epoch + 1)  # saved at the end of its epoch: Lightning goes on with the next
+        elif batches_done:
             dataset.resume(epoch, batches_done, same_layout=saved == layout)
             log.info("resuming epoch %d after %d batches per rank%s", epoch, batches_done,
                      "" if saved == layout else f"; saved with {saved[0]} ranks × {saved[1]} workers, now "

@@ -25,6 +25,7 @@ import random
 import zlib
 from collections.abc import Callable, Iterator
 from itertools import islice
+from pathlib import Path
 
 from PIL import Image
 from torch import Tensor
@@ -132,7 +133,9 @@ class ShardCaptionDataset(IterableDataset):
             except (ValueError, AttributeError) as error:
                 raise BadSampleError(f"{entry.name}: unreadable .json ({error})") from error
             if isinstance(value, list) and value:
-                value = value[random.Random(f"{self.seed}/{self.epoch}/{entry.shard}/{entry.key}").randrange(len(value))]
+                # drawn from the shard's name, not its path, so that moved data draws the same
+                draw = random.Random(f"{self.seed}/{self.epoch}/{Path(entry.shard).name}/{entry.key}")
+                value = value[draw.randrange(len(value))]
         if not isinstance(value, str) or not value.strip():
             raise BadSampleError(f"{entry.name}: no caption (empty or missing {self.caption_field or 'txt'}: {value!r})")
         return value.strip()
