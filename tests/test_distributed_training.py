@@ -54,8 +54,12 @@ def test_fsdp2_checkpoint_resumes_with_the_same_losses_and_consolidates(tiny_dem
     subprocess.run([sys.executable, "-m", "lightning.fabric.utilities.consolidate_checkpoint",
                     str(checkpoints / "step=6.ckpt"), "--output_file", str(consolidated)], check=True)
     saved = torch.load(consolidated, weights_only=False)
+    # Every token of both ranks' 6 batches of 4 captions (padding included) is counted, once.
+    context = saved["state_dict"]["model.decoder.position_embedding"].shape[0]
+    assert int(saved["state_dict"]["model.token_use.counts"].sum()) == 6 * 2 * 4 * context
     settings = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")}  # not _class_path
-    module = PretrainModule(**{**settings, "init_from": str(consolidated), "init_strict": True})
+    module = PretrainModule(**{**settings, "init_from": str(consolidated), "init_strict": True,
+                               "restart_unmet_tokens": False})
     for name, value in module.state_dict().items():
         if name.startswith("model."):
             assert torch.equal(value, saved["state_dict"][name].reshape(value.shape)), name

@@ -94,8 +94,9 @@ def test_only_adapters_and_prefix_train(tiny_demo, tmp_path):
     assert record.with_gradient == trainable and record.with_state == trainable
     for name, value in module.state_dict().items():
         changed = not torch.equal(value, before[name])
-        # lora_A and the prefix move; lora_B starts at zero and moves too.
-        assert changed == (name in trainable), name
+        # lora_A and the prefix move; lora_B starts at zero and moves too. The count of the tokens
+        # training met is a record of the run, not a weight.
+        assert changed == (name in trainable or name == "model.token_use.counts"), name
 
 
 def test_the_demo_tokenizer_rule_covers_every_answer_word(tiny_demo, tmp_path):
@@ -152,9 +153,11 @@ def test_adapter_checkpoints_reload_merge_and_refuse_another_base(tiny_demo, tmp
     trainable = int(re.search(r"([\d,]+) trainable of", printed).group(1).replace(",", ""))
     adapter = next(out.rglob("last.ckpt"))
     checkpoint = read_checkpoint(adapter)
-    # The trained tensors alone, and the base by path and hash.
+    # The trained tensors alone (and the count of the tokens training met), and the base by path and hash.
+    counts = checkpoint["state_dict"].pop("model.token_use.counts")
     assert sum(v.numel() for v in checkpoint["state_dict"].values()) == trainable
     assert all(".lora_" in k or k.startswith("tasks.vqa.prefix.") for k in checkpoint["state_dict"])
+    assert counts.sum() > read_checkpoint(base)["state_dict"]["model.token_use.counts"].sum()  # the base's, and on
     assert BaseWeights.from_checkpoint(checkpoint) == BaseWeights.of(base)
     assert adapter.stat().st_size < 0.5 * base.stat().st_size
 

@@ -9,7 +9,14 @@ weighting, so that a resumed run goes on as the uninterrupted one would have.
 
 from __future__ import annotations
 
+import logging
+
+import torch
+
+from mammut.model.token_use import NOT_RECORDED, restart_unmet_rows
 from mammut.model.weights import LoadReport, conform, load_mammut_weights
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointHooks:
@@ -22,8 +29,22 @@ class CheckpointHooks:
         return {old: f"tasks.{name}.{new}" for name, task in self.tasks.items() for old, new in task.legacy_keys().items()}
 
     def load_weights(self, path: str, strict: bool = False) -> LoadReport:
-        """Copy matching parameters from a weights file through the one door (``mammut.model.weights``)."""
-        return load_mammut_weights(self, path, model_prefix="model.", renames=self.legacy_renames(), strict=strict)
+        """Copy matching parameters from a weights file through the one door (``mammut.model.weights``);
+        with ``restart_unmet_tokens``, the vocabulary rows its training never met start anew
+        (``mammut.model.token_use``). The same file gives the same rows, so an adapter's base is
+        rebuilt as it was trained on."""
+        report = load_mammut_weights(self, path, model_prefix="model.", renames=self.legacy_renames(), strict=strict)
+        use = self.model.token_use
+        if self.restart_unmet_tokens and use.recorded:
+            embedding = self.model.decoder.token_embedding.weight
+            unmet = restart_unmet_rows(embedding.data, use.met(), torch.Generator().manual_seed(0))
+            if not self.model.config.tie_word_embeddings:
+                restart_unmet_rows(self.model.decoder.lm_head.weight.data, use.met(), torch.Generator().manual_seed(1))
+            log.info("%s: %d of %d vocabulary rows were never in its training text; they start at the mean of "
+                     "the other rows (restart_unmet_tokens)", path, unmet, embedding.shape[0])
+        elif self.restart_unmet_tokens:
+            log.info("%s does not record which vocabulary rows its training met: every row starts as trained", path)
+        return report
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
@@ -60,3 +81,5 @@ class CheckpointHooks:
         if self.trained.attach_base(checkpoint, self.load_weights):
             for name, value in self.state_dict().items():  # the base's weights, under the adapter
                 state.setdefault(name, value)
+        # A checkpoint from before token use was kept: which rows it met is unknown.
+        state.setdefault("model." + self.model.TOKEN_USE, torch.full_like(self.model.token_use.counts, NOT_RECORDED))

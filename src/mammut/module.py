@@ -57,6 +57,7 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         lr_scales: dict[str, float] | None = None,
         init_from: str | None = None,
         init_strict: bool = False,
+        restart_unmet_tokens: bool = True,
         grad_checkpointing: bool = False,
         compile: bool = False,
         generation: GenerationConfig | None = None,
@@ -89,6 +90,9 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
                 this run (``--ckpt_path``) never reads it again: the checkpoint holds every weight.
             init_strict: fail if any parameter is not found with its shape in ``init_from``;
                 otherwise the missing ones keep their initialisation and are listed.
+            restart_unmet_tokens: the vocabulary rows that ``init_from``'s training never met (its
+                checkpoint counts them) start at the mean of the rows it met, instead of where its
+                softmax pushed them (``mammut.model.token_use``); False keeps every row as loaded.
             grad_checkpointing: recompute each transformer block's activations in the backward
                 pass (less memory, about a third more compute); under DDP and FSDP2. With
                 configs/strategy/fsdp.yaml, which checkpoints through the strategy, leave it off.
@@ -131,6 +135,7 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         self.compile_blocks = compile
         self.optimization = Optimization(lr, weight_decay, betas, warmup_steps, min_lr_ratio, lr_scales)
         self.trained = TrainedParameters(freeze, _as(LoraConfig, lora), adapter_checkpoints, init_from)
+        self.restart_unmet_tokens = restart_unmet_tokens
         if init_from:
             self.trained.kept_initialisation = set(self.load_weights(init_from, strict=init_strict).unfilled)
         self.trained.apply(self, self.model)
@@ -177,6 +182,8 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         batches = batch if isinstance(batch, dict) else {self._only_task(): batch}
         for task_batch in batches.values():
             self.count_data(task_batch)
+        self.model.token_use.add([b.tokens for b in batches.values() if getattr(b, "tokens", None) is not None],
+                                 lambda counts: self._all_ranks(counts, "sum"))
         if self.trainer.world_size == 1 and all(len(b) == 0 for b in batches.values()):
             return None  # every sample of this step was bad: skip it
         total, parts, task_losses = 0.0, {}, {}

@@ -67,12 +67,14 @@ class TrainedParameters:
                              "set model.init_from (or adapter_checkpoints: false)")
 
     def on_save(self, checkpoint: dict, module: nn.Module, tasks: nn.Module) -> None:
-        """An adapter checkpoint's state: the trained parameters, the task heads' buffers, and what
-        the base did not fill (e.g. a video path that image weights lack, frozen at its initialisation)."""
+        """An adapter checkpoint's state: the trained parameters, the task heads' buffers, the tokens
+        training met (``mammut.model.token_use``), and what the base did not fill (e.g. a video path
+        that image weights lack, frozen at its initialisation)."""
         if not self.adapter_checkpoints:
             return
         trained = {name for name, p in module.named_parameters() if p.requires_grad}
         trained |= {f"tasks.{name}" for name, _ in tasks.named_buffers()}
+        trained.add(f"model.{module.model.TOKEN_USE}")  # the base's counts, and this run's on top
         checkpoint["state_dict"] = adapter_state(checkpoint["state_dict"], trained,
                                                  lambda name: base_key(name) in self.kept_initialisation)
         checkpoint["base_weights"] = self.base_weights.as_dict()

@@ -125,13 +125,17 @@ def load_mammut_weights(target: nn.Module, source: Source, *, model_prefix: str 
     if imported:
         state = {model_prefix + key: value for key, value in from_openmammut(state, model.config, name).items()}
     video = tuple(model_prefix + prefix for prefix in model.VIDEO_PATH)
+    token_use = model_prefix + model.TOKEN_USE
     # An import must fill the whole image-text model; the video path and task heads keep their own.
     required = (lambda key: key.startswith(model_prefix) and not key.startswith(video)) if imported \
         else (lambda key: True) if strict else (lambda key: False)
-    report = load_weights(target, state, name, renames=renames, required=required, purpose=purpose,
+    report = load_weights(target, state, name, renames=renames, purpose=purpose,
+                          required=lambda key: key != token_use and required(key),
                           resample={model_prefix + model.POSITION_EMBEDDING: model.vision.resample_position_embedding})
     if model.vision.tubes is not None and not any(k.startswith(model_prefix + model.TUBES) for k in report.placed):
         model.vision.initialise_tubes()  # image weights: the video tubes start from their patch embedding
+    if token_use not in report.placed:
+        model.token_use.forget()  # weights trained elsewhere: which rows they met is unknown
     return report
 
 
