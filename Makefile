@@ -14,7 +14,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain pretrain-shards finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection multitask tensorboard test test-fast bench clean
+.PHONY: help install data pretrain pretrain-shards finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection multitask results tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -88,6 +88,11 @@ finetune-detection: data  ## open-vocabulary detection from the pretrain checkpo
 
 multitask: data  ## pretraining and VQA trained jointly, from scratch, in one run (configs/multitask.yaml)
 	$(BIN)/mammut fit --config configs/multitask.yaml $(ARGS)
+
+# Hours on 2 CPU cores (docs/results.md says how many): run it where it can take them. It can be
+# stopped at any point; run again, it skips the finished stages and resumes the stopped one.
+results: data  ## run every recipe and baseline as a user would and write docs/results.md (ARGS="--stages pretrain vqa")
+	$(BIN)/python -m mammut.results $(ARGS)
 
 tensorboard: install  ## serve the training logs in runs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir runs --port 6006

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from mammut.machine import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -86,16 +88,6 @@ def median_step_seconds(steps: dict[str, Callable[[], object]], warmup: int, rep
             step()
             seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in seconds.items()}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

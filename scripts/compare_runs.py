@@ -14,21 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
-
-def scalars(run: Path) -> dict[str, dict[int, float]]:
-    """tag -> {step: value} over every event file below ``run``."""
-    out: dict[str, dict[int, float]] = {}
-    files = sorted(run.rglob("events.out.tfevents.*"))
-    if not files:
-        raise SystemExit(f"{run}: no TensorBoard event files")
-    for file in files:
-        events = EventAccumulator(str(file), size_guidance={SCALARS: 0})
-        events.Reload()
-        for tag in events.Tags()[SCALARS]:
-            out.setdefault(tag, {}).update({e.step: e.value for e in events.Scalars(tag)})
-    return out
+from mammut.run_logs import scalars
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("after", type=Path)
     parser.add_argument("--tags", nargs="*", default=None, help="tag prefixes to compare (default: all)")
     args = parser.parse_args(argv)
-    before, after = scalars(args.before), scalars(args.after)
+    try:
+        before, after = scalars(args.before), scalars(args.after)
+    except FileNotFoundError as error:
+        raise SystemExit(str(error)) from None
     wanted = lambda tag: args.tags is None or any(tag.startswith(p) for p in args.tags)  # noqa: E731
     differ = False
     for tag in sorted(t for t in set(before) | set(after) if wanted(t)):

@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from mammut.machine import cpu_has_native_bf16
 from mammut.module import MammutModule
 from mammut.progress import progress_for_log_file
 from mammut.resume import apply_checkpoint_settings
@@ -86,15 +87,6 @@ def data_parallel_over_every_process(strategy) -> None:
     if (isinstance(strategy, ModelParallelStrategy) and strategy._data_parallel_size == "auto"
             and strategy._tensor_parallel_size == 1):
         strategy._data_parallel_size = strategy.num_nodes * strategy.num_processes
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX-512 BF16 or AMX). Without them
-    torch falls back to a reference kernel that is orders of magnitude slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
 
 
 def warn_if_bf16_is_emulated(precision, accelerator) -> bool:

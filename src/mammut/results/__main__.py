@@ -1,0 +1,59 @@
+"""``python -m mammut.results``: run the results chain (what is missing of it) and write docs/results.md.
+
+    python -m mammut.results                         # every stage, then docs/results.md
+    python -m mammut.results --stages pretrain vqa   # these (and the stages they start from)
+    python -m mammut.results --write-only            # the file from the stages done so far
+
+Run it from the repository root (the recipes' paths are relative to it). Settings after ``--``
+go to every stage's ``mammut fit``, e.g. ``-- --trainer.max_steps=20`` for a quick trial of the
+chain (its numbers mean nothing; give it another ``--runs`` folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .report import results_markdown
+from .runner import ChainRunner
+from .stages import CHAIN, select
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python -m mammut.results", description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="+", choices=[stage.name for stage in CHAIN], default=None,
+                        help="run these stages (and those they start from); default: all")
+    parser.add_argument("--runs", type=Path, default=Path("runs/results"), help="where the stages log (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the results file (default: %(default)s)")
+    parser.add_argument("--write-only", action="store_true", help="write the results file from the finished stages only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M")
+
+    runner = ChainRunner(args.runs, extra)
+    stages = select(args.stages)
+    by_name = {stage.name: stage for stage in CHAIN}
+    try:
+        if not args.write_only:
+            for stage in stages:
+                runner.run(stage, by_name.get(stage.init_from))
+                write(runner, args.out)  # after every stage, so a stopped chain leaves its tables so far
+    except RuntimeError as error:
+        print(f"python -m mammut.results: {error}", file=sys.stderr)
+        return 1
+    finally:
+        write(runner, args.out)
+    return 0
+
+
+def write(runner: ChainRunner, out: Path) -> None:
+    results = {stage.name: done for stage in CHAIN if (done := runner.result(stage)) is not None}
+    out.write_text(results_markdown(list(CHAIN), results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

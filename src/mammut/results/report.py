@@ -1,0 +1,67 @@
+"""docs/results.md from the chain's finished stages: the headline table, then each run's metrics."""
+
+from __future__ import annotations
+
+from mammut.results.runner import StageResult
+from mammut.results.stages import Stage
+
+HEADER = """# Results
+
+Written by `make results` (`python -m mammut.results`), which runs the chain below from a fresh
+demo world, as a user would: pretraining, then each fine-tuning recipe from its final checkpoint,
+and the baselines that need runs of their own. Every headline number in the README and the task
+pages comes from this file. Each run's command is as a user types it; the runs log to
+`runs/results/<stage>/version_0` (TensorBoard). A stage not yet run says so; `make results` runs
+what is missing and resumes a stage that was stopped part-way.
+"""
+
+
+def percent_or_number(tag: str, value: float) -> str:
+    """Shares (accuracy, recall, AP) as percentages; caption scores, whose scale is not 0-1, and counts as numbers."""
+    if tag.endswith("images"):
+        return f"{value:.0f}"
+    if any(score in tag for score in ("CIDEr", "BLEU")):
+        return f"{value:.3f}"
+    return f"{100 * value:.1f}%"
+
+
+def headline_table(stages: list[Stage], results: dict[str, StageResult]) -> str:
+    rows = ["| run | result (baseline) | minutes | command |", "|---|---|---|---|"]
+    for stage in stages:
+        result = results.get(stage.name)
+        if result is None:
+            rows.append(f"| {stage.title} | not run yet | | |")
+            continue
+        shown = []
+        for label, tag in stage.headline:
+            if tag not in result.metrics:
+                shown.append(f"{label} not logged")
+                continue
+            value = percent_or_number(tag, result.metrics[tag])
+            baseline = result.baselines.get(tag)
+            shown.append(f"{label} {value}" + (f" ({percent_or_number(tag, baseline)})" if baseline is not None else ""))
+        rows.append(f"| {stage.title} | {'; '.join(shown)} | {result.minutes:.1f} | `{result.command}` |")
+    return "\n".join(rows)
+
+
+def stage_section(stage: Stage, result: StageResult) -> str:
+    lines = [f"### {stage.name}: {stage.title}", "",
+             f"`{result.command}`", "",
+             f"{result.minutes:.1f} minutes; finished {result.finished} on {result.machine}.", "",
+             "| metric | model | baseline |", "|---|---|---|"]
+    for tag in sorted(result.metrics):
+        baseline = result.baselines.get(tag)
+        lines.append(f"| {tag} | {percent_or_number(tag, result.metrics[tag])} | "
+                     f"{percent_or_number(tag, baseline) if baseline is not None else ''} |")
+    return "\n".join(lines)
+
+
+def results_markdown(stages: list[Stage], results: dict[str, StageResult]) -> str:
+    done = [results[stage.name] for stage in stages if stage.name in results]
+    machines = sorted({result.machine for result in done})
+    summary = (f"{len(done)} of {len(stages)} runs finished, {sum(r.minutes for r in done):.0f} minutes of training "
+               f"and evaluation in all, on {' and '.join(machines) or 'no machine yet'}"
+               + (f"; the last on {max(r.finished for r in done)}." if done else "."))
+    sections = [stage_section(stage, results[stage.name]) for stage in stages if stage.name in results]
+    return "\n\n".join([HEADER.rstrip(), summary, "## Headline", headline_table(stages, results),
+                        "## Each run", *sections]) + "\n"

@@ -1,0 +1,118 @@
+"""Run the chain's stages one after another, each resumable, and keep what each one measured.
+
+A stage logs to ``<runs>/<name>/version_0``. When it ends, ``<runs>/<name>/done.json`` records
+its final val metrics (and their baselines), the command, its minutes and when it finished; a
+stage with that file is not run again. A stage stopped part-way (a kill, a reboot, a session's
+end) restarts from its ``last.ckpt`` with ``--ckpt_path``, so the chain can be run in pieces: its
+minutes are the sum of its attempts' wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mammut.machine import describe_machine
+from mammut.run_logs import final_values
+
+from .stages import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    name: str
+    command: str                           # as a user types it
+    minutes: float
+    finished: str                          # ISO date and time
+    metrics: dict[str, float]              # "task/metric" -> the value at the run's last validation
+    baselines: dict[str, float]            # "task/metric" -> its baseline, where the run logs one
+    step: int                              # the TensorBoard step of that validation
+    machine: str                           # where it ran (a chain run in pieces may span machines)
+
+    @classmethod
+    def read(cls, path: Path) -> StageResult:
+        return cls(**json.loads(path.read_text()))
+
+
+class ChainRunner:
+    """Runs stages with ``mammut fit`` under ``runs`` (one folder per stage).
+
+    ``extra``: settings added to every stage's command (e.g. a smaller model for a quick check);
+    ``mammut``: the command that runs mammut (this interpreter's, by default).
+    """
+
+    def __init__(self, runs: Path, extra: list[str] | None = None, mammut: list[str] | None = None):
+        self.runs, self.extra = Path(runs), list(extra or [])
+        self.mammut = mammut or [sys.executable, "-c", "import sys; from mammut.cli import main; sys.exit(main())"]
+
+    def folder(self, stage: Stage) -> Path:
+        return self.runs / stage.name / "version_0"
+
+    def done_file(self, stage: Stage) -> Path:
+        return self.runs / stage.name / "done.json"
+
+    def result(self, stage: Stage) -> StageResult | None:
+        done = self.done_file(stage)
+        return StageResult.read(done) if done.exists() else None
+
+    def checkpoint(self, stage: Stage) -> Path:
+        """The stage's final state: what the stages that start from it load."""
+        return self.folder(stage) / "checkpoints" / "last.ckpt"
+
+    def run(self, stage: Stage, start: Stage | None) -> StageResult:
+        """Runs ``stage`` (resuming it if it was stopped part-way) unless it is done; ``start``: the
+        stage it starts from, which must be done."""
+        if (done := self.result(stage)) is not None:
+            log.info("%s: done (%s), not run again", stage.name, done.finished)
+            return done
+        start_checkpoint = None
+        if stage.init_from:
+            if start is None or self.result(start) is None or not self.checkpoint(start).exists():
+                raise RuntimeError(f"stage {stage.name!r} starts from stage {stage.init_from!r}, which has not "
+                                   f"finished (its done.json and last.ckpt under {self.runs / stage.init_from})")
+            start_checkpoint = self.checkpoint(start)
+        arguments = stage.arguments(str(start_checkpoint) if start_checkpoint else None)
+        logging_to = [f"--trainer.logger.init_args.save_dir={self.runs}", f"--trainer.logger.init_args.name={stage.name}",
+                      "--trainer.logger.init_args.version=0"]
+        resume = self.checkpoint(stage)
+        resuming = [f"--ckpt_path={resume}"] if resume.exists() else []
+        attempts_file = self.runs / stage.name / "attempts.json"
+        attempts = json.loads(attempts_file.read_text()) if attempts_file.exists() else []
+        log.info("%s: %s%s", stage.name, "resuming from " + str(resume) if resuming else "starting",
+                 f" (attempt {len(attempts) + 1})")
+        began = time.monotonic()
+        completed = subprocess.run([*self.mammut, *arguments, *logging_to, *self.extra, *resuming], check=False)
+        attempts.append({"seconds": round(time.monotonic() - began, 1), "exit": completed.returncode,
+                         "resumed": bool(resuming)})
+        attempts_file.parent.mkdir(parents=True, exist_ok=True)
+        attempts_file.write_text(json.dumps(attempts, indent=1))
+        if completed.returncode != 0:
+            raise RuntimeError(f"stage {stage.name!r} stopped with exit status {completed.returncode}; "
+                               f"run the chain again to resume it from {resume}")
+        return self._record(stage, arguments, attempts)
+
+    def _record(self, stage: Stage, arguments: list[str], attempts: list[dict]) -> StageResult:
+        values = final_values(self.folder(stage))
+        metrics = {tag.removeprefix("val/"): value for tag, (_, value) in values.items() if tag.startswith("val/")}
+        baselines = {tag.removeprefix("val_baseline/"): value for tag, (_, value) in values.items()
+                     if tag.startswith("val_baseline/")}
+        if not metrics:
+            raise RuntimeError(f"stage {stage.name!r} finished without a validation in {self.folder(stage)}")
+        result = StageResult(
+            name=stage.name, command=shlex.join(["mammut", *arguments]),
+            minutes=round(sum(a["seconds"] for a in attempts) / 60, 1),
+            finished=datetime.now(timezone.utc).isoformat(timespec="minutes"),
+            metrics=metrics, baselines=baselines, step=max(step for step, _ in values.values()),
+            machine=describe_machine())
+        self.done_file(stage).write_text(json.dumps(result.__dict__, indent=1))
+        log.info("%s: done in %.1f minutes", stage.name, result.minutes)
+        return result

@@ -1,0 +1,82 @@
+"""`make results`: the chain runs its stages with the real CLI, records what each measured, does
+not run a finished stage again, resumes a stopped one, and writes the results file from them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mammut.results.__main__ import main as results_main
+from mammut.results.report import percent_or_number
+from mammut.results.stages import CHAIN, select
+from mammut.run_logs import final_values
+
+from conftest import REPO
+from tiny_run import TINY_MODEL, data_arguments
+
+pytestmark = pytest.mark.slow
+
+
+def chain(tiny_demo, runs, *stages: str, more: tuple[str, ...] = ()) -> int:
+    quick = [*TINY_MODEL, *data_arguments(tiny_demo, joint=False), "--trainer.precision=32-true",
+             "--trainer.enable_progress_bar=false", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+             "--trainer.log_every_n_steps=1", *more]
+    return results_main(["--stages", *stages, "--runs", str(runs), "--out", str(runs / "results.md"), "--", *quick])
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_demo, tmp_path_factory):
+    """The chain's first two stages, pretraining and VQA from its checkpoint, run to the end."""
+    runs = tmp_path_factory.mktemp("results")
+    os.chdir(REPO)  # the recipes' paths are relative to the repository, as under `make results`
+    assert chain(tiny_demo, runs, "vqa") == 0
+    return runs
+
+
+def test_each_stage_records_its_final_validation_and_command(finished):
+    pretrain = json.loads((finished / "pretrain" / "done.json").read_text())
+    vqa = json.loads((finished / "vqa" / "done.json").read_text())
+    logged = final_values(finished / "vqa" / "version_0")
+    assert vqa["metrics"]["vqa/accuracy"] == logged["val/vqa/accuracy"][1]
+    assert vqa["baselines"]["vqa/accuracy"] == logged["val_baseline/vqa/accuracy"][1]
+    assert vqa["step"] == logged["val/vqa/accuracy"][0] and vqa["minutes"] > 0
+    assert "pretrain/image_to_text/R@1" in pretrain["metrics"]
+    # VQA started from the pretraining stage's final checkpoint, and the command says so as a user types it.
+    assert vqa["command"].startswith("mammut fit --config configs/finetune_vqa.yaml --model.init_from=")
+    assert vqa["command"].endswith(str(finished / "pretrain" / "version_0" / "checkpoints" / "last.ckpt"))
+
+
+def test_the_results_file_shows_every_stage_done_or_not(finished):
+    text = (finished / "results.md").read_text()
+    vqa = json.loads((finished / "vqa" / "done.json").read_text())
+    accuracy = percent_or_number("vqa/accuracy", vqa["metrics"]["vqa/accuracy"])
+    baseline = percent_or_number("vqa/accuracy", vqa["baselines"]["vqa/accuracy"])
+    assert f"VQA accuracy {accuracy} ({baseline})" in text
+    assert "2 of 11 runs finished" in text
+    assert "| open-vocabulary detection (`make finetune-detection`) | not run yet |" in text
+    assert vqa["machine"] in text and vqa["command"] in text
+
+
+def test_a_finished_stage_is_not_run_again_and_a_stopped_one_resumes(finished, tiny_demo):
+    attempts = lambda stage: json.loads((finished / stage / "attempts.json").read_text())  # noqa: E731
+    (finished / "vqa" / "done.json").unlink()  # as if the run had been stopped after its last save
+    assert chain(tiny_demo, finished, "vqa") == 0
+    assert len(attempts("pretrain")) == 1
+    assert [a["resumed"] for a in attempts("vqa")] == [False, True]
+    assert (finished / "vqa" / "done.json").exists()
+
+
+def test_a_failing_stage_stops_the_chain_and_names_itself(tiny_demo, tmp_path, capsys):
+    os.chdir(REPO)
+    assert chain(tiny_demo, tmp_path, "pretrain", more=("--model.lr=fast",)) == 1
+    assert "stage 'pretrain' stopped with exit status" in capsys.readouterr().err
+    assert "| pretraining (`make pretrain`) | not run yet |" in (tmp_path / "results.md").read_text()
+
+
+def test_stage_selection_brings_the_stages_a_run_starts_from():
+    assert [stage.name for stage in select(["video_qa"])] == ["pretrain", "video_qa"]
+    assert [stage.name for stage in select(None)] == [stage.name for stage in CHAIN]
+    with pytest.raises(ValueError, match="unknown stage"):
+        select(["vqa_from_nowhere"])
