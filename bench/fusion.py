@@ -127,9 +127,12 @@ def main() -> None:
             baseline_flops = baseline_flops or flops
             tokens = model.encode_image(torch.zeros(1, 3, *(() if task == "pretraining" else (config.video_frames,)),
                                                     config.image_size, config.image_size)).shape[1]
+            cross_attended = tokens if config.decoder_fusion == "none" else config.fusion_tokens
             parameters = sum(p.numel() for p in model.parameters())
-            rows.append([name, task, batch_size, tokens, f"{parameters / 1e6:.2f}", f"{flops / 1e9:.1f}",
+            rows.append([name, task, batch_size, f"{tokens} / {cross_attended}", f"{parameters / 1e6:.2f}",
+                         f"{flops / 1e9:.1f}",
                          f"{flops / baseline_flops:.3f}"])
+            print(" | ".join(str(cell) for cell in rows[-1]), flush=True)  # FLOPs first: timing takes long
             for precision in args.precisions:
                 steps[(name, precision)] = timed_step(model, loss, PRECISIONS[precision])
     seconds = median_step_seconds(steps, args.warmup, args.repeats)
@@ -140,15 +143,15 @@ def main() -> None:
         for precision in args.precisions:
             row += [f"{seconds[(name, precision)]:.2f}",
                     f"{seconds[(name, precision)] / seconds[(baseline, precision)]:.2f}×"]
-    headers = ["setting", "task step", "batch", "visual tokens the decoder sees", "params (M)",
+    headers = ["setting", "task step", "batch", "visual tokens: image embedding / cross-attention", "params (M)",
                "training GFLOPs per step", "× baseline FLOPs"]
     for precision in args.precisions:
         headers += [f"step s ({precision})", f"× baseline ({precision})"]
     notes = (f"Training FLOPs per step (forward + backward) by `torch.utils.flop_counter.FlopCounterMode`; "
              f"vocabulary {DEMO_VOCAB} (the demo tokenizer); step time is the median of {args.repeats} steps "
              f"(forward, backward, AdamW) after {args.warmup}, all settings timed in turn, {args.threads} threads. "
-             "Visual tokens: class token + patch, tube or learned tokens, as the image embedding and the decoder see "
-             "them (iterative fusion learns S of them again in each cross-attention layer).")
+             "Visual tokens: class token + patch, tube or learned tokens, as the image embedding sees them, and as "
+             "each cross-attention layer sees them (iterative fusion learns its S again in each layer).")
     publish("Token fusion: training FLOPs and step time per placement", f"{markdown_table(headers, rows)}\n\n{notes}",
             args.results)
 
