@@ -181,13 +181,19 @@ def test_data_module_reads_patterns_weights_and_baseline(shards, tiny_demo):
                                train_shards="train/{00000..00002}.tar::more/*.tar", source_weights=[1, 3],
                                train_num_samples=40, batch_size=4, num_workers=0, image_size=16, context_length=24,
                                val_annotations=str(tiny_demo / "annotations/captions_val.json"),
-                               val_images=str(tiny_demo / "images/val"), test_annotations=None)
+                               val_images=str(tiny_demo / "images/val"), test_annotations=None,
+                               val_zeroshot={"demo": {"path": str(tiny_demo / "classification/val"),
+                                                      "classnames": str(tiny_demo / "classification/classnames.txt"),
+                                                      "templates": str(tiny_demo / "classification/"
+                                                                       "zeroshot_classification_templates.txt")}})
     sources = data.sources()
     assert [len(s.shards) for s in sources] == [3, 3] and [s.weight for s in sources] == [1.0, 3.0]
     assert sources[0].sample_counts == (20, 20, 8)
     data.setup("fit")
     assert "train" not in data.records and len(data.records["val"]) == 24
-    assert len(data.task_inputs("pretrain").train_captions) == 48 + 24  # the .txt captions of the parquet files
+    inputs = data.task_inputs("pretrain")
+    assert len(inputs.train_captions) == 48 + 24  # the .txt captions of the parquet files
+    assert list(inputs.zero_shot) == ["demo"]  # validation classifies the zero-shot sets it names
     loader = data.train_dataloader()
     assert len(loader) == 10
     assert sum(len(batch) for batch in loader) == 40

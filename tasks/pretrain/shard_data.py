@@ -101,6 +101,7 @@ class ShardTextDataModule(ImageTextDataModule):
         for split in SPLITS_READ[stage]:
             if split != "train":  # the training split is streamed, never read whole
                 self.read_records(split)
+        self.read_zero_shot_sets(stage)
 
     def task_inputs(self, task: str) -> CaptionInputs:
         """The captioning baseline's training captions: from the shards' parquet files, else from the
@@ -120,7 +121,7 @@ class ShardTextDataModule(ImageTextDataModule):
                     break
         if not captions:
             raise DataFormatError(f"no caption found in the first shards of {self.hparams.train_shards}")
-        return CaptionInputs(self.input_shape, captions)
+        return CaptionInputs(self.input_shape, captions, zero_shot=self.zero_shot_inputs())
 
     # ------------------------------------------------------------------ loading
     def train_dataset(self, rank: int, world_size: int) -> ShardCaptionDataset:
