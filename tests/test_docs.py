@@ -109,7 +109,7 @@ def test_relative_link_resolves(page, target):
 
 def test_links_are_found():
     found = {str(p.values[1]) for p in relative_links()}
-    assert {"docs/pretraining.md", "docs/scaling.md", "docs/results.md"} <= found
+    assert {"docs/pretraining.md", "docs/scaling.md", "docs/measurements.md"} <= found
 
 
 # --- the front page ----------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
+import torch
 from torch import Tensor
 
 from .config import MammutConfig
+from .token_use import NOT_RECORDED
 
 # Keys only an openMaMMUT state dict has.
 SIGNATURE_KEYS = ("map_viz2txt_kv", "text.cross_attn.0.ln_1_kv.weight")
@@ -140,6 +142,8 @@ def convert(source: dict[str, Tensor], config: MammutConfig) -> Conversion:
         if converted is None:
             unused.append(key)
         state.update(converted or {})
+    # openMaMMUT does not record which vocabulary rows its training met (``token_use``).
+    state["token_use.counts"] = torch.full((config.vocab_size,), NOT_RECORDED, dtype=torch.long)
     return Conversion(state, unused)
 
 
