@@ -14,7 +14,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain pretrain-shards finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection multitask results tensorboard test test-fast bench clean
+.PHONY: help install data pretrain pretrain-shards finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection finetune-detection-selftrain multitask results tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -85,6 +85,18 @@ finetune-video: data  ## video captioning, then video QA, each from the pretrain
 finetune-detection: data  ## open-vocabulary detection from the pretrain checkpoint (CKPT=...); novel classes never boxed
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
 	$(BIN)/mammut fit --config configs/finetune_detection.yaml --model.init_from=$(CKPT) $(ARGS)
+
+# Self-training (OWL-ST): DETECTOR (default: the newest detection run) pseudo-labels the captioned
+# training images, a detector trains on them from CKPT (the pretrain checkpoint), then on the human
+# boxes; ROUNDS rounds, each one's result the next one's teacher (docs/detection.md).
+DETECTOR ?= $(shell ls -t runs/finetune_detection/*/checkpoints/last.ckpt 2>/dev/null | head -n 1)
+ROUNDS   ?= 1
+finetune-detection-selftrain: data  ## detection self-trained on pseudo-boxes from captions (CKPT=pretrain, DETECTOR=teacher, ROUNDS=1)
+	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }
+	@test -n "$(DETECTOR)" || { echo "no detector in runs/finetune_detection: run 'make finetune-detection' first, or pass DETECTOR=path/to.ckpt"; exit 1; }
+	$(BIN)/python -m mammut.tasks.detection.self_training --pretrain $(CKPT) --detector $(DETECTOR) --rounds $(ROUNDS) \
+		--check-captions annotations/captions_val.json --check-images images/val \
+		--check-truth $(DEMO)/annotations/instances_val.json $(ARGS)
 
 multitask: data  ## pretraining and VQA trained jointly, from scratch, in one run (configs/multitask.yaml)
 	$(BIN)/mammut fit --config configs/multitask.yaml $(ARGS)

@@ -65,11 +65,12 @@ def test_peft_trains_the_prefix_alone(tiny_demo, tmp_path, pretrained, capsys):
     assert f"({100 * trainable / total:.2f}%)" in printed
     before, after = weights(start), weights(next((tmp_path / "peft").rglob("last.ckpt")))
     pretrained_weights = weights(pretrained)
-    # The overlay writes adapter checkpoints: the prefix alone (the base is init_from, by hash).
+    # The overlay writes adapter checkpoints: the prefix alone (the base is init_from, by hash),
+    # and the tokens training met, the base's and this run's (mammut.model.token_use).
     prefix = {f"tasks.vqa.prefix.{name}" for name in ("projection.weight", "projection.bias", "prompt")}
-    assert set(after) == prefix
-    for name, value in after.items():
-        assert not torch.equal(value, before[name]), f"{name} did not train"
+    assert set(after) == prefix | {"model.token_use.counts"}
+    for name in prefix | {"model.token_use.counts"}:
+        assert not torch.equal(after[name], before[name]), f"{name} did not change"
     for name, value in before.items():
         if name in pretrained_weights:
             assert torch.equal(value, pretrained_weights[name]), f"{name} is not the pretrained weight"

@@ -286,6 +286,10 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
                 print(task.format_prediction(prediction), flush=True)
         return predictions
 
+    def on_predict_epoch_end(self) -> None:
+        for task in self.tasks.values():
+            task.end_prediction()
+
     # ------------------------------------------------------- optimiser, weights
     def no_weight_decay(self) -> set[str]:
         """Every parameter that the model or a task declares free of weight decay."""

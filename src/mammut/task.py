@@ -127,6 +127,10 @@ class Task(nn.Module):
     def predict(self, model: Mammut, batch) -> list[dict]:
         raise NotImplementedError(f"{type(self).__name__} has no prediction output")
 
+    def end_prediction(self) -> None:
+        """After the last batch of ``mammut predict``, on every rank: write what the run
+        collected as a whole (detection's pseudo-label file)."""
+
     def format_prediction(self, prediction: dict) -> str:
         """A prediction as one line of text, printed by ``mammut predict``."""
         return "\t".join(str(value) for value in prediction.values())

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from mammut.module import MammutModule
+from mammut.tasks.detection.pseudo_labels import PseudoLabelConfig
 from mammut.tasks.detection.task import DetectionTask
 
 
@@ -23,6 +24,8 @@ class DetectionModule(MammutModule):
         max_detections: int = 100,
         draw_threshold: float = 0.3,
         num_logged_samples: int = 8,
+        train_prompts: str = "mean",
+        pseudo_labels: PseudoLabelConfig | None = None,
         **kwargs,
     ):
         """
@@ -31,4 +34,5 @@ class DetectionModule(MammutModule):
         """
         super().__init__(tasks={"detection": DetectionTask(templates, focal_weight, l1_weight, giou_weight,
                                                            focal_alpha, focal_gamma, max_detections, draw_threshold,
-                                                           num_logged_samples)}, **kwargs)
+                                                           num_logged_samples, train_prompts, pseudo_labels)},
+                         **kwargs)

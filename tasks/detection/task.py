@@ -32,6 +32,7 @@ from mammut.model import Mammut, MammutConfig
 from mammut.model.detection_head import DetectionHead, Detections
 from mammut.model.set_loss import SetLossWeights, set_loss, xyxy
 from mammut.task import Task, TaskInputs, TaskLoss, TaskReport
+from mammut.tasks.detection.pseudo_labels import PseudoBox, PseudoLabelConfig, image_pseudo_boxes, pseudo_label_file
 from mammut.visualize import legible_boxes, true_and_predicted
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ class DetectionInputs(TaskInputs):
     federated: dict[str, bool] = field(default_factory=dict)  # LVIS-style negatives: scored by LVIS's rules too
     class_prior: dict[str, list[dict]] = field(default_factory=dict)  # the baseline's detections
     predict: dict[int, str] = field(default_factory=dict)  # image id -> file, for ``mammut predict``
+    # Pseudo-labelling a caption set in ``mammut predict`` (``pseudo_labels.py``): per image id the
+    # indices of its captions' queries in categories["predict"], and the set's COCO image entries.
+    image_queries: dict[int, list[int]] = field(default_factory=dict)
+    caption_images: list[dict] = field(default_factory=list)
 
 
 def class_name(category: Category) -> str:
@@ -68,23 +73,39 @@ class DetectionTask(Task):
         max_detections: int = 100,
         draw_threshold: float = 0.3,
         num_logged_samples: int = 8,
+        train_prompts: str = "mean",
+        pseudo_labels: PseudoLabelConfig | None = None,
     ):
         """
         Args:
             templates: prompts a class name is put in, e.g. ``["a {}", "a photo of a {}"]``; the
-                class's query is the mean of their text embeddings.
+                class's query is the mean of their text embeddings (at evaluation always; in
+                training with ``train_prompts="mean"``).
             focal_weight: weight of the sigmoid focal loss (OWL-ViT's 2), with ``focal_alpha`` and
                 ``focal_gamma``; ``l1_weight`` and ``giou_weight`` those of the box losses (5, 2).
                 The same weights make the matching cost.
             max_detections: kept per image, the highest scores over all tokens and classes (COCO
                 scores 100; LVIS up to 300).
             draw_threshold: detections drawn in TensorBoard and by ``mammut predict`` score at least this.
-            num_logged_samples: validation images drawn with predicted and true boxes.
+            num_logged_samples: validation images drawn with predicted and true boxes (and, when
+                pseudo-labelling, the first images with their pseudo-boxes).
+            train_prompts: "mean": in training too, each class's query is its templates' mean;
+                "random": each class takes one template drawn at random at each step (OWL-ViT's
+                prompt augmentation), so the heads meet every phrasing.
+            pseudo_labels: how ``mammut predict`` keeps pseudo-boxes when its data is a caption
+                set (``--data.pseudo_label_captions``; ``pseudo_labels.py``); OWL-ST's settings by default.
         """
         super().__init__()
         self.templates = list(templates or ["a {}"])
         if any("{}" not in t for t in self.templates):
             raise ValueError(f"every template needs a {{}} for the class name, got {self.templates}")
+        if train_prompts not in TRAIN_PROMPTS:
+            raise ValueError(f"train_prompts must be one of {TRAIN_PROMPTS}, got {train_prompts!r}")
+        self.train_prompts = train_prompts
+        self.pseudo_labels = pseudo_labels if isinstance(pseudo_labels, PseudoLabelConfig) else \
+            PseudoLabelConfig(**(pseudo_labels or {}))
+        self._pseudo_boxes: dict[int, list[PseudoBox]] = {}  # of this prediction run, by image id
+        self._query_embeddings: Tensor | None = None  # of the caption set's queries, computed once per run
         self.weights = SetLossWeights(focal_weight, l1_weight, giou_weight, focal_alpha, focal_gamma)
         self.max_detections, self.draw_threshold = max_detections, draw_threshold
         self.num_logged_samples = num_logged_samples
@@ -99,23 +120,29 @@ class DetectionTask(Task):
         self.head = DetectionHead(architecture.vision_width)
 
     # --------------------------------------------------------------- forward
-    def queries(self, model: Mammut, names: list[str]) -> Tensor:
+    def queries(self, model: Mammut, names: list[str], random_template: bool = False) -> Tensor:
         """(K, E) unit-norm class embeddings: each name's text embedding (the contrastive pass),
-        averaged over the templates."""
-        prompts = [template.format(name) for name in names for template in self.templates]
+        averaged over the templates, or with ``random_template`` in one template drawn per name."""
+        if random_template:
+            drawn = torch.randint(len(self.templates), (len(names),)).tolist()
+            prompts = [self.templates[k].format(name) for name, k in zip(names, drawn)]
+        else:
+            prompts = [template.format(name) for name in names for template in self.templates]
         tokens = self.tokenizer.encode_batch(prompts, self.context.architecture.context_length)
         embeddings = model.text_embedding(tokens.to(model.logit_scale.device))
-        mean = embeddings.view(len(names), len(self.templates), -1).mean(dim=1)
+        mean = embeddings.view(len(names), -1, embeddings.shape[-1]).mean(dim=1)
         return torch.nn.functional.normalize(mean, dim=-1)
 
-    def detect(self, model: Mammut, images: Tensor, names: list[str]) -> Detections:
+    def detect(self, model: Mammut, images: Tensor, names: list[str], queries: Tensor | None = None) -> Detections:
+        """Boxes and class logits of every patch token, for ``names`` (or their ``queries``, given)."""
         # One token per patch, whatever token fusion the model does for its image embedding and decoder.
         visual_tokens = model.encode_patches(images)
         patch_tokens = visual_tokens[:, model.vision.num_prefix_tokens:]
         grid = tuple(model.vision.vit.patch_embed.grid_size)
         if patch_tokens.shape[1] != grid[0] * grid[1]:
             raise ValueError(f"{patch_tokens.shape[1]} patch tokens do not fill the {grid[0]}x{grid[1]} grid")
-        return self.head(patch_tokens, grid, model.project_tokens, self.queries(model, names))
+        return self.head(patch_tokens, grid, model.project_tokens,
+                         self.queries(model, names) if queries is None else queries)
 
     def names(self, split: str) -> list[str]:
         return [class_name(c) for c in self.inputs.categories[split]]
@@ -128,7 +155,9 @@ class DetectionTask(Task):
         return empty
 
     def loss(self, model: Mammut, batch: DetectionBatch) -> TaskLoss:
-        detections = self.detect(model, batch.images, self.names("train"))
+        names = self.names("train")
+        queries = self.queries(model, names, random_template=self.train_prompts == "random")
+        detections = self.detect(model, batch.images, names, queries)
         normaliser = num_boxes(batch)  # a collective: every rank takes part, one with an empty batch too
         if not len(batch):
             zero = detections.logits.sum() * 0 + detections.boxes.sum() * 0  # joined to the graph
@@ -232,7 +261,9 @@ class DetectionTask(Task):
     def predict(self, model: Mammut, batch: DetectionBatch) -> list[dict]:
         """Detections of ``--data.predict_words`` in each image (each box once, with its best word),
         drawn into ``predictions/`` beside ``predictions.json`` (COCO results, with each detection's
-        file and word) in the run's folder."""
+        file and word) in the run's folder; for a caption set, its pseudo-boxes (``pseudo_label``)."""
+        if self.inputs.image_queries:
+            return self.pseudo_label(model, batch)
         categories = self.inputs.categories["predict"]
         files = self.inputs.predict
         per_image = self.results(self.detect(model, batch.images, self.names("predict")), batch, categories)
@@ -246,6 +277,42 @@ class DetectionTask(Task):
             self._predictions.extend(kept)
         self.write_results(self._predictions, "predictions.json")
         return out
+
+    def pseudo_label(self, model: Mammut, batch: DetectionBatch) -> list[dict]:
+        """Each image's pseudo-boxes: its boxes that its own captions' queries find
+        (``pseudo_labels.image_pseudo_boxes``), kept until ``end_prediction`` writes them; the
+        first ``num_logged_samples`` images are drawn with them into ``predictions/``."""
+        queries = self.inputs.categories["predict"]
+        if self._query_embeddings is None:
+            self._query_embeddings = self.queries(model, self.names("predict"))
+        detections = self.detect(model, batch.images, [], self._query_embeddings)
+        probabilities = detections.logits.float().sigmoid()
+        out = []
+        for i, image_id in enumerate(batch.image_ids.tolist()):
+            found = image_pseudo_boxes(probabilities[i], detections.boxes[i], self.inputs.image_queries[image_id],
+                                       tuple(batch.image_sizes[i].tolist()), self.pseudo_labels)
+            self._pseudo_boxes[image_id] = found
+            kept = [{"file_name": self.inputs.predict[image_id], "word": queries[b.query].name, "bbox": b.box,
+                     "score": b.score} for b in found]
+            if len(self._pseudo_boxes) <= self.num_logged_samples:
+                self.draw_prediction(self.inputs.predict[image_id], kept)
+            out.append({"file_name": self.inputs.predict[image_id], "detections": kept})
+        return out
+
+    def end_prediction(self) -> None:
+        """After a pseudo-labelling run: every rank's pseudo-boxes as one LVIS file,
+        ``pseudo_labels.json`` in the run's folder."""
+        if not self.inputs.image_queries:
+            return
+        boxes = dict(pair for pair in gathered(list(self._pseudo_boxes.items())))
+        self._pseudo_boxes, self._query_embeddings = {}, None
+        queries = [c.name for c in self.inputs.categories["predict"]]
+        labels = pseudo_label_file(self.inputs.caption_images, queries, self.inputs.image_queries, boxes,
+                                   self.pseudo_labels)
+        self.write_results(labels, "pseudo_labels.json")
+        log.info("pseudo-labels: %d boxes of %d queries in %d of %d images (images without a box scored %.2f or "
+                 "more are left out)", len(labels["annotations"]), len(labels["categories"]), len(labels["images"]),
+                 len(boxes), self.pseudo_labels.image_threshold)
 
     def draw_prediction(self, file: str, detections: list[dict]) -> None:
         directory = self.context.output_dir
@@ -264,6 +331,7 @@ class DetectionTask(Task):
 
 
 LVIS_REPORTED = ("AP", "AP50", "AP75", "APr", "APc", "APf", "AR@300")
+TRAIN_PROMPTS = ("mean", "random")
 
 
 def lvis_scores(ground_truth: Path, results: list[dict], image_ids: list[int]) -> dict[str, float]:

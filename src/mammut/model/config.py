@@ -39,6 +39,13 @@ class MammutConfig:
     patch_embedding: str = "linear"
     # Optional local weights for the ViT (.safetensors or a torch state dict).
     vision_weights: str | None = None
+    # Cropped positional embeddings in training (RO-ViT, Sec. 3.1; model/cropped_position.py): the
+    # position embedding is upsampled to a cpe_grid x cpe_grid grid (the detector's, e.g. 12 for
+    # 96 pixels at patch 8), a random region of cpe_crop_scale of its area and cpe_crop_aspect
+    # width / height is cropped and resized back to the image grid, per image. None: off.
+    cpe_grid: int | None = None
+    cpe_crop_scale: tuple[float, float] = (0.1, 1.0)
+    cpe_crop_aspect: tuple[float, float] = (0.5, 2.0)
     # Video (Sec. 3.4): clips of video_frames frames become sparse tube tokens (TubeViT, see
     # model/tubes.py) that go through the same ViT blocks once. Each tube is
     # {kernel: [t, h, w], stride: [t, h, w], offset: [t, h, w], dilation: [t, h, w]} in frames
@@ -123,6 +130,13 @@ class MammutConfig:
             raise ValueError(f"patch_embedding must be 'linear' or 'conv_stem', got {self.patch_embedding!r}")
         if self.patch_embedding == "conv_stem" and self.patch_overlap:
             raise ValueError("patch_overlap applies to the linear patch embedding; set it to 0 with a conv_stem")
+        if self.cpe_grid is not None and self.cpe_grid < self.image_size // self.patch_size:
+            raise ValueError(f"cpe_grid {self.cpe_grid} must be at least the image's grid of "
+                             f"{self.image_size // self.patch_size} patches a side: CPE crops a larger grid")
+        low, high = self.cpe_crop_scale
+        if not 0 < low <= high <= 1 or not 0 < self.cpe_crop_aspect[0] <= self.cpe_crop_aspect[1]:
+            raise ValueError(f"cpe_crop_scale {self.cpe_crop_scale} must lie in (0, 1] and cpe_crop_aspect "
+                             f"{self.cpe_crop_aspect} be positive, each (low, high)")
         for width, heads, name in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
             if width % heads:
                 raise ValueError(f"{name}_width {width} is not divisible by {name}_heads {heads}")

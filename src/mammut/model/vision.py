@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import checkpoint_attention_contexts, cpu_bf16_friendly_attention
 from .config import MammutConfig
+from .cropped_position import crop_position_grid, random_crops
 from .patch_embedding import ConvStem, overlapping_patches
 from .token_learner import TokenLearner
 from .tubes import SparseTubes
@@ -63,6 +64,8 @@ class VisionEncoder(nn.Module):
             self.vit.patch_embed.proj = overlapping_patches(self.vit.patch_embed.proj, config.patch_overlap,
                                                             keep_weights=weights is not None)
         self.num_prefix_tokens = self.vit.num_prefix_tokens
+        self.cpe_grid, self.cpe_crop_scale, self.cpe_crop_aspect = (config.cpe_grid, config.cpe_crop_scale,
+                                                                    config.cpe_crop_aspect)
         self.pooling = config.image_pooling
         self.norm_after_pool = config.vision_norm_after_pool
         self.grad_checkpointing = False
@@ -105,7 +108,9 @@ class VisionEncoder(nn.Module):
         embedding, of clips (B, 3, T, H, W) by the tubes, behind the same class token."""
         vit = self.vit
         if inputs.ndim == 4:
-            return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(inputs))))
+            patches = vit.patch_embed(inputs)
+            embedded = self.cropped_pos_embed(patches) if self.cpe_grid and self.training else vit._pos_embed(patches)
+            return vit.norm_pre(vit.patch_drop(embedded))
         if inputs.ndim != 5:
             raise ValueError(f"expected images (B, 3, H, W) or clips (B, 3, T, H, W), got shape {tuple(inputs.shape)}")
         if self.tubes is None:
@@ -113,6 +118,18 @@ class VisionEncoder(nn.Module):
         tokens = self.tubes(inputs, frame_embedding=lambda frames: vit._pos_embed(vit.patch_embed(frames))[
             :, self.num_prefix_tokens:])
         return vit.norm_pre(vit.patch_drop(torch.cat([self._prefix_tokens(len(inputs), tokens.dtype), tokens], dim=1)))
+
+    def cropped_pos_embed(self, patches: Tensor) -> Tensor:
+        """Patch tokens (B, N, C) with a random crop of the upsampled position embedding each
+        (``cropped_position``), behind the class token, as ``vit._pos_embed`` puts them."""
+        vit = self.vit
+        prefix = 0 if vit.no_embed_class else self.num_prefix_tokens
+        height, width = vit.patch_embed.grid_size
+        grid = vit.pos_embed[0, prefix:].reshape(height, width, -1)
+        crops = random_crops(len(patches), self.cpe_crop_scale, self.cpe_crop_aspect, device=patches.device)
+        cropped = crop_position_grid(grid, (self.cpe_grid, self.cpe_grid), crops).flatten(1, 2)
+        tokens = torch.cat([self._prefix_tokens(len(patches), patches.dtype), patches + cropped.to(patches.dtype)], dim=1)
+        return vit.pos_drop(tokens)
 
     def _prefix_tokens(self, batch: int, dtype: torch.dtype) -> Tensor:
         """The class (and register) tokens with their position embedding, as timm adds them."""
