@@ -78,18 +78,20 @@ def test_fsdp2_trains_the_vqa_peft_prefix_and_validates(tiny_demo, tmp_path):
     assert len(logs["val/vqa/accuracy"]) == 1
 
 def test_ddp_ranks_draw_their_own_shards_and_a_rank_with_only_bad_samples_does_not_hang(tiny_demo, tmp_path):
-    """Rank 0's first batch is made of corrupt images only: it still joins the collectives."""
+    """Rank 0's first batch is made of corrupt images only: it still joins the collectives. Rank 1's
+    first batch holds two: the run counts the skips of both."""
     root = tmp_path / "demo"
     subprocess.run(["cp", "-r", str(tiny_demo), str(root)], check=True)
     records, _ = read_coco_captions(root / "annotations/captions_train.json", root / "images/train")
     first_batch_of_rank_0 = list(ResumableRandomSampler(len(records), seed=0, num_replicas=2, rank=0))[:4]
-    for index in first_batch_of_rank_0:
+    two_of_rank_1 = list(ResumableRandomSampler(len(records), seed=0, num_replicas=2, rank=1))[:2]
+    for index in first_batch_of_rank_0 + two_of_rank_1:
         records[index].path.write_bytes(b"not a JPEG")
     fit_on_two_processes(root, tmp_path, "ddp", "--trainer.max_steps=3", "--data.skip_bad_samples=true",
                          "--model.grad_checkpointing=true", "--trainer.logger.init_args.version=run", timeout=180)
     logged = scalars(tmp_path / "pretrain" / "run")
-    # Rank 0 (the logger) met exactly the 4 bad images its shard holds, all in its first batch.
-    assert [value for _, value in logged["data/skipped_samples"]] == [4.0, 4.0, 4.0]
+    # Rank 0 met the 4 bad images its shard holds, rank 1 its 2, all in their first batch.
+    assert [value for _, value in logged["data/skipped_samples"]] == [6.0, 6.0, 6.0]
     assert [step for step, _ in logged["train/loss"]] == [0, 1, 2]
     assert all(torch.isfinite(torch.tensor(value)) for _, value in logged["train/loss"])
 

@@ -41,21 +41,23 @@ def test_fit_logs_metrics_images_and_checkpoints(tiny_demo, tmp_path):
     assert "last.ckpt" in checkpoints and any(name.startswith("best-step") for name in checkpoints)
 
 
-def test_resumed_run_continues_with_the_same_losses(tiny_demo, tmp_path):
-    """48 training images in batches of 8: step 3 is mid-epoch and step 9 is in the second."""
+@pytest.mark.parametrize("crash_at", [3, 8], ids=["first epoch", "second epoch"])
+def test_resumed_run_continues_with_the_same_losses(tiny_demo, tmp_path, crash_at):
+    """48 training images in batches of 8: steps 3 and 8 are each in the middle of an epoch (the
+    first, the second), and a run resumed there sees the samples the whole run saw."""
     common = ["--trainer.limit_val_batches=0", "--model.warmup_steps=2"]
-    run("fit", tiny_demo, tmp_path, "--trainer.max_steps=9", "--trainer.logger.init_args.version=whole", *common)
+    run("fit", tiny_demo, tmp_path, "--trainer.max_steps=10", "--trainer.logger.init_args.version=whole", *common)
     with pytest.raises(Crash):
-        run("fit", tiny_demo, tmp_path, "--trainer.max_steps=9", "--trainer.logger.init_args.version=part",
-            *checkpoint_every(tmp_path, 1, crash_at=3), *common)
+        run("fit", tiny_demo, tmp_path, "--trainer.max_steps=10", "--trainer.logger.init_args.version=part",
+            *checkpoint_every(tmp_path, 1, crash_at=crash_at), *common)
     last = log_dir(tmp_path, "part") / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 3
-    run("fit", tiny_demo, tmp_path, "--trainer.max_steps=9", "--trainer.logger.init_args.version=resumed",
+    assert torch.load(last, weights_only=False)["global_step"] == crash_at
+    run("fit", tiny_demo, tmp_path, "--trainer.max_steps=10", "--trainer.logger.init_args.version=resumed",
         f"--ckpt_path={last}", *common)
     whole = dict(scalars(log_dir(tmp_path, "whole"))["train/loss"])
     resumed = dict(scalars(log_dir(tmp_path, "resumed"))["train/loss"])
-    assert sorted(resumed) == list(range(3, 9))
-    for step in range(3, 9):
+    assert sorted(resumed) == list(range(crash_at, 10))
+    for step in range(crash_at, 10):
         assert resumed[step] == pytest.approx(whole[step], rel=1e-6, abs=1e-6), step
 
 

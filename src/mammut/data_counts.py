@@ -4,12 +4,17 @@
 steps dropped, each time one meets them (kept in checkpoints), plus the records the readers
 dropped from each split whose loop has run (once per run: a resumed run reads the files again).
 ``data/truncated_texts`` counts texts cut to the context length; the first one is named in the log.
+Both are totals over the ranks of a distributed run.
 The sanity check's batches are not counted: the first validation meets them again.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,13 @@ class DataCounts:
     def skipped(self) -> int:
         return self.skipped_samples + sum(self.records_skipped.values())
 
-    def metrics(self) -> dict[str, float]:
-        return {"data/skipped_samples": float(self.skipped), "data/truncated_texts": float(self.truncated_texts)}
+    def metrics(self, sum_over_ranks: Callable[[Tensor], Tensor] = lambda counts: counts) -> dict[str, float]:
+        """The run's totals: the samples skipped and texts cut on every rank (each rank meets its own
+        share of the data; ``sum_over_ranks`` adds them up), and the records the readers dropped,
+        which every rank reads alike, once."""
+        met = sum_over_ranks(torch.tensor([float(self.skipped_samples), float(self.truncated_texts)]))
+        return {"data/skipped_samples": float(met[0]) + sum(self.records_skipped.values()),
+                "data/truncated_texts": float(met[1])}
 
     # Top-level checkpoint keys, as checkpoints have always held them.
     def state_dict(self) -> dict[str, int]:

@@ -236,7 +236,11 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         split = "train" if self.trainer.training else "val" if self.trainer.validating else "test"
         self.counts.add(batch.num_skipped, batch.truncated, split)
         if self.trainer.training:
-            self.log_dict(self.counts.metrics(), reduce_fx="max")
+            self.log_dict(self.data_counts(), reduce_fx="max")
+
+    def data_counts(self) -> dict[str, float]:
+        """``DataCounts``'s totals over every rank (a collective: every rank calls it)."""
+        return self.counts.metrics(lambda counts: self._all_ranks(counts.to(self.device), "sum").cpu())
 
     # ------------------------------------------------------------- evaluation
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -259,7 +263,7 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
 
     def _report(self, stage: str) -> None:
         if not self.trainer.sanity_checking:
-            self.log_dict(self.counts.metrics(), reduce_fx="max")
+            self.log_dict(self.data_counts(), reduce_fx="max")
         for name in self.eval_task_names:
             task = self.tasks[name]
             if self.trainer.sanity_checking:
