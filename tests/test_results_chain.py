@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
 from mammut.results.__main__ import main as results_main
 from mammut.results.report import percent_or_number
+from mammut.results.runner import ChainRunner
 from mammut.results.stages import CHAIN, select
 from mammut.run_logs import final_values
 
@@ -68,9 +70,10 @@ def test_a_finished_stage_is_not_run_again_and_a_stopped_one_resumes(finished, t
     assert (finished / "vqa" / "done.json").exists()
 
 
-def test_a_failing_stage_stops_the_chain_and_names_itself(tiny_demo, tmp_path, capsys):
+def test_a_failing_stage_stops_the_chain_and_names_itself(tiny_demo, tmp_path, capsys, monkeypatch):
     os.chdir(REPO)
-    assert chain(tiny_demo, tmp_path, "pretrain", more=("--model.lr=fast",)) == 1
+    monkeypatch.setattr(ChainRunner, "MAMMUT", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a run that fails
+    assert chain(tiny_demo, tmp_path, "pretrain") == 1
     assert "stage 'pretrain' stopped with exit status" in capsys.readouterr().err
     assert "| pretraining (`make pretrain`) | not run yet |" in (tmp_path / "results.md").read_text()
 

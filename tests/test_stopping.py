@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mammut.checkpointing import read_checkpoint
+from mammut.cli import main
 
 from conftest import REPO
 from tiny_run import TINY_MODEL, checkpoint_every, data_arguments, run, scalars
@@ -94,18 +95,28 @@ def pretrain_checkpoint(tiny_demo, tmp_path_factory) -> Path:
     return out / "pretrain" / "run" / "checkpoints" / "last.ckpt"
 
 
-@pytest.mark.parametrize("recipe", ["configs/finetune_detection.yaml", "configs/finetune_vqa.yaml",
-                                    "configs/finetune_video_qa.yaml"])
-def test_a_checkpoint_of_another_recipe_is_refused_before_anything_is_built(tiny_demo, tmp_path, recipe,
-                                                                            pretrain_checkpoint):
-    command = [sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / recipe), f"--data.root={tiny_demo}",
-               f"--ckpt_path={pretrain_checkpoint}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
-    refused = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    last_line = refused.stderr.strip().splitlines()[-1]
+@pytest.mark.parametrize("recipe, as_a_process", [("configs/finetune_detection.yaml", True),
+                                                   ("configs/finetune_vqa.yaml", False),
+                                                   ("configs/finetune_video_qa.yaml", False)])
+def test_a_checkpoint_of_another_recipe_is_refused_before_anything_is_built(tiny_demo, tmp_path, recipe, as_a_process,
+                                                                            pretrain_checkpoint, capsys, monkeypatch):
+    arguments = ["fit", "--config", str(REPO / recipe), f"--data.root={tiny_demo}", f"--ckpt_path={pretrain_checkpoint}",
+                 f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    if as_a_process:  # the command's own exit status, once
+        refused = subprocess.run([sys.executable, "-m", "mammut.cli", *arguments], cwd=REPO, capture_output=True,
+                                 text=True, timeout=300)
+        code, stderr = refused.returncode, refused.stderr
+    else:
+        monkeypatch.chdir(REPO)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(arguments)
+        code, stderr = exit_.value.code, capsys.readouterr().err
+    assert code == 2, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1]
     assert f"--ckpt_path={pretrain_checkpoint} is a checkpoint of another recipe" in last_line
     assert "mammut.tasks.pretrain.PretrainModule" in last_line and f"--model.init_from={pretrain_checkpoint}" in last_line
-    assert not (tmp_path / "finetune_detection").exists()  # nothing was built or written
+    assert not any(tmp_path.iterdir())  # nothing was built or written
 
 
 def test_a_video_qa_checkpoint_given_to_the_image_vqa_recipe_is_refused(tiny_demo, tmp_path):

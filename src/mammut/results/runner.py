@@ -50,9 +50,11 @@ class ChainRunner:
     ``mammut``: the command that runs mammut (this interpreter's, by default).
     """
 
+    MAMMUT = [sys.executable, "-c", "import sys; from mammut.cli import main; sys.exit(main())"]
+
     def __init__(self, runs: Path, extra: list[str] | None = None, mammut: list[str] | None = None):
         self.runs, self.extra = Path(runs), list(extra or [])
-        self.mammut = mammut or [sys.executable, "-c", "import sys; from mammut.cli import main; sys.exit(main())"]
+        self.mammut = mammut or self.MAMMUT
 
     def folder(self, stage: Stage) -> Path:
         return self.runs / stage.name / "version_0"
