@@ -2,6 +2,7 @@
 tokenisation, the most-frequent-caption baseline, and gathering across DDP ranks."""
 
 import pytest
+import torch
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
@@ -86,6 +87,19 @@ def test_reset_clears_the_evaluation_set():
     metric.update(["a cat on a bed"], [["a dog on a sofa"]])
     metric.reset()
     metric.update(PREDICTIONS, REFERENCES)
+    assert as_floats(metric.compute()) == pytest.approx(direct_scores(PREDICTIONS, REFERENCES), rel=1e-6)
+
+
+def test_the_metric_moves_between_devices_and_dtypes_holding_its_captions():
+    # Lightning moves the whole module to the CPU when a run ends, also one stopped by a signal in
+    # the middle of a validation, while the metric holds that validation's captions.
+    metric = CaptionMetrics()
+    metric.update(PREDICTIONS, REFERENCES, sample_ids=list(range(len(PREDICTIONS))))
+    holder = torch.nn.ModuleDict({"captions": metric})
+    holder.cpu()
+    holder.to(torch.device("cpu"), torch.float64)
+    holder.float()
+    assert metric.predictions == PREDICTIONS
     assert as_floats(metric.compute()) == pytest.approx(direct_scores(PREDICTIONS, REFERENCES), rel=1e-6)
 
 

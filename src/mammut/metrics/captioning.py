@@ -89,6 +89,11 @@ class CaptionMetrics(Metric):
         self.references.extend([tuple(refs) for refs in references])
         self.sample_ids.extend(sample_ids)
 
+    def _apply(self, fn, exclude_state: Sequence[str] = ()) -> CaptionMetrics:
+        # Captions and ids have no device: moving the metric (Lightning moves the module to the CPU
+        # when a run ends, also one stopped in the middle of a validation) leaves them as they are.
+        return super()._apply(fn, exclude_state=(*exclude_state, "predictions", "references", "sample_ids"))
+
     def compute(self) -> dict[str, Tensor]:
         samples = list(zip(self.sample_ids, self.predictions, self.references))
         if self._to_sync:
