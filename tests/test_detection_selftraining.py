@@ -41,9 +41,10 @@ def test_queries_are_each_phrase_object_word_with_its_adjectives(caption, expect
     assert caption_queries(caption, max_words=3) == expected
 
 
-def test_place_words_and_stop_words_give_no_query_and_an_image_gathers_its_captions_once():
+def test_places_the_picture_and_stop_words_give_no_query_and_an_image_gathers_its_captions_once():
     assert caption_queries("a cat on the left") == ["cat"]
     assert caption_queries("in the middle of it") == []
+    assert caption_queries("an image of a red star on a gray background") == ["red star", "star"]
     assert image_queries(["a red star", "a star next to a circle"]) == ["red star", "star", "circle"]
     assert caption_queries("a small red star", max_words=1) == ["star"]
 

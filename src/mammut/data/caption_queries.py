@@ -9,7 +9,8 @@ spans that end at its last word, where an English noun phrase keeps its noun:
     "a small blue square to the left of a red star"
         -> "small blue square", "blue square", "square", "left", "red star", "star"
 
-so the object word comes with each run of its adjectives ("red hexagon") and alone ("hexagon").
+so the object word comes with each run of its adjectives ("red hexagon") and alone ("hexagon");
+phrases that end in a place ("left") or the picture itself ("image", "background") give nothing.
 The word lists are settings: captions of another language or style bring their own.
 """
 
@@ -29,8 +30,12 @@ i you he she we his her our your my me us one two three four five six seven eigh
 many few several more most less least very just only also too not
 """.split())
 
-# Words that describe a place in the picture rather than a thing in it.
-PLACE_WORDS = frozenset("left right top bottom middle center centre front back side corner".split())
+# Object words that name no thing in the picture: places in it ("left", "top"), and the picture
+# itself, which OWL-ST drops from its queries ("image", "photo", "stock", ...).
+NON_OBJECT_WORDS = frozenset("""
+left right top bottom middle center centre front back side corner
+image images picture pictures photo photos photograph png jpg stock wallpaper background
+""".split())
 
 WORD = re.compile(r"[a-z][a-z'-]*")
 
@@ -51,15 +56,15 @@ def caption_phrases(caption: str, stop_words: frozenset[str] = STOP_WORDS) -> li
 
 
 def caption_queries(caption: str, max_words: int = 3, stop_words: frozenset[str] = STOP_WORDS,
-                    place_words: frozenset[str] = PLACE_WORDS) -> list[str]:
+                    non_objects: frozenset[str] = NON_OBJECT_WORDS) -> list[str]:
     """The queries a caption gives, longest first within each phrase, each once.
 
     Each phrase gives its last word with up to ``max_words - 1`` words before it; phrases whose
-    last word is in ``place_words`` ("left", "top") name no object and give nothing.
+    last word is in ``non_objects`` ("left", "background") name no object and give nothing.
     """
     queries: list[str] = []
     for phrase in caption_phrases(caption, stop_words):
-        if phrase[-1] in place_words:
+        if phrase[-1] in non_objects:
             continue
         for length in range(min(max_words, len(phrase)), 0, -1):
             query = " ".join(phrase[-length:])
@@ -69,11 +74,11 @@ def caption_queries(caption: str, max_words: int = 3, stop_words: frozenset[str]
 
 
 def image_queries(captions: Iterable[str], max_words: int = 3, stop_words: frozenset[str] = STOP_WORDS,
-                  place_words: frozenset[str] = PLACE_WORDS) -> list[str]:
+                  non_objects: frozenset[str] = NON_OBJECT_WORDS) -> list[str]:
     """The queries of all of an image's captions, in the order they first appear."""
     queries: list[str] = []
     for caption in captions:
-        queries.extend(q for q in caption_queries(caption, max_words, stop_words, place_words) if q not in queries)
+        queries.extend(q for q in caption_queries(caption, max_words, stop_words, non_objects) if q not in queries)
     return queries
 
 
