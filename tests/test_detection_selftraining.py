@@ -206,22 +206,31 @@ def test_a_round_pseudo_labels_self_trains_and_fine_tunes_from_the_pretrain_chec
 
 # --- prompts in training -------------------------------------------------------------------------
 
-def test_random_training_prompts_put_each_class_in_one_template_drawn_per_step():
+def detection_task(templates: list[str], train_prompts: str):
+    """A detection task on a tiny random model, with a tokenizer of its prompts."""
     from mammut.data.tokenizer import CaptionTokenizer
     from mammut.model import GenerationConfig, Mammut, MammutConfig
     from mammut.task import TaskContext
     from mammut.tasks.detection import DetectionInputs, DetectionTask
 
-    templates = ["a {}", "a small {}", "a photo of a {}"]
     tokenizer = CaptionTokenizer.train([t.format(n) for t in templates for n in ("circle", "square")] * 4, vocab_size=300)
     config = MammutConfig(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, text_width=32,
                           text_depth=1, text_heads=2, cross_attention_layers=[0], embed_dim=32,
                           vocab_size=tokenizer.vocab_size, context_length=8)
     torch.manual_seed(0)
-    model = Mammut(config).eval()
-    task = DetectionTask(templates=templates, train_prompts="random")
+    model = Mammut(config)
+    task = DetectionTask(templates=templates, train_prompts=train_prompts)
     task.build(config)
     task.connect(TaskContext(config, GenerationConfig(), DetectionInputs((3, 32, 32)), tokenizer))
+    return task, model, tokenizer
+
+
+def test_random_training_prompts_put_each_class_in_one_template_drawn_per_step():
+    from mammut.tasks.detection import DetectionTask
+
+    templates = ["a {}", "a small {}", "a photo of a {}"]
+    task, model, tokenizer = detection_task(templates, "random")
+    model.eval()
     names = ["circle", "square"]
     with torch.no_grad():
         single = {(name, t): torch.nn.functional.normalize(
@@ -240,3 +249,18 @@ def test_random_training_prompts_put_each_class_in_one_template_drawn_per_step()
         assert torch.allclose(mean[0], expected, atol=1e-5)
     with pytest.raises(ValueError, match="train_prompts"):
         DetectionTask(train_prompts="sometimes")
+
+
+def test_training_queries_are_computed_once_while_the_text_side_is_frozen_and_each_step_otherwise():
+    task, model, _ = detection_task(["a {}", "a small {}"], "mean")
+    names = ["circle", "square"]
+    for p in [*model.decoder.parameters(), *model.text_projection.parameters()]:
+        p.requires_grad_(False)
+    first = task.training_queries(model, names)
+    assert task.training_queries(model, names) is first and not first.requires_grad
+    assert torch.allclose(first, task.queries(model, names))
+    assert task.training_queries(model, names[::-1]) is not first  # other classes: computed again
+    for p in model.text_projection.parameters():
+        p.requires_grad_(True)  # the text side trains: every step's queries carry its gradient
+    trained = task.training_queries(model, names)
+    assert trained.requires_grad and task.training_queries(model, names) is not trained

@@ -106,6 +106,7 @@ class DetectionTask(Task):
             PseudoLabelConfig(**(pseudo_labels or {}))
         self._pseudo_boxes: dict[int, list[PseudoBox]] = {}  # of this prediction run, by image id
         self._query_embeddings: Tensor | None = None  # of the caption set's queries, computed once per run
+        self._frozen_queries: tuple[list[str], Tensor] | None = None  # training's, while the text side is frozen
         self.weights = SetLossWeights(focal_weight, l1_weight, giou_weight, focal_alpha, focal_gamma)
         self.max_detections, self.draw_threshold = max_detections, draw_threshold
         self.num_logged_samples = num_logged_samples
@@ -118,6 +119,10 @@ class DetectionTask(Task):
 
     def build(self, architecture: MammutConfig) -> None:
         self.head = DetectionHead(architecture.vision_width)
+
+    def connect(self, context) -> None:
+        super().connect(context)
+        self._frozen_queries = None  # computed again from the weights of this run
 
     # --------------------------------------------------------------- forward
     def queries(self, model: Mammut, names: list[str], random_template: bool = False) -> Tensor:
@@ -154,10 +159,23 @@ class DetectionTask(Task):
         empty.known_categories = torch.zeros(0, len(self.names("train")), dtype=torch.bool, device=device)
         return empty
 
+    def training_queries(self, model: Mammut, names: list[str]) -> Tensor:
+        """The class queries of a training step. Where nothing can change them between steps (the
+        text side frozen, without dropout, each class in its templates' mean) they are computed
+        once: self-training has hundreds of classes, whose prompts would cost more than the images."""
+        if self.train_prompts == "random":
+            return self.queries(model, names, random_template=True)
+        text_side = [*model.decoder.parameters(), *(model.text_projection.parameters() if model.text_projection else [])]
+        if any(p.requires_grad for p in text_side) or model.config.dropout > 0:
+            return self.queries(model, names)
+        if self._frozen_queries is None or self._frozen_queries[0] != names:
+            with torch.no_grad():
+                self._frozen_queries = (list(names), self.queries(model, names))
+        return self._frozen_queries[1]
+
     def loss(self, model: Mammut, batch: DetectionBatch) -> TaskLoss:
         names = self.names("train")
-        queries = self.queries(model, names, random_template=self.train_prompts == "random")
-        detections = self.detect(model, batch.images, names, queries)
+        detections = self.detect(model, batch.images, names, self.training_queries(model, names))
         normaliser = num_boxes(batch)  # a collective: every rank takes part, one with an empty batch too
         if not len(batch):
             zero = detections.logits.sum() * 0 + detections.boxes.sum() * 0  # joined to the graph
