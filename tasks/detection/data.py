@@ -107,11 +107,7 @@ class DetectionDataModule(TaskDataModule):
                         "is" if len(in_pieces) == 1 else "are", self.path(self.hparams.tokenizer))
         records = []
         for index, image in enumerate(images):
-            try:
-                with Image.open(image) as opened:
-                    width, height = opened.size
-            except (OSError, ValueError) as error:
-                raise ValueError(f"{image}: cannot read the image ({error})") from error
+            width, height = image_size(Path(image), skip_bad_samples=False)
             records.append(DetectionRecord(image_id=index, path=Path(image), width=width, height=height, boxes=(),
                                            category_ids=()))
         return records

@@ -25,6 +25,7 @@ from torchvision.ops import box_iou
 from mammut.data.caption_queries import head_word
 from mammut.data.instances import Category, read_instances
 from mammut.data.json_records import load_json, write_json
+from mammut.tasks.detection.task import box_corners
 
 IOU = 0.5
 
@@ -53,11 +54,6 @@ def named_class(query: str, classes: dict[str, Category]) -> Category | None:
     return classes.get(word) or (classes.get(word[:-1]) if word.endswith("s") else None)
 
 
-def corners(box: list[float]) -> list[float]:
-    x, y, w, h = box
-    return [x, y, x + w, y + h]
-
-
 def pseudo_label_quality(pseudo_file: Path, truth_file: Path) -> tuple[list[ClassQuality], int]:
     """Per true class its quality, and the pseudo-boxes whose query names no class."""
     truth = read_instances(truth_file, truth_file.parent)
@@ -76,8 +72,8 @@ def pseudo_label_quality(pseudo_file: Path, truth_file: Path) -> tuple[list[Clas
         if record.image_id not in looked_at:
             continue
         for category in truth.categories:
-            true = [corners(list(b)) for b, c in zip(record.boxes, record.category_ids) if c == category.id]
-            mine = [corners(a["bbox"]) for a in by_image.get(record.image_id, [])
+            true = [box_corners(list(b)) for b, c in zip(record.boxes, record.category_ids) if c == category.id]
+            mine = [box_corners(a["bbox"]) for a in by_image.get(record.image_id, [])
                     if (named := query_class[a["category_id"]]) is not None and named.id == category.id]
             entry = quality[category.id]
             entry.true_boxes += len(true)
