@@ -14,7 +14,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain pretrain-shards finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection finetune-detection-selftrain multitask results tensorboard test test-fast bench clean
+.PHONY: help install data pretrain pretrain-shards data-sources pretrain-mixture finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection finetune-detection-selftrain multitask results tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -55,6 +55,15 @@ $(DEMO)/shards/train/.written: | $(DEMO)/tokenizer.json
 	$(BIN)/python -m mammut.data.write_shards --captions $(DEMO)/annotations/captions_train.json \
 		--images $(DEMO)/images/train --out $(DEMO)/shards/train --samples-per-shard 1000
 	touch $@
+
+# Pretraining sources with web data's flaws beside the clean captions (noisy alt-text, near-duplicates).
+$(DEMO)/sources/info.json: | $(DEMO)/video/train_qa.json
+	$(BIN)/python -m mammut.data.demo.web_sources --out $(DEMO)
+
+data-sources: $(DEMO)/sources/info.json  ## write the demo's noisy and redundant pretraining sources (mammut.data.demo.web_sources)
+
+pretrain-mixture: data data-sources  ## pretrain on clean, noisy and redundant sources (configs/pretrain_mixture.yaml; ARGS="--data.mixing=adaptive")
+	$(BIN)/mammut fit --config $(CONFIG) --config configs/pretrain_mixture.yaml $(ARGS)
 
 pretrain-shards: data $(DEMO)/shards/train/.written  ## pretrain as `make pretrain`, the training data read from tar shards (configs/pretrain_shards.yaml)
 	$(BIN)/mammut fit --config configs/pretrain_shards.yaml $(ARGS)

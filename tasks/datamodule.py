@@ -137,10 +137,14 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
             self.read_records(split)
 
     def build_dataset(self, split: str) -> Dataset:
-        h, train = self.hparams, split == "train"
-        return self.dataset_class(self.read_records(split), self.tokenizer,
-                                  image_transform(self.image_size, train=train), self.context_length, train=train,
-                                  seed=h.seed, skip_bad_samples=h.skip_bad_samples, **self.dataset_arguments())
+        return self.dataset_of(self.read_records(split), train=split == "train")
+
+    def dataset_of(self, records: list, train: bool) -> Dataset:
+        """A dataset of these records, with this data module's tokenizer, transform and settings."""
+        h = self.hparams
+        return self.dataset_class(records, self.tokenizer, image_transform(self.image_size, train=train),
+                                  self.context_length, train=train, seed=h.seed, skip_bad_samples=h.skip_bad_samples,
+                                  **self.dataset_arguments())
 
     def dataset_arguments(self) -> dict:
         """Arguments of ``dataset_class`` of this kind of data only (e.g. a question's answer room)."""

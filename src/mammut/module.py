@@ -26,12 +26,14 @@ from torch import Tensor, nn
 
 from mammut.checkpoint_hooks import CheckpointHooks
 from mammut.data_counts import DataCounts
+from mammut.learning_progress import LearningProgressSettings
 from mammut.loss_guard import LossGuard
 from mammut.model import GenerationConfig, Mammut, MammutConfig
 from mammut.model.lora import LoraConfig
 from mammut.optimization import Optimization, warmup_cosine
 from mammut.report import log_samples, report_table
 from mammut.sharding import ShardingHooks
+from mammut.source_feedback import SourceFeedback
 from mammut.stopping import CheckpointsBehindTheGuard, SaveOnSignal
 from mammut.task import Task, TaskContext, check_task_names, eval_loader_tasks, task_inputs
 from mammut.task_weighting import TaskWeighting
@@ -47,6 +49,7 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         task_weights: dict[str, float] | None = None,
         task_weighting: str = "fixed",
         loss_balance_alpha: float = 0.5,
+        adaptive_weighting: LearningProgressSettings | None = None,
         architecture: MammutConfig | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -73,7 +76,10 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
             task_weights: name -> weight of that task's loss in the sum (default 1 each).
             task_weighting: ``"fixed"`` keeps ``task_weights``; ``"loss_balanced"`` scales each by
                 (its loss now / its first loss) ** ``loss_balance_alpha`` (``mammut.task_weighting``).
+                ``"adaptive"`` gives the weight to the tasks whose loss is still falling
+                (learning progress, ``mammut.learning_progress``; docs/adaptive-mixing.md).
             loss_balance_alpha: the exponent of the loss ratio in ``"loss_balanced"`` weighting.
+            adaptive_weighting: the settings of ``"adaptive"`` weighting (``LearningProgressSettings``).
             architecture: the model's shape (``mammut.model.MammutConfig``, configs/model/).
             lr: peak learning rate, reached after ``warmup_steps``, then cosine decay.
             weight_decay: AdamW decay, not applied to the parameters that the model and the tasks
@@ -127,7 +133,8 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         if unknown:
             raise ValueError(f"task_weights name {sorted(unknown)}, which are not among the tasks {list(self.tasks)}")
         self.task_weighting = TaskWeighting({name: (task_weights or {}).get(name, 1.0) for name in self.tasks},
-                                            task_weighting, loss_balance_alpha)
+                                            task_weighting, loss_balance_alpha,
+                                            _as(LearningProgressSettings, adaptive_weighting))
         for task in self.tasks.values():
             task.build(self.architecture)  # its own modules exist before init_from and freeze
         if grad_checkpointing:
@@ -169,7 +176,9 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
             print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)", flush=True)
 
     def configure_callbacks(self) -> list:
-        return [CheckpointsBehindTheGuard(), SaveOnSignal()]  # how a run stops (``mammut.stopping``)
+        # The losses that adaptive source mixing follows, taken in first, so that every checkpoint
+        # of a step holds them; then how a run stops (``mammut.stopping``).
+        return [SourceFeedback(), CheckpointsBehindTheGuard(), SaveOnSignal()]
 
     def train(self, mode: bool = True) -> MammutModule:
         super().train(mode)
@@ -203,7 +212,7 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
             parts.update({f"{name}/weight": torch.tensor(weights[name]) for name in batches})
         self.log("train/loss", total, prog_bar=True)
         self._log_task_metrics({f"train/{name}": value for name, value in parts.items()})
-        return total
+        return {"loss": total, "parts": parts}  # the parts for ``SourceFeedback``, which weighs data sources
 
     def _log_task_metrics(self, metrics: dict[str, Tensor]) -> None:
         """Straight to the loggers, at the logging interval: Lightning would repeat a metric's last

@@ -16,6 +16,9 @@ from mammut.data import CaptionDataset, CaptionRecord, collate_eval, collate_tra
 from mammut.data.classification import ClassificationSet, ZeroShotSet, read_classification_set
 from mammut.data.classification_dataset import ClassificationStream, GatedLoader, collate_classification
 from mammut.data.images import load_rgb_image
+from mammut.data.source_mixing import SourceMixer
+from mammut.data.sources import TrainSource, plain_sources
+from mammut.learning_progress import MIXINGS, LearningProgressSettings, LearningProgressWeights
 from mammut.tasks.datamodule import SPLITS_READ, TaskDataModule
 from mammut.tasks.pretrain.task import CaptionInputs, caption_inputs
 from mammut.tasks.pretrain.zero_shot import ZeroShotClasses
@@ -46,6 +49,10 @@ class ImageTextDataModule(TaskDataModule):
         val_zeroshot: dict[str, ZeroShotSet] | None = None,
         test_zeroshot: dict[str, ZeroShotSet] | None = None,
         zeroshot_every_n_steps: int | None = None,
+        train_sources: dict[str, TrainSource] | None = None,
+        mixing: str = "fixed",
+        adaptive: LearningProgressSettings | None = None,
+        steps_per_epoch: int | None = None,
         **kwargs,
     ):
         """
@@ -68,13 +75,33 @@ class ImageTextDataModule(TaskDataModule):
             test_zeroshot: the same for ``mammut test``.
             zeroshot_every_n_steps: in ``fit``, classify only at the validations whose step is a
                 multiple of this (None: at every validation); ``validate`` and ``test`` always do.
+            train_sources: name -> a source of training pairs (``mammut.data.sources.TrainSource``:
+                annotations, images, starting weight), instead of ``train_annotations`` and
+                ``train_images``; each training batch is drawn from one source
+                (``mammut.data.source_mixing``), and each source's weight and loss are logged.
+            mixing: with ``train_sources``: ``fixed`` draws the sources by their weights;
+                ``adaptive`` moves the weights towards the sources whose loss is still falling
+                (``mammut.learning_progress``; docs/adaptive-mixing.md).
+            adaptive: the adaptive rule's settings (``LearningProgressSettings``: floor,
+                temperature, decays, warmup, signal).
+            steps_per_epoch: with ``train_sources``, training steps per epoch (default: the
+                sources' batches together).
             **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length,
                 num_workers, skip_bad_samples, seed.
         """
         super().__init__(**kwargs)
         # Saved as plain data, which a checkpoint loads without unpickling any class.
         val_zeroshot, test_zeroshot = _plain(val_zeroshot), _plain(test_zeroshot)
+        train_sources = plain_sources(train_sources)
+        adaptive = dataclasses.asdict(adaptive) if dataclasses.is_dataclass(adaptive) else adaptive
         self.save_arguments(locals())
+        if mixing not in MIXINGS:
+            raise ValueError(f"data.mixing must be one of {MIXINGS}, got {mixing!r}")
+        if mixing == "adaptive" and not train_sources:
+            raise ValueError("data.mixing=adaptive weighs data.train_sources, and none are set")
+        self.mixing_settings = LearningProgressSettings(**(adaptive or {}))
+        self.source_records: dict[str, list[CaptionRecord]] = {}
+        self.mixer: SourceMixer | None = None
         for split, sets in (("val", val_zeroshot), ("test", test_zeroshot)):
             for name in sets or {}:
                 if not SET_NAME.fullmatch(name):
@@ -119,12 +146,47 @@ class ImageTextDataModule(TaskDataModule):
 
     def read_split(self, split: str) -> tuple[list[CaptionRecord], int, Path]:
         h = self.hparams
+        if split == "train" and h.train_sources:
+            return self._read_sources()
         annotations, images = h[f"{split}_annotations"], h[f"{split}_images"]
         if annotations is None:
             raise ValueError(f"data.{split}_annotations is not set")
         records, skipped = read_captions(self.path(annotations), self.path(images), split, h.skip_bad_samples,
                                          h.annotation_format)
         return records, skipped, self.path(annotations)
+
+    def _read_sources(self) -> tuple[list[CaptionRecord], int, Path]:
+        """Every source's records; the training split (for the captioning baseline) is all of them."""
+        h, skipped = self.hparams, 0
+        for name, source in h.train_sources.items():
+            records, dropped = read_captions(self.path(source["annotations"]), self.path(source["images"]), "train",
+                                             h.skip_bad_samples, h.annotation_format)
+            if dropped:
+                log.warning("source %s (%s): skipped %d bad records", name, source["annotations"], dropped)
+            if not records:
+                raise ValueError(f"source {name} ({self.path(source['annotations'])}): no usable records")
+            self.source_records[name], skipped = records, skipped + dropped
+        return [r for records in self.source_records.values() for r in records], skipped, self.root
+
+    def train_dataloader(self):
+        """One loader, or with ``train_sources`` a ``SourceMixer`` over a loader per source."""
+        h = self.hparams
+        if not h.train_sources:
+            return super().train_dataloader()
+        self.read_records("train")
+        loaders = {name: self.train_loader(self.dataset_of(records, train=True), self.collate_train)
+                   for name, records in self.source_records.items()}
+        weighting = LearningProgressWeights({name: s["weight"] for name, s in h.train_sources.items()},
+                                            adaptive=h.mixing == "adaptive", settings=self.mixing_settings)
+        previous, self.mixer = self.mixer, SourceMixer(loaders, weighting, seed=h.seed,
+                                                       steps_per_epoch=h.steps_per_epoch)
+        if previous is not None:  # reloaded loaders continue where the last ones were
+            self.mixer.load_state_dict(previous.state_dict())
+        return self.mixer
+
+    # With sources, Lightning saves the mixer's position with the loader itself.
+    def state_dict(self) -> dict:
+        return {} if self.hparams.train_sources else super().state_dict()
 
     def task_inputs(self, task: str) -> CaptionInputs:
         """The training captions, whose most frequent one is the captioning baseline, and the

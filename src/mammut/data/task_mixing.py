@@ -72,17 +72,19 @@ def _draw_tasks(weights: Mapping[str, float], seed: int, epoch: int, steps: int)
     return torch.multinomial(probabilities, steps, replacement=True, generator=_generator(seed, epoch))
 
 
-class _TaskStream:
-    """One task's DataLoader read as an endless stream of batches: its sampler's epochs one after another."""
+class LoaderStream:
+    """One DataLoader (a task's, or a source's: ``kind``) read as an endless stream of batches, its
+    sampler's epochs one after another."""
 
-    def __init__(self, task: str, loader: DataLoader):
+    def __init__(self, name: str, loader: DataLoader, kind: str = "task"):
+        self.name = f"{kind} {name!r}"
         if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, ResumableRandomSampler):
-            raise TypeError(f"task {task!r}: the mixer positions each task's DataLoader through its sampler, "
+            raise TypeError(f"{self.name}: the mixer positions each {kind}'s DataLoader through its sampler, "
                             f"which must be a ResumableRandomSampler; got {type(loader).__name__} with "
                             f"{type(getattr(loader, 'sampler', None)).__name__}")
         if len(loader) == 0:
-            raise ValueError(f"task {task!r}: its training loader has no batches")
-        self.task, self.loader = task, loader
+            raise ValueError(f"{self.name}: its training loader has no batches")
+        self.loader = loader
         self.batches_per_epoch = len(loader)
         self.batches_read = 0  # since the first batch of its sampler's epoch 0
         self._batches: Iterator | None = None
@@ -97,7 +99,7 @@ class _TaskStream:
         try:
             batch = next(self._batches)
         except StopIteration:
-            raise RuntimeError(f"task {self.task!r}: its loader ended after {batches_done} batches of epoch {epoch} "
+            raise RuntimeError(f"{self.name}: its loader ended after {batches_done} batches of epoch {epoch} "
                                f"but reports {self.batches_per_epoch}") from None
         self.batches_read += 1
         return batch
@@ -153,7 +155,7 @@ class TaskMixer:
         else:
             self.weights = {}
         self.seed = seed
-        self._streams = {task: _TaskStream(task, loaders[task]) for task in self.tasks}
+        self._streams = {task: LoaderStream(task, loaders[task]) for task in self.tasks}
         if steps_per_epoch is None:
             lengths = [stream.batches_per_epoch for stream in self._streams.values()]
             steps_per_epoch = sum(lengths) if mixing == "sample" else max(lengths)

@@ -18,12 +18,12 @@ leaves every other file of the demo world as it was:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..json_records import write_json
+from .layout import add_world_arguments, world_settings
 from .render import render
 from .scene import single_object_scene
 from .split import split_rng
@@ -78,16 +78,10 @@ def write_classification(root: Path, seed: int, image_size: int, images_per_clas
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mammut.data.demo.classification",
                                      description="Write the demo world's zero-shot classification split.")
-    parser.add_argument("--out", default="data/demo", help="the demo world's root (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=None, help="default: the seed in <out>/manifest.json, else 0")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="default: the image size in <out>/manifest.json, else 64")
+    add_world_arguments(parser)
     parser.add_argument("--tiny", action="store_true", help=f"{TINY_IMAGES_PER_CLASS} images per class and split")
     args = parser.parse_args(argv)
-    manifest = Path(args.out) / "manifest.json"
-    written = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    seed = args.seed if args.seed is not None else written.get("seed", 0)
-    image_size = args.image_size if args.image_size is not None else written.get("image_size", 64)
+    seed, image_size = world_settings(args)
     info = write_classification(Path(args.out), seed, image_size,
                                 TINY_IMAGES_PER_CLASS if args.tiny else IMAGES_PER_CLASS)
     print(f"classification split in {classification_dir(Path(args.out))}: {info['classes']} classes, "

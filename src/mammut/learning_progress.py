@@ -1,0 +1,144 @@
+"""Mixing weights that follow learning progress: more of what the model is still learning from.
+
+Used for the sources of one task's training data (``mammut.data.source_mixing.SourceMixer``:
+the probability of drawing each source's next batch) and for the tasks of a joint run
+(``mammut.task_weighting``, ``task_weighting: adaptive``: each task's loss weight).
+
+The signal is learning progress, the recent decrease of each stream's training loss (Graves et
+al. 2017, "Automated Curriculum Learning for Neural Networks", Sec. 3; Matiisen et al. 2019,
+"Teacher-Student Curriculum Learning"), not the loss itself: a source of noisy alt-text keeps
+a high loss that no step lowers, and a source of near-duplicates soon has nothing left to
+teach; both make little progress, and both should give way to the data the model is still
+learning from. A rule that rewards the loss itself, as a bandit rewarded by loss (Albalak et al.
+2023, "Efficient Online Data Mixing for Language Model Pre-Training") would, favours exactly
+the noise. DoReMi (Xie et al. 2023) measures the loss against a reference model instead, which
+needs a reference run first; learning progress needs none.
+
+For each stream ``i``, on each step that trained on it, with its loss ``l`` (averaged over the
+data-parallel ranks, so every rank computes the same weights):
+
+    fast_i <- b_f * fast_i + (1 - b_f) * l        slow_i <- b_s * slow_i + (1 - b_s) * l
+    progress_i = max(slow_i - fast_i, 0) / slow_i       (the relative decrease of late)
+    w_i = floor + (1 - n * floor) * softmax_i(log prior_i + progress_i / (mean_j progress_j * temperature))
+
+Progress is divided by its mean over the streams, so the weights do not depend on the loss's
+scale or on how fast training goes overall: with ``temperature`` 1, a stream making twice the
+mean progress weighs e times one making the mean. Until every stream has been seen ``warmup``
+times, the weights are the priors, and both means follow the loss with ``b_f`` (the first steps'
+drop is not progress of the streams drawn first). ``floor`` keeps every stream drawn now and then, so that its
+progress is still measured and a source that becomes useful again is noticed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+MIXINGS = ("fixed", "adaptive")
+
+
+@dataclass
+class LearningProgressSettings:
+    """The rule's settings (``data.adaptive`` in a config). Defaults as measured in docs/adaptive-mixing.md.
+
+    Args:
+        floor: the least weight of any stream (a fraction of the total, below 1 / streams).
+        temperature: how sharply the weights follow progress; larger is closer to the priors.
+        fast_decay: the weight of the past in the recent loss (about the last 1 / (1 - b) steps of the stream).
+        slow_decay: the same for the older loss it is compared with.
+        warmup: steps of each stream before its weight changes.
+        signal: which part of the task's loss measures progress: ``loss`` (the whole) or a part
+            the task logs, e.g. ``contrastive_loss`` for pretraining.
+    """
+
+    floor: float = 0.05
+    temperature: float = 1.0
+    fast_decay: float = 0.9
+    slow_decay: float = 0.99
+    warmup: int = 20
+    signal: str = "loss"
+
+    def __post_init__(self):
+        if not 0 < self.fast_decay < self.slow_decay < 1:
+            raise ValueError(f"need 0 < fast_decay < slow_decay < 1, got {self.fast_decay} and {self.slow_decay}")
+        if self.temperature <= 0 or self.floor < 0 or self.warmup < 1:
+            raise ValueError(f"need temperature > 0, floor >= 0 and warmup >= 1, got {self.temperature}, "
+                             f"{self.floor} and {self.warmup}")
+
+
+class LearningProgressWeights:
+    """Each stream's weight (summing to 1): the priors (``adaptive=False``), or following learning progress as above.
+
+    Args:
+        priors: each stream's starting weight (positive; normalised here).
+        adaptive: follow learning progress; False keeps the priors.
+        settings: the rule's settings.
+    """
+
+    def __init__(self, priors: Mapping[str, float], adaptive: bool = True,
+                 settings: LearningProgressSettings | None = None):
+        if not priors:
+            raise ValueError("nothing to weigh: no streams")
+        for name, prior in priors.items():
+            if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not math.isfinite(prior) or prior <= 0:
+                raise ValueError(f"the weight of {name!r} must be a positive number, got {prior!r}")
+        self.names = sorted(priors)
+        total = sum(priors.values())
+        self.priors = {name: priors[name] / total for name in self.names}
+        self.adaptive = adaptive
+        self.settings = settings or LearningProgressSettings()
+        if self.settings.floor * len(self.names) >= 1:
+            raise ValueError(f"a floor of {self.settings.floor} for each of {len(self.names)} streams leaves nothing "
+                             "to adapt; lower it below 1 / streams")
+        self.fast: dict[str, float] = {}
+        self.slow: dict[str, float] = {}
+        self.seen = dict.fromkeys(self.names, 0)
+
+    def observe(self, losses: Mapping[str, float]) -> None:
+        """Take in this step's loss of each stream that trained (the same values on every rank)."""
+        s = self.settings
+        for name, loss in losses.items():
+            if name not in self.seen:
+                raise KeyError(f"no stream {name!r}; the streams are {self.names}")
+            if not math.isfinite(loss):
+                continue  # the loss guard stops the run; a non-finite value must not poison the means
+            if self.seen[name] == 0:
+                self.fast[name] = self.slow[name] = loss
+            else:
+                # In its warmup both means follow the loss closely, so that the first steps' drop,
+                # which any batch would give, is not credited to the streams drawn first.
+                slow_decay = s.fast_decay if self.seen[name] < s.warmup else s.slow_decay
+                self.fast[name] = s.fast_decay * self.fast[name] + (1 - s.fast_decay) * loss
+                self.slow[name] = slow_decay * self.slow[name] + (1 - slow_decay) * loss
+            self.seen[name] += 1
+
+    def progress(self) -> dict[str, float]:
+        """Each stream's relative loss decrease of late (0 before it was seen)."""
+        return {name: max(self.slow[name] - self.fast[name], 0.0) / self.slow[name]
+                if self.seen[name] and self.slow[name] > 0 else 0.0 for name in self.names}
+
+    def weights(self) -> dict[str, float]:
+        """Each stream's weight for the next step, summing to 1."""
+        s = self.settings
+        if not self.adaptive or min(self.seen.values()) < s.warmup:
+            return dict(self.priors)
+        progress = self.progress()
+        mean = sum(progress.values()) / len(progress)
+        if mean <= 0:  # nothing improves: nothing to prefer
+            return dict(self.priors)
+        logits = torch.tensor([math.log(self.priors[n]) + progress[n] / (mean * s.temperature) for n in self.names],
+                              dtype=torch.float64)
+        shares = torch.softmax(logits, dim=0).tolist()
+        return {name: s.floor + (1 - len(self.names) * s.floor) * share for name, share in zip(self.names, shares)}
+
+    def state_dict(self) -> dict:
+        return {"fast": dict(self.fast), "slow": dict(self.slow), "seen": dict(self.seen)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if sorted(state.get("seen", {})) != self.names:
+            raise ValueError(f"the saved mixing weights are of streams {sorted(state.get('seen', {}))}, "
+                             f"these of {self.names}")
+        self.fast, self.slow, self.seen = dict(state["fast"]), dict(state["slow"]), dict(state["seen"])

@@ -1,0 +1,24 @@
+"""A callback for the spawned ranks of a DDP test: each rank writes, per step, the source its mixer
+drew and the weights it drew with, to ``<folder>/rank<r>.json`` at the end of training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+from mammut.source_feedback import source_mixer
+
+
+class SourceTrace(Callback):
+    def __init__(self, folder: str):
+        self.folder, self.steps = Path(folder), []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        mixer = source_mixer(trainer)
+        self.steps.append({"step": trainer.global_step, "source": mixer.drawn, "weights": mixer.weighting.weights()})
+
+    def on_train_end(self, trainer, pl_module):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))

@@ -1,0 +1,206 @@
+"""Training data from several sources: the mixer draws them by weight, the learning-progress rule
+moves the weights (with a floor), a resumed mixer draws exactly what the uninterrupted one would
+have, and in a real run on two DDP ranks a pure-noise source loses weight, the ranks holding the
+same weights at every step."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from mammut.data.demo.scene import sample_scene
+from mammut.data.demo.web_sources import near_duplicates, noisy_pairs, write_web_sources
+from mammut.data.sampling import ResumableRandomSampler
+from mammut.data.source_mixing import SourceMixer
+from mammut.learning_progress import LearningProgressSettings, LearningProgressWeights
+from mammut.task_weighting import TaskWeighting
+from mammut.tasks.pretrain import ImageTextDataModule
+
+from distributed import fit_on_two_processes
+from tiny_run import Crash, checkpoint_every, run, scalars
+
+
+def loader(values: range, batch_size: int = 1) -> DataLoader:
+    dataset = TensorDataset(torch.tensor(list(values)))
+    return DataLoader(dataset, batch_size=batch_size, sampler=ResumableRandomSampler(len(dataset), seed=0),
+                      drop_last=True)
+
+
+def sources(**sizes: int) -> dict[str, DataLoader]:
+    """Source ``name`` of ``size`` samples holds the numbers name_index * 1000 + 0 .. size - 1."""
+    return {name: loader(range(1000 * i, 1000 * i + size)) for i, (name, size) in enumerate(sizes.items())}
+
+
+def test_the_mixer_draws_each_source_by_its_weight_within_three_sigma():
+    steps = 4000
+    mixer = SourceMixer(sources(a=10, b=7, c=3), LearningProgressWeights({"a": 1, "b": 2, "c": 5}, adaptive=False),
+                        seed=3, steps_per_epoch=steps)
+    drawn = [int(batch[0]) // 1000 for batch in mixer]
+    for index, share in enumerate((1 / 8, 2 / 8, 5 / 8)):
+        sigma = (share * (1 - share) / steps) ** 0.5
+        assert abs(drawn.count(index) / steps - share) < 3 * sigma, index
+
+
+def test_learning_progress_favours_the_falling_loss_and_the_floor_holds():
+    settings = LearningProgressSettings(floor=0.1, warmup=5)
+    weights = LearningProgressWeights({"learning": 1, "noise": 1, "learned": 1}, settings=settings)
+    assert weights.weights() == pytest.approx({"learning": 1 / 3, "noise": 1 / 3, "learned": 1 / 3})
+    generator = torch.Generator().manual_seed(0)
+    for step in range(200):
+        noise = float(torch.rand((), generator=generator))
+        weights.observe({"learning": 5.0 * 0.99 ** step, "noise": 4.5 + noise, "learned": 0.1})
+    now = weights.weights()
+    assert sum(now.values()) == pytest.approx(1.0)
+    assert now["learning"] > 0.6 and now["learning"] > 3 * max(now["noise"], now["learned"])
+    assert min(now.values()) >= 0.1 - 1e-12  # the floor
+    # One stream making all the progress still leaves the others their floor.
+    alone = LearningProgressWeights({"a": 1, "b": 1}, settings=LearningProgressSettings(floor=0.05, warmup=1,
+                                                                                        temperature=0.01))
+    for step in range(50):
+        alone.observe({"a": 10.0 / (step + 1), "b": 1.0})
+    assert alone.weights()["b"] == pytest.approx(0.05)
+
+
+def _observed_run(mixer: SourceMixer, steps: int) -> list[tuple[int, dict]]:
+    """Each step's batch and the weights it was drawn with; a source's loss is a fixed function of its
+    batch. A new pass starts when an epoch ends, as Lightning's next epoch does."""
+    trace = []
+    iterator = iter(mixer)
+    for _ in range(steps):
+        weights = mixer.weighting.weights()
+        try:
+            batch = int(next(iterator)[0])
+        except StopIteration:
+            iterator = iter(mixer)
+            batch = int(next(iterator)[0])
+        trace.append((batch, weights))
+        mixer.observe(5.0 / (1 + batch % 1000) if batch < 1000 else 3.0 + (batch % 7) / 10)
+    return trace
+
+
+def _adaptive_mixer() -> SourceMixer:
+    settings = LearningProgressSettings(warmup=3, floor=0.05)
+    return SourceMixer(sources(falling=40, flat=40), LearningProgressWeights({"falling": 1, "flat": 1},
+                                                                             settings=settings), seed=1)
+
+
+@pytest.mark.parametrize("steps_before", [0, 17, 80])  # mid-epoch, and across the mixer's epoch (80 steps)
+def test_a_resumed_mixer_draws_the_same_batches_with_the_same_weights(steps_before):
+    whole = _observed_run(_adaptive_mixer(), 120)
+    assert {w["falling"] for _, w in whole[60:]} != {0.5}  # the weights moved
+    interrupted = _adaptive_mixer()
+    before = _observed_run(interrupted, steps_before)
+    saved = json.loads(json.dumps(interrupted.state_dict()))  # plain data, as a checkpoint holds it
+    resumed = _adaptive_mixer()
+    resumed.load_state_dict(saved)
+    assert before + _observed_run(resumed, 120 - steps_before) == whole
+
+
+def test_bad_sources_and_settings_are_refused():
+    with pytest.raises(ValueError, match="weight of 'b' must be a positive number"):
+        LearningProgressWeights({"a": 1, "b": 0})
+    with pytest.raises(ValueError, match="floor of 0.5 for each of 2 streams"):
+        LearningProgressWeights({"a": 1, "b": 1}, settings=LearningProgressSettings(floor=0.5))
+    with pytest.raises(ValueError, match="fast_decay < slow_decay"):
+        LearningProgressSettings(fast_decay=0.99, slow_decay=0.9)
+    with pytest.raises(ValueError, match=r"sources \['a', 'b'\] but weights for \['a'\]"):
+        SourceMixer(sources(a=4, b=4), LearningProgressWeights({"a": 1}))
+
+
+# Real runs on the tiny demo world, its clean captions beside sources written by the generator.
+
+@pytest.fixture(scope="module")
+def noise_source(tiny_demo):
+    """Alt-text of which every caption belongs to another image: nothing to learn about images."""
+    info = write_web_sources(tiny_demo, seed=0, image_size=64, noisy_images=48, redundant_images=8,
+                             redundant_scenes=2, noisy_share=1.0, cut_share=0.0)
+    assert info["noisy"]["pairs"]["other image"] == 48
+    return tiny_demo
+
+
+SOURCES = ("--data.train_sources={clean: {annotations: annotations/captions_train.json, images: images/train}, "
+           "noise: {annotations: sources/noisy/captions.json, images: sources/noisy/images}}")
+ADAPTIVE = [SOURCES, "--data.mixing=adaptive", "--data.adaptive.warmup=5", "--data.adaptive.floor=0.1",
+            "--data.adaptive.signal=contrastive_loss", "--trainer.limit_val_batches=0"]
+
+
+@pytest.mark.slow
+def test_on_two_ddp_ranks_a_pure_noise_source_loses_weight_and_both_ranks_hold_the_same_weights(
+        noise_source, tmp_path):
+    trace = tmp_path / "trace"
+    overlay = tmp_path / "trace.yaml"
+    overlay.write_text("trainer:\n  callbacks:\n    - class_path: source_trace.SourceTrace\n"
+                       f"      init_args: {{folder: {trace}}}\n")
+    fit_on_two_processes(noise_source, tmp_path, "ddp", *ADAPTIVE, "--trainer.max_steps=60", "--model.warmup_steps=5",
+                         "--data.batch_size=4", f"--config={overlay}", timeout=400)
+    ranks = [json.loads((trace / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert len(ranks[0]) == 60 and ranks[0] == ranks[1]  # the same source and weights at every step
+    assert ranks[0][0]["weights"] == {"clean": 0.5, "noise": 0.5}  # the priors, before the warmup
+    last = ranks[0][-1]["weights"]
+    assert last["clean"] > 0.6 > last["noise"] >= 0.1, last  # noise gave way, down to no less than the floor
+    noise_steps = sum(step["source"] == "noise" for step in ranks[0])
+    assert 0 < noise_steps < 30, noise_steps
+    logged = scalars(tmp_path / "pretrain" / "version_0")  # rank 0's TensorBoard log of the weights
+    assert logged["train/sources/clean/weight"][-1][1] == pytest.approx(ranks[0][-1]["weights"]["clean"], abs=0.05)
+
+
+def test_adaptive_task_weighting_keeps_the_sum_and_favours_the_task_still_learning():
+    weighting = TaskWeighting({"pretrain": 1.0, "vqa": 2.0}, "adaptive", adaptive=LearningProgressSettings(warmup=5))
+    for step in range(100):
+        weighting.update({"pretrain": 3.0, "vqa": 4.0 * 0.98 ** step})
+    weights = weighting.weights()
+    assert sum(weights.values()) == pytest.approx(3.0) and weights["vqa"] > 2.0 > weights["pretrain"]
+    restored = TaskWeighting({"pretrain": 1.0, "vqa": 2.0}, "adaptive", adaptive=LearningProgressSettings(warmup=5))
+    restored.load_state_dict(json.loads(json.dumps(weighting.state_dict())))
+    assert restored.weights() == weights
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--data.mixing=adaptive"], "weighs data.train_sources, and none are set"),
+    (["--data.train_sources={clean/1: {annotations: a.json, images: i}}"], "source name 'clean/1'"),
+    (["--data.train_sources={clean: {annotations: a.json}}"], "data.train_sources.clean: .*images"),
+])
+def test_bad_source_settings_are_refused_with_the_setting_named(tiny_demo, tmp_path, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ImageTextDataModule(root=str(tiny_demo), **_parsed(arguments))
+
+
+def _parsed(arguments: list[str]) -> dict:
+    """``--data.key=yaml`` arguments as keyword arguments."""
+    return {argument.split("=", 1)[0].removeprefix("--data."): yaml.safe_load(argument.split("=", 1)[1])
+            for argument in arguments}
+
+
+@pytest.mark.slow
+def test_a_run_on_sources_resumed_mid_epoch_draws_the_same_sources_with_the_same_weights(noise_source, tmp_path):
+    common = [*ADAPTIVE, "--trainer.max_steps=12", "--data.adaptive.warmup=2", "--model.warmup_steps=2"]
+    run("fit", noise_source, tmp_path, *common, "--trainer.logger.init_args.version=whole")
+    with pytest.raises(Crash):
+        run("fit", noise_source, tmp_path, *common, "--trainer.logger.init_args.version=part",
+            *checkpoint_every(tmp_path, 1, crash_at=6))
+    last = tmp_path / "pretrain" / "part" / "checkpoints" / "last.ckpt"
+    run("fit", noise_source, tmp_path, *common, "--trainer.logger.init_args.version=resumed", f"--ckpt_path={last}")
+    whole, resumed = scalars(tmp_path / "pretrain" / "whole"), scalars(tmp_path / "pretrain" / "resumed")
+    assert {value for _, value in whole["train/sources/clean/weight"]} != {0.5}  # the weights moved
+    for tag in ("train/sources/clean/weight", "train/sources/clean/loss", "train/sources/noise/loss"):
+        after = [(step, value) for step, value in whole[tag] if step > 6]
+        assert after and resumed[tag] == pytest.approx(after, rel=1e-5), tag
+
+
+def test_the_demo_alt_text_has_the_stated_shares_of_mismatched_and_cut_captions():
+    rng = random.Random(0)
+    scenes = [sample_scene(rng, 64) for _ in range(2000)]
+    pairs = noisy_pairs(scenes, random.Random(1), noisy_share=0.4, cut_share=0.2)
+    kinds = [pair["kind"] for pair in pairs]
+    assert abs(kinds.count("other image") / 2000 - 0.4) < 0.04
+    assert abs(kinds.count("cut") / (2000 - kinds.count("other image")) - 0.2) < 0.04
+    assert all(len(pair["caption"].split()) >= 2 for pair in pairs)
+    copies = near_duplicates(random.Random(2), 64, scenes=4, images=40)
+    assert len({(c.objects[0].shape, c.objects[0].colour) for c in copies}) <= 4
+    assert all(len(c.objects) == 1 and c.objects[0].size == "large" for c in copies)
+    assert len({(c.objects[0].cx, c.objects[0].cy) for c in copies}) == 40  # each copy shifted
