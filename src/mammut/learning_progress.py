@@ -15,9 +15,10 @@ the noise. DoReMi (Xie et al. 2023) measures the loss against a reference model 
 needs a reference run first; learning progress needs none.
 
 For each stream ``i``, on each step that trained on it, with its loss ``l`` (averaged over the
-data-parallel ranks, so every rank computes the same weights):
+data-parallel ranks, so every rank computes the same weights) and ``k`` the steps since its
+previous loss (the means span steps of training, not draws of the stream):
 
-    fast_i <- b_f * fast_i + (1 - b_f) * l        slow_i <- b_s * slow_i + (1 - b_s) * l
+    fast_i <- b_f^k * fast_i + (1 - b_f^k) * l        slow_i <- b_s^k * slow_i + (1 - b_s^k) * l
     progress_i = max(slow_i - fast_i, 0) / slow_i       (the relative decrease of late)
     w_i = floor + (1 - n * floor) * softmax_i(log prior_i + progress_i / (mean_j progress_j * temperature))
 
@@ -47,7 +48,7 @@ class LearningProgressSettings:
     Args:
         floor: the least weight of any stream (a fraction of the total, below 1 / streams).
         temperature: how sharply the weights follow progress; larger is closer to the priors.
-        fast_decay: the weight of the past in the recent loss (about the last 1 / (1 - b) steps of the stream).
+        fast_decay: the weight of the past in the recent loss, per step (it spans about 1 / (1 - b) steps).
         slow_decay: the same for the older loss it is compared with.
         warmup: steps of each stream before its weight changes.
         signal: which part of the task's loss measures progress: ``loss`` (the whole) or a part
@@ -96,23 +97,34 @@ class LearningProgressWeights:
         self.fast: dict[str, float] = {}
         self.slow: dict[str, float] = {}
         self.seen = dict.fromkeys(self.names, 0)
+        self.last_step: dict[str, int] = {}  # the step of each stream's last loss, with ``observe(step=)``
 
-    def observe(self, losses: Mapping[str, float]) -> None:
-        """Take in this step's loss of each stream that trained (the same values on every rank)."""
+    def observe(self, losses: Mapping[str, float], step: int | None = None) -> None:
+        """Take in this step's loss of each stream that trained (the same values on every rank).
+
+        ``step`` counts training steps: the means then decay per step, not per draw, so that a
+        stream drawn rarely is not credited with the progress of all the steps between its draws
+        (its loss falls further between two draws than a frequent stream's does). Without it,
+        each call is one step (every stream trains at every step, as the tasks of a joint run).
+        """
         s = self.settings
         for name, loss in losses.items():
             if name not in self.seen:
                 raise KeyError(f"no stream {name!r}; the streams are {self.names}")
             if not math.isfinite(loss):
                 continue  # the loss guard stops the run; a non-finite value must not poison the means
+            steps = 1 if step is None or name not in self.last_step else max(step - self.last_step[name], 1)
+            if step is not None:
+                self.last_step[name] = step
             if self.seen[name] == 0:
                 self.fast[name] = self.slow[name] = loss
             else:
                 # In its warmup both means follow the loss closely, so that the first steps' drop,
                 # which any batch would give, is not credited to the streams drawn first.
                 slow_decay = s.fast_decay if self.seen[name] < s.warmup else s.slow_decay
-                self.fast[name] = s.fast_decay * self.fast[name] + (1 - s.fast_decay) * loss
-                self.slow[name] = slow_decay * self.slow[name] + (1 - slow_decay) * loss
+                fast, slow = s.fast_decay ** steps, slow_decay ** steps
+                self.fast[name] = fast * self.fast[name] + (1 - fast) * loss
+                self.slow[name] = slow * self.slow[name] + (1 - slow) * loss
             self.seen[name] += 1
 
     def progress(self) -> dict[str, float]:
@@ -135,10 +147,12 @@ class LearningProgressWeights:
         return {name: s.floor + (1 - len(self.names) * s.floor) * share for name, share in zip(self.names, shares)}
 
     def state_dict(self) -> dict:
-        return {"fast": dict(self.fast), "slow": dict(self.slow), "seen": dict(self.seen)}
+        return {"fast": dict(self.fast), "slow": dict(self.slow), "seen": dict(self.seen),
+                "last_step": dict(self.last_step)}
 
     def load_state_dict(self, state: Mapping) -> None:
         if sorted(state.get("seen", {})) != self.names:
             raise ValueError(f"the saved mixing weights are of streams {sorted(state.get('seen', {}))}, "
                              f"these of {self.names}")
         self.fast, self.slow, self.seen = dict(state["fast"]), dict(state["slow"]), dict(state["seen"])
+        self.last_step = dict(state.get("last_step", {}))

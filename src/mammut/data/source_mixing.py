@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mammut.data.task_mixing import LoaderStream, _generator
+from mammut.data.task_mixing import LoaderStream, epoch_generator
 from mammut.learning_progress import LearningProgressWeights
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class SourceMixer:
         """Take in the loss of the last batch given (averaged over the ranks)."""
         if self.drawn is None:
             raise RuntimeError("no batch was drawn yet: nothing to observe")
-        self.weighting.observe({self.drawn: loss})
+        self.weighting.observe({self.drawn: loss}, step=sum(self.batches_read.values()))
 
     @property
     def batches_read(self) -> dict[str, int]:
@@ -112,7 +112,7 @@ class SourceMixer:
 
     def _epoch_uniforms(self) -> list[float]:
         if self._uniforms is None or self._uniforms[0] != self.epoch:
-            generator = _generator(self.seed, self.epoch)
+            generator = epoch_generator(self.seed, self.epoch)
             self._uniforms = (self.epoch, torch.rand(self.steps_per_epoch, generator=generator,
                                                      dtype=torch.float64).tolist())
         return self._uniforms[1]

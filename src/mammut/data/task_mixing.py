@@ -59,7 +59,8 @@ def _check_weights(weights: Mapping[str, float], tasks: list[str]) -> None:
             raise ValueError(f"the mixing weight of task {task!r} must be a positive number, got {weight!r}")
 
 
-def _generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The draws of one epoch: seeded by (seed, epoch) alone, the same on every rank and in every process."""
     digest = hashlib.sha256(f"{seed}/{epoch}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
@@ -69,7 +70,7 @@ def _draw_tasks(weights: Mapping[str, float], seed: int, epoch: int, steps: int)
     probabilities = torch.tensor([float(weights[task]) for task in sorted(weights)], dtype=torch.float64)
     if steps == 0:
         return torch.zeros(0, dtype=torch.long)
-    return torch.multinomial(probabilities, steps, replacement=True, generator=_generator(seed, epoch))
+    return torch.multinomial(probabilities, steps, replacement=True, generator=epoch_generator(seed, epoch))
 
 
 class LoaderStream:
