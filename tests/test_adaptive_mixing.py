@@ -21,6 +21,7 @@ from mammut.data.source_mixing import SourceMixer
 from mammut.learning_progress import LearningProgressSettings, LearningProgressWeights
 from mammut.task_weighting import TaskWeighting
 from mammut.tasks.pretrain import ImageTextDataModule
+from mammut.tasks.pretrain.shard_data import ShardTextDataModule
 
 from distributed import fit_on_two_processes
 from tiny_run import Crash, checkpoint_every, run, scalars
@@ -232,3 +233,8 @@ def test_the_demo_alt_text_has_the_stated_shares_of_mismatched_and_cut_captions(
     assert len({(c.objects[0].shape, c.objects[0].colour) for c in copies}) <= 4
     assert all(len(c.objects) == 1 and c.objects[0].size == "large" for c in copies)
     assert len({(c.objects[0].cx, c.objects[0].cy) for c in copies}) == 40  # each copy shifted
+
+
+def test_shard_pretraining_refuses_map_style_sources_and_adaptive_mixing(tiny_demo):
+    with pytest.raises(ValueError, match="mixed by data.source_weights"):
+        ShardTextDataModule(root=str(tiny_demo), mixing="adaptive")

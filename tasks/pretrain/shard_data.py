@@ -64,6 +64,10 @@ class ShardTextDataModule(ImageTextDataModule):
                 captioning baseline, the most frequent one.
             **kwargs: those of ``ImageTextDataModule`` (val/test files, batch_size, root, ...).
         """
+        if kwargs.get("train_sources") or kwargs.get("mixing", "fixed") != "fixed":
+            raise ValueError("shard sources are the '::'-separated patterns of data.train_shards, mixed by "
+                             "data.source_weights (fixed); data.train_sources and data.mixing=adaptive are for "
+                             "COCO-format sources (docs/adaptive-mixing.md)")
         super().__init__(**kwargs)
         self.save_arguments(locals())
         if train_num_samples <= 0:
