@@ -49,7 +49,8 @@ def svg_chart(lines: dict[str, dict[int, float]], title: str) -> str:
         colour = COLOURS[index % len(COLOURS)]
         path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in sorted(values.items()))
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        parts.append(f'<text x="{WIDTH - MARGIN + 4}" y="{MARGIN + 16 * index}" fill="{colour}">{escape(name)}</text>')
+        parts.append(f'<text x="{WIDTH - MARGIN - 4}" y="{MARGIN + 16 * index}" text-anchor="end" fill="{colour}">'
+                     f"{escape(name)}</text>")
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
