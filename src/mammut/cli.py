@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import yaml
@@ -33,6 +34,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from mammut.machine import cpu_has_native_bf16
 from mammut.module import MammutModule
@@ -66,6 +68,9 @@ class MammutCLI(LightningCLI):
         check_deepspeed_can_run(config.trainer.strategy)
         warn_if_bf16_is_emulated(config.trainer.precision, config.trainer.accelerator)
 
+    def before_fit(self) -> None:
+        quiet_loader_resume_warning(self.datamodule)
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         data_parallel_over_every_process(trainer.strategy)
@@ -87,6 +92,21 @@ def data_parallel_over_every_process(strategy) -> None:
     if (isinstance(strategy, ModelParallelStrategy) and strategy._data_parallel_size == "auto"
             and strategy._tensor_parallel_size == 1):
         strategy._data_parallel_size = strategy.num_nodes * strategy.num_processes
+
+
+def quiet_loader_resume_warning(datamodule) -> bool:
+    """Silence Lightning's "your dataloader is not resumable" for a data module that resumes itself.
+
+    Lightning looks for ``state_dict`` on the loaders only. mammut's data modules keep the
+    epoch's position in their own state (saved in every checkpoint) and build a loader that
+    skips what was done, so a mid-epoch resume continues exactly (tests/test_pretrain.py):
+    the warning would be a false alarm. A data module without its own state keeps it.
+    Returns whether it was silenced."""
+    if type(datamodule).state_dict is L.LightningDataModule.state_dict:
+        return False
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended",
+                            category=PossibleUserWarning)
+    return True
 
 
 def warn_if_bf16_is_emulated(precision, accelerator) -> bool:
