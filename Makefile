@@ -56,11 +56,13 @@ $(DEMO)/shards/train/.written: | $(DEMO)/tokenizer.json
 		--images $(DEMO)/images/train --out $(DEMO)/shards/train --samples-per-shard 1000
 	touch $@
 
-# Pretraining sources with web data's flaws beside the clean captions (noisy alt-text, near-duplicates).
-$(DEMO)/sources/info.json: | $(DEMO)/video/train_qa.json
+# Pretraining sources with web data's flaws beside the clean captions (noisy alt-text, near-duplicates),
+# and the held-out target set of rule target_gain; the marker is written once all of them are.
+$(DEMO)/sources/.written: | $(DEMO)/video/train_qa.json
 	$(BIN)/python -m mammut.data.demo.web_sources --out $(DEMO)
+	touch $@
 
-data-sources: $(DEMO)/sources/info.json  ## write the demo's noisy and redundant pretraining sources (mammut.data.demo.web_sources)
+data-sources: $(DEMO)/sources/.written  ## write the demo's noisy and redundant pretraining sources and a held-out target set (mammut.data.demo.web_sources)
 
 pretrain-mixture: data data-sources  ## pretrain on clean, noisy and redundant sources (configs/pretrain_mixture.yaml; ARGS="--data.mixing=adaptive")
 	$(BIN)/mammut fit --config $(CONFIG) --config configs/pretrain_mixture.yaml $(ARGS)

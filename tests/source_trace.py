@@ -22,3 +22,23 @@ class SourceTrace(Callback):
     def on_train_end(self, trainer, pl_module):
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+
+class TargetLossAtEnds(Callback):
+    """Writes the target batch's loss (the mixer's signal) before the first step and after the last
+    to ``<path>``: what the gains the feedback measured, step by step, must add up to."""
+
+    def __init__(self, path: str):
+        self.path, self.ends = Path(path), []
+
+    def _target_loss(self, trainer, pl_module) -> float:
+        mixer = source_mixer(trainer)
+        target = trainer.strategy.batch_to_device(mixer.target, pl_module.device)
+        return float(pl_module.probe_loss(target)[mixer.weighting.settings.signal])
+
+    def on_train_start(self, trainer, pl_module):
+        self.ends.append(self._target_loss(trainer, pl_module))
+
+    def on_train_end(self, trainer, pl_module):
+        self.ends.append(self._target_loss(trainer, pl_module))
+        self.path.write_text(json.dumps(self.ends))

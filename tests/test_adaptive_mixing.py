@@ -144,14 +144,19 @@ ADAPTIVE = [SOURCES, "--data.mixing=adaptive", "--data.adaptive.warmup=10", "--d
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_draw_the_same_sources_with_the_same_weights_at_every_step(noise_source, tmp_path):
-    """Sources of uneven size (48 and 41 images over 2 ranks); the weights move after the warmup."""
+@pytest.mark.parametrize("rule", ["progress", "target_gain"])
+def test_two_ddp_ranks_draw_the_same_sources_with_the_same_weights_at_every_step(noise_source, tmp_path, rule):
+    """Sources of uneven size (48 and 41 images over 2 ranks); the weights move after the warmup.
+    With target_gain each rank probes its own slice of the target set, and the gains are averaged."""
     trace = tmp_path / "trace"
     overlay = tmp_path / "trace.yaml"
     overlay.write_text("trainer:\n  callbacks:\n    - class_path: source_trace.SourceTrace\n"
                        f"      init_args: {{folder: {trace}}}\n")
-    fit_on_two_processes(noise_source, tmp_path, "ddp", *ADAPTIVE, "--trainer.max_steps=30", "--model.warmup_steps=5",
-                         "--data.batch_size=4", f"--config={overlay}")
+    # The gains differ less between the sources than progress does: a lower temperature moves the weights.
+    target = ([*TARGET, "--data.adaptive_target.size=8", "--data.adaptive.temperature=0.25"]
+              if rule == "target_gain" else [])
+    fit_on_two_processes(noise_source, tmp_path, "ddp", *ADAPTIVE, *target, "--trainer.max_steps=30",
+                         "--model.warmup_steps=5", "--data.batch_size=4", f"--config={overlay}")
     ranks = [json.loads((trace / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert len(ranks[0]) == 30 and ranks[0] == ranks[1]  # the same source and weights at every step
     assert ranks[0][0]["weights"] == {"clean": 0.5, "noise": 0.5}  # the priors, before the warmup
@@ -160,6 +165,62 @@ def test_two_ddp_ranks_draw_the_same_sources_with_the_same_weights_at_every_step
     assert {step["source"] for step in ranks[0]} == {"clean", "noise"}
     logged = scalars(tmp_path / "pretrain" / "version_0")  # rank 0's TensorBoard log of the weights
     assert logged["train/sources/clean/weight"][-1][1] == pytest.approx(ranks[0][-1]["weights"]["clean"], abs=0.05)
+
+
+TARGET = ["--data.adaptive.rule=target_gain",
+          "--data.adaptive_target={annotations: annotations/captions_val.json, images: images/val, size: 16}"]
+
+
+@pytest.mark.slow
+def test_target_gain_adds_up_to_the_targets_loss_decrease_and_prefers_the_clean_source(noise_source, tmp_path):
+    """Each step's gain is the target's loss before it minus after it, credited to the source drawn:
+    over the run the gains add up to the target's loss at the start minus at the end. A step on
+    captions of random tokens helps a target of real captions less than a step on real ones (at a
+    constant learning rate, so that the schedule does not shrink later gains)."""
+    ends = tmp_path / "ends.json"
+    overlay = tmp_path / "ends.yaml"
+    overlay.write_text("trainer:\n  callbacks:\n    - class_path: source_trace.TargetLossAtEnds\n"
+                       f"      init_args: {{path: {ends}}}\n")
+    run("fit", noise_source, tmp_path, *ADAPTIVE, *TARGET, "--trainer.max_steps=24", "--model.warmup_steps=4",
+        "--model.min_lr_ratio=1.0", "--data.adaptive.warmup=4", f"--config={overlay}",
+        "--trainer.logger.init_args.version=gain")
+    logged = scalars(tmp_path / "pretrain" / "gain")
+    gains = {name: [value for _, value in logged[f"train/sources/{name}/gain"]] for name in ("clean", "noise")}
+    assert len(gains["clean"]) + len(gains["noise"]) == 24  # every step measured, credited to one source
+    first, last = json.loads(ends.read_text())
+    assert sum(gains["clean"]) + sum(gains["noise"]) == pytest.approx(first - last, abs=1e-4)
+    # Gains shrink as training goes on: a clean step right after a noise step must beat that trend.
+    by_step = {name: dict(logged[f"train/sources/{name}/gain"]) for name in ("clean", "noise")}
+    pairs = [(gain, by_step["noise"][step - 1]) for step, gain in by_step["clean"].items()
+             if step - 1 in by_step["noise"]]
+    assert len(pairs) >= 3 and all(clean > noise for clean, noise in pairs), pairs
+    weights = logged["train/sources/clean/weight"]
+    assert weights[0][1] == pytest.approx(0.5) and weights[-1][1] > 0.5
+
+
+def test_target_gain_weighs_sources_by_their_gain_and_resumes():
+    settings = LearningProgressSettings(rule="target_gain", warmup=3, floor=0.05)
+    weights = LearningProgressWeights({"helps": 1, "idle": 1, "harms": 1}, settings=settings)
+    for step in range(3):
+        weights.observe_gain("helps", 0.02, step=3 * step)
+        weights.observe_gain("idle", 0.0, step=3 * step + 1)
+        assert weights.weights() == pytest.approx({"helps": 1 / 3, "idle": 1 / 3, "harms": 1 / 3})  # warming up
+        weights.observe_gain("harms", -0.01, step=3 * step + 2)
+    now = weights.weights()
+    assert now["helps"] > now["idle"] > now["harms"] >= 0.05 - 1e-12
+    # Scale-free: ten times the gains and losses give the same weights.
+    scaled = LearningProgressWeights({"helps": 1, "idle": 1, "harms": 1}, settings=settings)
+    for step in range(3):
+        for offset, (name, gain) in enumerate((("helps", 0.2), ("idle", 0.0), ("harms", -0.1))):
+            scaled.observe_gain(name, gain, step=3 * step + offset)
+    assert scaled.weights() == pytest.approx(now)
+    restored = LearningProgressWeights({"helps": 1, "idle": 1, "harms": 1}, settings=settings)
+    restored.load_state_dict(json.loads(json.dumps(weights.state_dict())))
+    assert restored.weights() == now
+    with pytest.raises(ValueError, match="rule must be one of"):
+        LearningProgressSettings(rule="bandit")
+    with pytest.raises(ValueError, match="rule 'target_gain' weighs data sources"):
+        TaskWeighting({"pretrain": 1.0, "vqa": 1.0}, "adaptive", adaptive=settings)
 
 
 def test_adaptive_task_weighting_keeps_the_sum_and_favours_the_task_still_learning():
@@ -177,10 +238,21 @@ def test_adaptive_task_weighting_keeps_the_sum_and_favours_the_task_still_learni
     (["--data.mixing=adaptive"], "weighs data.train_sources, and none are set"),
     (["--data.train_sources={clean/1: {annotations: a.json, images: i}}"], "source name 'clean/1'"),
     (["--data.train_sources={clean: {annotations: a.json}}"], "data.train_sources.clean: .*images"),
+    ([SOURCES, "--data.mixing=adaptive", "--data.adaptive={rule: target_gain}"], "name one in data.adaptive_target"),
+    (["--data.adaptive_target={annotations: a.json, images: i, size: 1}"], "at least 2 images"),
 ])
 def test_bad_source_settings_are_refused_with_the_setting_named(tiny_demo, tmp_path, arguments, message):
     with pytest.raises(ValueError, match=message):
         ImageTextDataModule(root=str(tiny_demo), **_parsed(arguments))
+
+
+def test_a_target_set_too_small_for_its_batch_is_refused_naming_its_file(noise_source):
+    target = {"annotations": "annotations/captions_val.json", "images": "images/val", "size": 100}
+    data = ImageTextDataModule(root=str(noise_source), **_parsed([SOURCES, "--data.mixing=adaptive"]),
+                               adaptive={"rule": "target_gain"}, adaptive_target=target)
+    data.connect(image_size=32, context_length=24)
+    with pytest.raises(ValueError, match=r"captions_val.json\): 24 usable images, fewer than size 100"):
+        data.target_batch()
 
 
 def _parsed(arguments: list[str]) -> dict:
@@ -233,6 +305,14 @@ def test_the_demo_alt_text_has_the_stated_shares_of_mismatched_and_cut_captions(
     assert len({(c.objects[0].shape, c.objects[0].colour) for c in copies}) <= 4
     assert all(len(c.objects) == 1 and c.objects[0].size == "large" for c in copies)
     assert len({(c.objects[0].cx, c.objects[0].cy) for c in copies}) == 40  # each copy shifted
+
+
+def test_the_demo_target_set_is_held_out_clean_pairs_one_caption_each(noise_source):
+    target = json.loads((noise_source / "sources/target/captions.json").read_text())
+    train = json.loads((noise_source / "annotations/captions_train.json").read_text())
+    assert len(target["images"]) == len(target["annotations"]) == TINY["target_images"]
+    assert {image["id"] for image in target["images"]}.isdisjoint(image["id"] for image in train["images"])
+    assert all((noise_source / "sources/target/images" / image["file_name"]).is_file() for image in target["images"])
 
 
 def test_shard_pretraining_refuses_map_style_sources_and_adaptive_mixing(tiny_demo):

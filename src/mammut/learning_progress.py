@@ -28,6 +28,24 @@ mean progress weighs e times one making the mean. Until every stream has been se
 times, the weights are the priors, and both means follow the loss with ``b_f`` (the first steps'
 drop is not progress of the streams drawn first). ``floor`` keeps every stream drawn now and then, so that its
 progress is still measured and a source that becomes useful again is noticed.
+
+A stream's own loss credits it with progress that other streams' steps made (a noisy source's
+loss falls as the clean one is learned) and with progress that does not last (fitting what is
+particular to it, lost again once it is drawn less). ``rule: target_gain`` credits each source
+instead with what a step on its data does for a small held-out **target** set that the user
+trusts (``data.adaptive_target``): the target's loss just before the step minus just after it,
+
+    gain = l_target(theta_before) - l_target(theta_after)       (on the same target batch)
+
+the finite-difference form of DoGE's generalization estimate (Fan et al. 2023, "DoGE: Domain
+Reweighting with Generalization Estimation", Sec. 2: a domain's weight follows the inner product
+of its gradient with the target's) and Graves et al.'s prediction gain measured on held-out data
+(Sec. 3.1, "self prediction gain"). Each gain is averaged per source over steps as the slow mean
+above (``b_s^k``), and
+
+    w_i = floor + (1 - n * floor) * softmax_i(log prior_i + gain_i / (mean_j |gain_j| * temperature))
+
+A gain can be negative: a step that makes the target worse lowers its source's weight.
 """
 
 from __future__ import annotations
@@ -39,6 +57,7 @@ from dataclasses import dataclass
 import torch
 
 MIXINGS = ("fixed", "adaptive")
+RULES = ("progress", "target_gain")
 
 
 @dataclass
@@ -53,6 +72,11 @@ class LearningProgressSettings:
         warmup: steps of each stream before its weight changes.
         signal: which part of the task's loss measures progress: ``loss`` (the whole) or a part
             the task logs, e.g. ``contrastive_loss`` for pretraining.
+        rule: ``progress``, each stream's own loss decrease; or ``target_gain``, each source's
+            steps' gain on a held-out target batch (source mixing only; the data module names the
+            target set).
+        probe_every: with ``target_gain``, measure the gain of every k-th step (each measurement
+            costs a forward pass of the target batch, two when k > 1).
     """
 
     floor: float = 0.05
@@ -61,8 +85,14 @@ class LearningProgressSettings:
     slow_decay: float = 0.99
     warmup: int = 20
     signal: str = "loss"
+    rule: str = "progress"
+    probe_every: int = 1
 
     def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"the adaptive rule must be one of {RULES}, got {self.rule!r}")
+        if self.probe_every < 1:
+            raise ValueError(f"probe_every must be at least 1, got {self.probe_every}")
         if not 0 < self.fast_decay < self.slow_decay < 1:
             raise ValueError(f"need 0 < fast_decay < slow_decay < 1, got {self.fast_decay} and {self.slow_decay}")
         if self.temperature <= 0 or self.floor < 0 or self.warmup < 1:
@@ -98,6 +128,9 @@ class LearningProgressWeights:
         self.slow: dict[str, float] = {}
         self.seen = dict.fromkeys(self.names, 0)
         self.last_step: dict[str, int] = {}  # the step of each stream's last loss, with ``observe(step=)``
+        self.gain: dict[str, float] = {}  # ``target_gain``: each source's mean gain on the target
+        self.gains_seen = dict.fromkeys(self.names, 0)
+        self.last_gain_step: dict[str, int] = {}
 
     def observe(self, losses: Mapping[str, float], step: int | None = None) -> None:
         """Take in this step's loss of each stream that trained (the same values on every rank).
@@ -127,6 +160,20 @@ class LearningProgressWeights:
                 self.slow[name] = slow * self.slow[name] + (1 - slow) * loss
             self.seen[name] += 1
 
+    def observe_gain(self, name: str, gain: float, step: int) -> None:
+        """Take in the target's loss decrease that training step ``step``, on ``name``'s data, gave."""
+        if name not in self.gains_seen:
+            raise KeyError(f"no stream {name!r}; the streams are {self.names}")
+        if not math.isfinite(gain):
+            return
+        if self.gains_seen[name] == 0:
+            self.gain[name] = gain
+        else:
+            past = self.settings.slow_decay ** max(step - self.last_gain_step[name], 1)
+            self.gain[name] = past * self.gain[name] + (1 - past) * gain
+        self.last_gain_step[name] = step
+        self.gains_seen[name] += 1
+
     def progress(self) -> dict[str, float]:
         """Each stream's relative loss decrease of late (0 before it was seen)."""
         return {name: max(self.slow[name] - self.fast[name], 0.0) / self.slow[name]
@@ -135,20 +182,25 @@ class LearningProgressWeights:
     def weights(self) -> dict[str, float]:
         """Each stream's weight for the next step, summing to 1."""
         s = self.settings
-        if not self.adaptive or min(self.seen.values()) < s.warmup:
+        if s.rule == "target_gain":
+            credit, seen = self.gain, self.gains_seen
+            scale = sum(abs(g) for g in credit.values()) / len(self.names)
+        else:
+            credit, seen = self.progress(), self.seen
+            scale = sum(credit.values()) / len(self.names)
+        if not self.adaptive or min(seen.values()) < s.warmup:
             return dict(self.priors)
-        progress = self.progress()
-        mean = sum(progress.values()) / len(progress)
-        if mean <= 0:  # nothing improves: nothing to prefer
+        if scale <= 0:  # nothing improves: nothing to prefer
             return dict(self.priors)
-        logits = torch.tensor([math.log(self.priors[n]) + progress[n] / (mean * s.temperature) for n in self.names],
+        logits = torch.tensor([math.log(self.priors[n]) + credit[n] / (scale * s.temperature) for n in self.names],
                               dtype=torch.float64)
         shares = torch.softmax(logits, dim=0).tolist()
         return {name: s.floor + (1 - len(self.names) * s.floor) * share for name, share in zip(self.names, shares)}
 
     def state_dict(self) -> dict:
         return {"fast": dict(self.fast), "slow": dict(self.slow), "seen": dict(self.seen),
-                "last_step": dict(self.last_step)}
+                "last_step": dict(self.last_step), "gain": dict(self.gain), "gains_seen": dict(self.gains_seen),
+                "last_gain_step": dict(self.last_gain_step)}
 
     def load_state_dict(self, state: Mapping) -> None:
         if sorted(state.get("seen", {})) != self.names:
@@ -156,3 +208,5 @@ class LearningProgressWeights:
                              f"these of {self.names}")
         self.fast, self.slow, self.seen = dict(state["fast"]), dict(state["slow"]), dict(state["seen"])
         self.last_step = dict(state.get("last_step", {}))
+        self.gain, self.last_gain_step = dict(state.get("gain", {})), dict(state.get("last_gain_step", {}))
+        self.gains_seen = dict(state.get("gains_seen", dict.fromkeys(self.names, 0)))

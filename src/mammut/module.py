@@ -214,6 +214,21 @@ class MammutModule(CheckpointHooks, ShardingHooks, L.LightningModule):
         self._log_task_metrics({f"train/{name}": value for name, value in parts.items()})
         return {"loss": total, "parts": parts}  # the parts for ``SourceFeedback``, which weighs data sources
 
+    @torch.no_grad()
+    def probe_loss(self, batch) -> dict[str, Tensor]:
+        """The one task's loss and its parts on ``batch``, the weights as they are, changing nothing:
+        no gradients, nothing logged, the model in eval mode (no training-only draws, so that two
+        probes of one batch differ only by the weights). Every rank calls it alike (a contrastive
+        loss gathers over ranks)."""
+        was_training = self.training
+        self.train(False)
+        try:
+            with self.trainer.precision_plugin.forward_context():
+                task_loss = self.tasks[self._only_task()].loss(self.model, batch)
+        finally:
+            self.train(was_training)
+        return {"loss": task_loss.total.detach(), **{k: v.detach() for k, v in task_loss.parts.items()}}
+
     def _log_task_metrics(self, metrics: dict[str, Tensor]) -> None:
         """Straight to the loggers, at the logging interval: Lightning would repeat a metric's last
         value at every later step, and a task's loss exists only at the steps that drew it."""

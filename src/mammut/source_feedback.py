@@ -7,6 +7,12 @@ every rank joins, and hands it to the mixer, whose next draw then sees it on eve
 It logs each source's weight and its latest signal as ``train/sources/<name>/weight`` and
 ``.../loss`` at the logging interval, and gives TensorBoard a chart of all the weights in one
 plot (the Custom Scalars tab, "source mixing").
+
+With ``rule: target_gain`` it also measures, on every ``probe_every``-th step, the loss of the
+mixer's target batch just before the step and just after it (``MammutModule.probe_loss``; the
+"after" of one step is the "before" of the next, so probing every step costs one forward pass
+of the target batch per step), and hands the decrease, averaged over the ranks, to the mixer as
+the gain of the source drawn (logged as ``train/sources/<name>/gain``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ def source_mixer(trainer: L.Trainer) -> SourceMixer | None:
 
 
 class SourceFeedback(L.Callback):
+    def __init__(self):
+        self._before: float | None = None  # the target's loss before this step
+        self._after: tuple[int, float] | None = None  # (global step, the target's loss then)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         mixer = source_mixer(trainer)
         if mixer is None or not trainer.is_global_zero:
@@ -31,9 +41,21 @@ class SourceFeedback(L.Callback):
         layout = {"source mixing": {
             "weights": ["Multiline", [f"train/sources/{name}/weight" for name in mixer.sources]],
             "losses": ["Multiline", [f"train/sources/{name}/loss" for name in mixer.sources]]}}
+        if mixer.weighting.settings.rule == "target_gain":
+            layout["source mixing"]["gains"] = ["Multiline", [f"train/sources/{name}/gain" for name in mixer.sources]]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_custom_scalars(layout)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int):
+        mixer = source_mixer(trainer)
+        self._before = None
+        if mixer is None or not _probes(mixer) or trainer.global_step % mixer.weighting.settings.probe_every:
+            return
+        if self._after is not None and self._after[0] == trainer.global_step:
+            self._before = self._after[1]  # no step since that probe: the weights are the same
+        else:
+            self._before = self._probe(trainer, pl_module, mixer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
         mixer = source_mixer(trainer)
@@ -44,11 +66,34 @@ class SourceFeedback(L.Callback):
             signal = trainer.strategy.reduce(signal.to(pl_module.device), reduce_op="mean")
         loss = float(signal)
         mixer.observe(loss)
+        metrics = {f"train/sources/{mixer.drawn}/loss": loss}
+        if self._before is not None:
+            after = self._probe(trainer, pl_module, mixer)
+            mixer.observe_gain(self._before - after)
+            metrics[f"train/sources/{mixer.drawn}/gain"] = self._before - after
+            self._after = (trainer.global_step, after)
         if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
-            metrics = {f"train/sources/{name}/weight": weight for name, weight in mixer.weighting.weights().items()}
-            metrics[f"train/sources/{mixer.drawn}/loss"] = loss
+            metrics.update({f"train/sources/{name}/weight": w for name, w in mixer.weighting.weights().items()})
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+
+    @staticmethod
+    def _probe(trainer: L.Trainer, pl_module: L.LightningModule, mixer: SourceMixer) -> float:
+        """The target batch's loss (the signal part), averaged over the ranks."""
+        target = trainer.strategy.batch_to_device(mixer.target, pl_module.device)
+        value = pl_module.probe_loss(target)[mixer.weighting.settings.signal].float()
+        if trainer.world_size > 1:
+            value = trainer.strategy.reduce(value, reduce_op="mean")
+        return float(value)
+
+
+def _probes(mixer: SourceMixer) -> bool:
+    if mixer.weighting.settings.rule != "target_gain" or not mixer.weighting.adaptive:
+        return False
+    if mixer.target is None:
+        raise ValueError("data.adaptive.rule=target_gain measures each source's steps on a target set, and the data "
+                         "module gave none: set data.adaptive_target")
+    return True
 
 
 def _signal(outputs: dict, name: str) -> torch.Tensor:

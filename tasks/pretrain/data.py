@@ -17,7 +17,7 @@ from mammut.data.classification import ClassificationSet, ZeroShotSet, read_clas
 from mammut.data.classification_dataset import ClassificationStream, GatedLoader, collate_classification
 from mammut.data.images import load_rgb_image
 from mammut.data.source_mixing import SourceMixer
-from mammut.data.sources import TrainSource, plain_sources
+from mammut.data.sources import TargetSet, TrainSource, plain_sources, plain_target
 from mammut.learning_progress import MIXINGS, LearningProgressSettings, LearningProgressWeights
 from mammut.tasks.datamodule import SPLITS_READ, TaskDataModule
 from mammut.tasks.pretrain.task import CaptionInputs, caption_inputs
@@ -52,6 +52,7 @@ class ImageTextDataModule(TaskDataModule):
         train_sources: dict[str, TrainSource] | None = None,
         mixing: str = "fixed",
         adaptive: LearningProgressSettings | None = None,
+        adaptive_target: TargetSet | None = None,
         steps_per_epoch: int | None = None,
         **kwargs,
     ):
@@ -83,7 +84,10 @@ class ImageTextDataModule(TaskDataModule):
                 ``adaptive`` moves the weights towards the sources whose loss is still falling
                 (``mammut.learning_progress``; docs/adaptive-mixing.md).
             adaptive: the adaptive rule's settings (``LearningProgressSettings``: floor,
-                temperature, decays, warmup, signal).
+                temperature, decays, warmup, signal, rule, probe_every).
+            adaptive_target: with ``adaptive.rule: target_gain``, the held-out caption set
+                (``mammut.data.sources.TargetSet``, a COCO captions file) whose loss each source's steps are credited
+                with lowering; its first ``size`` images per rank, one caption each, never trained on.
             steps_per_epoch: with ``train_sources``, training steps per epoch (default: the
                 sources' batches together).
             **kwargs: those of ``TaskDataModule``: root, tokenizer, image_size, context_length,
@@ -92,7 +96,7 @@ class ImageTextDataModule(TaskDataModule):
         super().__init__(**kwargs)
         # Saved as plain data, which a checkpoint loads without unpickling any class.
         val_zeroshot, test_zeroshot = _plain(val_zeroshot), _plain(test_zeroshot)
-        train_sources = plain_sources(train_sources)
+        train_sources, adaptive_target = plain_sources(train_sources), plain_target(adaptive_target)
         adaptive = dataclasses.asdict(adaptive) if dataclasses.is_dataclass(adaptive) else adaptive
         self.save_arguments(locals())
         if mixing not in MIXINGS:
@@ -100,6 +104,9 @@ class ImageTextDataModule(TaskDataModule):
         if mixing == "adaptive" and not train_sources:
             raise ValueError("data.mixing=adaptive weighs data.train_sources, and none are set")
         self.mixing_settings = LearningProgressSettings(**(adaptive or {}))
+        if mixing == "adaptive" and self.mixing_settings.rule == "target_gain" and not adaptive_target:
+            raise ValueError("data.adaptive.rule=target_gain credits each source with its steps' gain on a target "
+                             "set: name one in data.adaptive_target (annotations, images)")
         self.source_records: dict[str, list[CaptionRecord]] = {}
         self.mixer: SourceMixer | None = None
         for split, sets in (("val", val_zeroshot), ("test", test_zeroshot)):
@@ -182,7 +189,29 @@ class ImageTextDataModule(TaskDataModule):
                                                        steps_per_epoch=h.steps_per_epoch)
         if previous is not None:  # reloaded loaders continue where the last ones were
             self.mixer.load_state_dict(previous.state_dict())
+        if weighting.adaptive and self.mixing_settings.rule == "target_gain":
+            self.mixer.target = self.target_batch()
         return self.mixer
+
+    def target_batch(self):
+        """This rank's batch of ``adaptive_target``: its own slice of the set's first images, one
+        caption each (drawn once, by the seed), without augmentation."""
+        h, target = self.hparams, self.hparams.adaptive_target
+        records, _ = read_captions(self.path(target["annotations"]), self.path(target["images"]), "train",
+                                   h.skip_bad_samples, format="coco")
+        rank, ranks = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        size = target["size"]
+        if len(records) < size * ranks:
+            raise ValueError(f"data.adaptive_target ({self.path(target['annotations'])}): {len(records)} usable "
+                             f"images, fewer than size {size} × {ranks} rank(s); lower data.adaptive_target.size")
+        dataset = CaptionDataset(records[rank * size:(rank + 1) * size], self.tokenizer,
+                                 image_transform(self.image_size, train=False), self.context_length, train=True,
+                                 seed=h.seed, skip_bad_samples=h.skip_bad_samples)
+        batch = collate_train([dataset[i] for i in range(len(dataset))])
+        if len(batch) < 2:
+            raise ValueError(f"data.adaptive_target ({self.path(target['annotations'])}): fewer than 2 of this rank's "
+                             f"{size} images could be read")
+        return batch
 
     # With sources, Lightning saves the mixer's position with the loader itself.
     def state_dict(self) -> dict:

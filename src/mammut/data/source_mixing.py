@@ -66,6 +66,7 @@ class SourceMixer:
             raise ValueError(f"steps_per_epoch must be positive, got {self.steps_per_epoch}")
         self.epoch, self.steps_done = 0, 0
         self.drawn: str | None = None  # the source of the last batch given
+        self.target: Any = None  # ``rule: target_gain``: this rank's batch of the target set, set by the data module
         self._uniforms: tuple[int, list[float]] | None = None
 
     def __len__(self) -> int:
@@ -86,6 +87,12 @@ class SourceMixer:
         if self.drawn is None:
             raise RuntimeError("no batch was drawn yet: nothing to observe")
         self.weighting.observe({self.drawn: loss}, step=sum(self.batches_read.values()))
+
+    def observe_gain(self, gain: float) -> None:
+        """Take in the target's loss decrease that the step on the last batch given made (averaged over the ranks)."""
+        if self.drawn is None:
+            raise RuntimeError("no batch was drawn yet: nothing to observe")
+        self.weighting.observe_gain(self.drawn, gain, step=sum(self.batches_read.values()))
 
     @property
     def batches_read(self) -> dict[str, int]:

@@ -26,6 +26,30 @@ class TrainSource:
     weight: float = 1.0  # the starting weight, relative to the other sources'
 
 
+@dataclasses.dataclass
+class TargetSet:
+    """A small held-out caption set that the user trusts: ``rule: target_gain`` weighs each source
+    by what its steps do for this set's loss (``mammut.learning_progress``). Never trained on."""
+
+    annotations: str  # relative to the data root
+    images: str
+    size: int = 128  # images per rank in the target batch (its first ones, one caption each)
+
+
+def plain_target(target: TargetSet | Mapping | None) -> dict | None:
+    if target is None:
+        return None
+    try:
+        plain = dataclasses.asdict(target if isinstance(target, TargetSet) else TargetSet(**target))
+    except TypeError as error:
+        raise ValueError(f"data.adaptive_target: {error}; a target set has annotations, images and optionally size") \
+            from None
+    if plain["size"] < 2:
+        raise ValueError(f"data.adaptive_target.size must be at least 2 images (a contrastive loss needs "
+                         f"negatives), got {plain['size']}")
+    return plain
+
+
 def plain_sources(sources: Mapping[str, TrainSource | dict] | None) -> dict[str, dict] | None:
     """Sources as plain dicts (what a checkpoint stores), checked: names fit metric keys, the fields are known."""
     if sources is None:

@@ -11,8 +11,11 @@ formats (COCO captions JSON and JPEG folders), to pretrain on beside the clean t
   same scene drawn again with other background noise, colour jitter and a pixel or two of
   shift, each copy with a caption of its own phrasing. It is learned early and then teaches
   nothing.
+- ``sources/target``: a small held-out set drawn as the clean training split is (one caption
+  each), never trained on: the set that ``rule: target_gain`` weighs the sources by, standing
+  for the curated data a user trusts (docs/adaptive-mixing.md).
 
-Their scenes come from their own random streams (seed, "noisy" / "redundant"), so writing them
+Their scenes come from their own random streams (seed, "noisy" / "redundant" / "target"), so writing them
 changes no other file of the demo world:
 
     python -m mammut.data.demo.web_sources --out data/demo     # make data-sources
@@ -39,12 +42,12 @@ from .split import split_rng
 from .world import COLOURS, SHAPES
 from .writer import GENERATOR_VERSION
 
-NOISY_IMAGES, REDUNDANT_IMAGES, REDUNDANT_SCENES = 20_000, 10_000, 20
-TINY = {"noisy_images": 48, "redundant_images": 48, "redundant_scenes": 4}
+NOISY_IMAGES, REDUNDANT_IMAGES, REDUNDANT_SCENES, TARGET_IMAGES = 20_000, 10_000, 20, 512
+TINY = {"noisy_images": 48, "redundant_images": 48, "redundant_scenes": 4, "target_images": 32}
 NOISY_SHARE, CUT_SHARE = 0.4, 0.2
 MIN_CUT_WORDS = 2
 # Image ids apart from the splits' (train from 1, val from 10 000 001, test from 20 000 001).
-ID_OFFSET = {"noisy": 30_000_000, "redundant": 40_000_000}
+ID_OFFSET = {"noisy": 30_000_000, "redundant": 40_000_000, "target": 50_000_000}
 SHIFT_PIXELS = 1.5  # the largest shift of a near-duplicate's object
 
 
@@ -98,8 +101,10 @@ def _captions_document(name: str, scenes: list[Scene], captions: list[str], kind
 
 def write_web_sources(root: Path, seed: int, image_size: int, noisy_images: int = NOISY_IMAGES,
                       redundant_images: int = REDUNDANT_IMAGES, redundant_scenes: int = REDUNDANT_SCENES,
-                      noisy_share: float = NOISY_SHARE, cut_share: float = CUT_SHARE, workers: int | None = None) -> dict:
-    """Write both sources under ``root/sources``; return their info (also written as ``sources/info.json``)."""
+                      target_images: int = TARGET_IMAGES, noisy_share: float = NOISY_SHARE,
+                      cut_share: float = CUT_SHARE, workers: int | None = None) -> dict:
+    """Write the sources and the target set under ``root/sources``; return their info (also
+    written as ``sources/info.json``)."""
     if not 0 <= noisy_share <= 1 or not 0 <= cut_share <= 1:
         raise ValueError(f"the noisy and cut shares are fractions, got {noisy_share} and {cut_share}")
     if not 0 < redundant_scenes <= redundant_images:
@@ -110,12 +115,16 @@ def write_web_sources(root: Path, seed: int, image_size: int, noisy_images: int 
     pairs = noisy_pairs(noisy_scenes, rng, noisy_share, cut_share)
     rng = split_rng(seed, "train", "redundant")
     redundant = near_duplicates(rng, image_size, redundant_scenes, redundant_images)
+    rng_target = split_rng(seed, "train", "target")
+    target = [sample_scene(rng_target, image_size) for _ in range(target_images)]
     documents = {
         "noisy": (noisy_scenes, [p["caption"] for p in pairs], [p["kind"] for p in pairs],
                   f"mammut demo world: alt-text ({noisy_share:.0%} of another image, {cut_share:.0%} of the rest cut)"),
         "redundant": (redundant, [draw_caption(scene, rng, complete=False) for scene in redundant],
                       ["near duplicate"] * len(redundant),
                       f"mammut demo world: {redundant_images} near-duplicates of {redundant_scenes} scenes"),
+        "target": (target, [draw_caption(scene, rng_target, complete=False) for scene in target],
+                   ["clean"] * len(target), f"mammut demo world: {target_images} held-out clean pairs (a target set)"),
     }
     jobs = []
     for name, (scenes, captions, kinds, description) in documents.items():
@@ -142,7 +151,7 @@ def write_web_sources(root: Path, seed: int, image_size: int, noisy_images: int 
                                                 "cut_share": cut_share,
                                                 "pairs": {k: sum(p["kind"] == k for p in pairs)
                                                           for k in ("clean", "other image", "cut")}},
-            "redundant": {"images": redundant_images, "scenes": redundant_scenes}}
+            "redundant": {"images": redundant_images, "scenes": redundant_scenes}, "target": {"images": target_images}}
     write_json(folder / "info.json", info)
     return info
 
@@ -162,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     info = write_web_sources(Path(args.out), seed, image_size, noisy_share=args.noisy_share,
                              cut_share=args.cut_share, **sizes)
     print(f"sources in {sources_dir(Path(args.out))}: noisy {info['noisy']['pairs']}, redundant "
-          f"{info['redundant']['images']} images of {info['redundant']['scenes']} scenes")
+          f"{info['redundant']['images']} images of {info['redundant']['scenes']} scenes, target "
+          f"{info['target']['images']} images")
     return 0
 
 
