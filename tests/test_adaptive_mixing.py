@@ -315,6 +315,16 @@ def test_the_demo_target_set_is_held_out_clean_pairs_one_caption_each(noise_sour
     assert all((noise_source / "sources/target/images" / image["file_name"]).is_file() for image in target["images"])
 
 
-def test_shard_pretraining_refuses_map_style_sources_and_adaptive_mixing(tiny_demo):
-    with pytest.raises(ValueError, match="mixed by data.source_weights"):
+def test_shard_sources_are_their_patterns_and_bad_settings_are_refused(tiny_demo):
+    """Shard sources are the '::' patterns of train_shards (tests/test_shards_resume.py mixes them)."""
+    with pytest.raises(ValueError, match="data.train_sources is for COCO-format sources"):
+        ShardTextDataModule(root=str(tiny_demo), train_sources={"a": {"annotations": "a.json", "images": "i"}})
+    with pytest.raises(ValueError, match="give each its starting weight in data.source_weights"):
         ShardTextDataModule(root=str(tiny_demo), mixing="adaptive")
+    with pytest.raises(ValueError, match="data.source_names: the source name 'a/b'"):
+        ShardTextDataModule(root=str(tiny_demo), source_weights=[1], source_names=["a/b"])
+    with pytest.raises(ValueError, match="name one in data.adaptive_target"):
+        ShardTextDataModule(root=str(tiny_demo), source_weights=[1], mixing="adaptive", adaptive={"rule": "target_gain"})
+    with pytest.raises(ValueError, match="1 names for 2 '::'-separated patterns"):
+        ShardTextDataModule(root=str(tiny_demo), train_shards="a/*.tar::b/*.tar", source_weights=[1, 2],
+                            source_names=["only"])

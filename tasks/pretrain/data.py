@@ -183,13 +183,19 @@ class ImageTextDataModule(TaskDataModule):
         self.read_records("train")
         loaders = {name: self.train_loader(self.dataset_of(records, train=True), self.collate_train)
                    for name, records in self.source_records.items()}
-        weighting = LearningProgressWeights({name: s["weight"] for name, s in h.train_sources.items()},
-                                            adaptive=h.mixing == "adaptive", settings=self.mixing_settings)
-        previous, self.mixer = self.mixer, SourceMixer(loaders, weighting, seed=h.seed,
-                                                       steps_per_epoch=h.steps_per_epoch)
-        if previous is not None:  # reloaded loaders continue where the last ones were
+        return self.source_mixer(loaders, {name: s["weight"] for name, s in h.train_sources.items()},
+                                 adaptive=h.mixing == "adaptive", steps_per_epoch=h.steps_per_epoch)
+
+    def source_mixer(self, loaders: dict[str, DataLoader], priors: dict[str, float], adaptive: bool,
+                     steps_per_epoch: int | None) -> SourceMixer:
+        """The mixer over the sources' loaders, continuing where the last one was (Lightning reloads
+        loaders), with the target batch of ``rule: target_gain``."""
+        weighting = LearningProgressWeights(priors, adaptive=adaptive, settings=self.mixing_settings)
+        previous, self.mixer = self.mixer, SourceMixer(loaders, weighting, seed=self.hparams.seed,
+                                                       steps_per_epoch=steps_per_epoch)
+        if previous is not None:
             self.mixer.load_state_dict(previous.state_dict())
-        if weighting.adaptive and self.mixing_settings.rule == "target_gain":
+        if adaptive and self.mixing_settings.rule == "target_gain":
             self.mixer.target = self.target_batch()
         return self.mixer
 

@@ -19,6 +19,9 @@ from mammut.data.shard_files import (expand_shard_patterns, is_local, missing_lo
                                      stats_sample_count)
 from mammut.data.shard_reader import read_shard
 from mammut.data.shard_streams import ShardSource
+from mammut.data.source_mixing import SourceMixer
+from mammut.data.sources import check_source_name
+from mammut.learning_progress import MIXINGS
 from mammut.tasks.datamodule import SPLITS_READ
 from mammut.tasks.pretrain.data import ImageTextDataModule
 from mammut.tasks.pretrain.task import CaptionInputs
@@ -39,6 +42,8 @@ class ShardTextDataModule(ImageTextDataModule):
         train_shards: str = "shards/train/{00000..00019}.tar",
         train_num_samples: int = 20_000,
         source_weights: list[float] | None = None,
+        source_names: list[str] | None = None,
+        mixing: str = "fixed",
         resampled: bool = False,
         caption_field: str | None = None,
         shuffle_buffer: int = 1000,
@@ -55,6 +60,12 @@ class ShardTextDataModule(ImageTextDataModule):
             source_weights: one weight per ``::``-separated pattern, each then a source of its own,
                 mixed sample by sample in proportion (open_clip's upsampling factors); None: the
                 patterns are one list.
+            source_names: one name per source (default ``source0``, ``source1``, ...); the logged
+                weights and losses of ``mixing: adaptive`` are keyed by them.
+            mixing: ``fixed`` mixes the sources sample by sample by ``source_weights``;
+                ``adaptive`` draws each batch's source, the weights starting at ``source_weights``
+                and moved by the rule of ``data.adaptive`` (``mammut.data.source_mixing``, as for
+                COCO-format ``train_sources``; docs/adaptive-mixing.md).
             resampled: draw shards with replacement, each rank and worker from its own random
                 source; else every shard is read once per epoch, split among ranks and workers.
             caption_field: None for ``<key>.txt``; else the field of ``<key>.json`` that holds the
@@ -64,12 +75,28 @@ class ShardTextDataModule(ImageTextDataModule):
                 captioning baseline, the most frequent one.
             **kwargs: those of ``ImageTextDataModule`` (val/test files, batch_size, root, ...).
         """
-        if kwargs.get("train_sources") or kwargs.get("mixing", "fixed") != "fixed":
-            raise ValueError("shard sources are the '::'-separated patterns of data.train_shards, mixed by "
-                             "data.source_weights (fixed); data.train_sources and data.mixing=adaptive are for "
-                             "COCO-format sources (docs/adaptive-mixing.md)")
-        super().__init__(**kwargs)
+        if kwargs.get("train_sources"):
+            raise ValueError("shard sources are the '::'-separated patterns of data.train_shards, weighed by "
+                             "data.source_weights; data.train_sources is for COCO-format sources "
+                             "(docs/adaptive-mixing.md)")
+        super().__init__(**kwargs)  # its mixing is of train_sources: this module's is its own
         self.save_arguments(locals())
+        if mixing not in MIXINGS:
+            raise ValueError(f"data.mixing must be one of {MIXINGS}, got {mixing!r}")
+        if mixing == "adaptive" and source_weights is None:
+            raise ValueError("data.mixing=adaptive weighs the '::'-separated patterns of data.train_shards as "
+                             "sources: give each its starting weight in data.source_weights")
+        if mixing == "adaptive" and self.mixing_settings.rule == "target_gain" and not self.hparams.adaptive_target:
+            raise ValueError("data.adaptive.rule=target_gain credits each source with its steps' gain on a target "
+                             "set: name one in data.adaptive_target (annotations, images)")
+        if source_names is not None:
+            if len(source_names) != len(train_shards.split("::")):
+                raise ValueError(f"data.source_names has {len(source_names)} names for "
+                                 f"{len(train_shards.split('::'))} '::'-separated patterns of data.train_shards")
+            for name in source_names:
+                check_source_name(name, "data.source_names")
+            if len(set(source_names)) != len(source_names):
+                raise ValueError(f"data.source_names must differ from each other, got {source_names}")
         if train_num_samples <= 0:
             raise ValueError(f"data.train_num_samples must be positive, got {train_num_samples}")
         if source_weights is not None and any(w <= 0 for w in source_weights):
@@ -84,7 +111,7 @@ class ShardTextDataModule(ImageTextDataModule):
         return expand_shard_patterns(patterns)
 
     def sources(self) -> list[ShardSource]:
-        groups, weights = self.shard_groups(), self.hparams.source_weights
+        groups, weights, names = self.shard_groups(), self.hparams.source_weights, self.hparams.source_names
         if weights is None:
             groups, weights = [[shard for group in groups for shard in group]], [1.0]
         elif len(weights) != len(groups):
@@ -92,11 +119,12 @@ class ShardTextDataModule(ImageTextDataModule):
                              f"shard patterns in data.train_shards")
         sources = []
         for index, (shards, weight) in enumerate(zip(groups, weights)):
+            name = names[index] if names else f"source{index}"
             missing = missing_local_shards(shards)
             if missing:
-                log.warning("source %d: %d of its %d shards are missing (%s%s); each is a skipped sample when read",
-                            index, len(missing), len(shards), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "")
-            sources.append(ShardSource(f"source{index}", tuple(shards), float(weight),
+                log.warning("source %s: %d of its %d shards are missing (%s%s); each is a skipped sample when read",
+                            name, len(missing), len(shards), ", ".join(missing[:3]), ", ..." if len(missing) > 3 else "")
+            sources.append(ShardSource(name, tuple(shards), float(weight),
                                        tuple(stats_sample_count(shard) for shard in shards)))
         return sources
 
@@ -138,10 +166,12 @@ class ShardTextDataModule(ImageTextDataModule):
                                    self.context_length, h.batch_size, batches, h.caption_field, h.resampled,
                                    h.shuffle_buffer, h.seed, rank, world_size, h.skip_bad_samples)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | SourceMixer:
         h = self.hparams
         shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
         rank, world_size = shard.get("rank", 0), shard.get("num_replicas", 1)
+        if h.mixing == "adaptive":
+            return self.adaptive_mixer(rank, world_size)
         dataset = self.train_dataset(rank, world_size)
         epoch, samples_done = self.resume_point
         dataset.set_epoch(epoch)
@@ -161,8 +191,34 @@ class ShardTextDataModule(ImageTextDataModule):
         loader.sampler.set_epoch = dataset.set_epoch
         return loader
 
+    def adaptive_mixer(self, rank: int, world_size: int) -> SourceMixer:
+        """A loader per source, each an endless stream of its own shards, and the mixer that draws
+        each batch's source. A source's epoch (when its stream starts again) is its samples by the
+        stats files, or else its weight's share of ``train_num_samples``; the mixer's epoch is
+        ``train_num_samples``."""
+        h, sources = self.hparams, self.sources()
+        total_weight = sum(source.weight for source in sources)
+        loaders = {}
+        for source in sources:
+            counts = source.sample_counts
+            samples = sum(counts) if counts and None not in counts else h.train_num_samples * source.weight / total_weight
+            dataset = ShardCaptionDataset([source], self.tokenizer, image_transform(self.image_size, train=True),
+                                          self.context_length, h.batch_size,
+                                          max(1, int(samples) // (h.batch_size * world_size)), h.caption_field,
+                                          h.resampled, h.shuffle_buffer, h.seed, rank, world_size, h.skip_bad_samples)
+            loaders[source.name] = DataLoader(dataset, batch_size=h.batch_size, num_workers=h.num_workers,
+                                              collate_fn=self.collate_train)
+        return self.source_mixer(loaders, {source.name: source.weight for source in sources}, adaptive=True,
+                                 steps_per_epoch=self.steps_per_rank(world_size))
+
+    def steps_per_rank(self, world_size: int) -> int:
+        return self.hparams.train_num_samples // (self.hparams.batch_size * world_size)
+
     # Mid-epoch resume: the position as TaskDataModule records it, with the layout it was saved in.
+    # With adaptive mixing Lightning saves the mixer's position with the loader itself.
     def state_dict(self) -> dict:
+        if self.hparams.mixing == "adaptive":
+            return {}
         state = super().state_dict()
         if state:
             ranks = (self.trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)

@@ -50,6 +50,12 @@ def plain_target(target: TargetSet | Mapping | None) -> dict | None:
     return plain
 
 
+def check_source_name(name: str, setting: str) -> None:
+    if not SOURCE_NAME.fullmatch(name):
+        raise ValueError(f"{setting}: the source name {name!r} may hold only letters, digits, '_' and '-' (it names "
+                         "the source's metrics)")
+
+
 def plain_sources(sources: Mapping[str, TrainSource | dict] | None) -> dict[str, dict] | None:
     """Sources as plain dicts (what a checkpoint stores), checked: names fit metric keys, the fields are known."""
     if sources is None:
@@ -58,9 +64,7 @@ def plain_sources(sources: Mapping[str, TrainSource | dict] | None) -> dict[str,
         raise ValueError("data.train_sources is empty: name at least one source, or leave it unset")
     plain = {}
     for name, spec in sources.items():
-        if not SOURCE_NAME.fullmatch(name):
-            raise ValueError(f"data.train_sources: the source name {name!r} may hold only letters, digits, '_' and "
-                             "'-' (it names the source's metrics)")
+        check_source_name(name, "data.train_sources")
         try:
             source = spec if isinstance(spec, TrainSource) else TrainSource(**spec)
         except TypeError as error:

@@ -75,13 +75,17 @@ def _draw_tasks(weights: Mapping[str, float], seed: int, epoch: int, steps: int)
 
 class LoaderStream:
     """One DataLoader (a task's, or a source's: ``kind``) read as an endless stream of batches, its
-    sampler's epochs one after another."""
+    epochs one after another. It is positioned (an epoch, the batches done in it) through its
+    sampler, a ``ResumableRandomSampler``, or, for a stream of tar shards, through its dataset's
+    own ``set_epoch`` and ``resume`` (``mammut.data.shard_dataset.ShardCaptionDataset``)."""
 
     def __init__(self, name: str, loader: DataLoader, kind: str = "task"):
         self.name = f"{kind} {name!r}"
-        if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, ResumableRandomSampler):
+        if not isinstance(loader, DataLoader) or not (isinstance(loader.sampler, ResumableRandomSampler)
+                                                      or _positions_itself(loader.dataset)):
             raise TypeError(f"{self.name}: the mixer positions each {kind}'s DataLoader through its sampler, "
-                            f"which must be a ResumableRandomSampler; got {type(loader).__name__} with "
+                            f"which must be a ResumableRandomSampler, or through a dataset with set_epoch and "
+                            f"resume; got {type(loader).__name__} with "
                             f"{type(getattr(loader, 'sampler', None)).__name__}")
         if len(loader) == 0:
             raise ValueError(f"{self.name}: its training loader has no batches")
@@ -107,10 +111,18 @@ class LoaderStream:
 
     def _start(self, epoch: int, batches_done: int) -> Iterator:
         sampler = self.loader.sampler
-        sampler.set_epoch(epoch)
-        # resume() counts samples of the whole permutation, all ranks together; 0 also clears an older offset.
-        sampler.resume(epoch, batches_done * self.loader.batch_size * sampler.num_replicas)
+        if isinstance(sampler, ResumableRandomSampler):
+            sampler.set_epoch(epoch)
+            # resume() counts samples of the whole permutation, all ranks together; 0 also clears an older offset.
+            sampler.resume(epoch, batches_done * self.loader.batch_size * sampler.num_replicas)
+        else:  # a stream of shards: its batches per rank; 0 also clears an older offset
+            self.loader.dataset.set_epoch(epoch)
+            self.loader.dataset.resume(epoch, batches_done)
         return iter(self.loader)
+
+
+def _positions_itself(dataset) -> bool:
+    return callable(getattr(dataset, "set_epoch", None)) and callable(getattr(dataset, "resume", None))
 
 
 MIXING_MODES = ("sample", "all")
