@@ -14,7 +14,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 CKPT    ?= $(shell ls -t runs/pretrain/*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data pretrain pretrain-shards data-sources pretrain-mixture finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection finetune-detection-selftrain multitask results tensorboard test test-fast bench clean
+.PHONY: help install data pretrain pretrain-shards pretrain-shards-mixture data-sources pretrain-mixture finetune-vqa finetune-vqa-peft finetune-vqa-lora finetune-vqa-peft-lora finetune-video finetune-detection finetune-detection-selftrain multitask results tensorboard test test-fast bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -57,9 +57,14 @@ $(DEMO)/shards/train/.written: | $(DEMO)/tokenizer.json
 	touch $@
 
 # Pretraining sources with web data's flaws beside the clean captions (noisy alt-text, near-duplicates),
-# and the held-out target set of rule target_gain; the marker is written once all of them are.
+# also as tar shards (numbered apart from the training split's, so that keys stay unique), and the
+# held-out target set of rule target_gain; the marker is written once all of them are.
 $(DEMO)/sources/.written: | $(DEMO)/video/train_qa.json
 	$(BIN)/python -m mammut.data.demo.web_sources --out $(DEMO)
+	$(BIN)/python -m mammut.data.write_shards --captions $(DEMO)/sources/noisy/captions.json \
+		--images $(DEMO)/sources/noisy/images --out $(DEMO)/shards/noisy --samples-per-shard 1000 --first-shard 100
+	$(BIN)/python -m mammut.data.write_shards --captions $(DEMO)/sources/redundant/captions.json \
+		--images $(DEMO)/sources/redundant/images --out $(DEMO)/shards/redundant --samples-per-shard 1000 --first-shard 200
 	touch $@
 
 data-sources: $(DEMO)/sources/.written  ## write the demo's noisy and redundant pretraining sources and a held-out target set (mammut.data.demo.web_sources)
@@ -69,6 +74,9 @@ pretrain-mixture: data data-sources  ## pretrain on clean, noisy and redundant s
 
 pretrain-shards: data $(DEMO)/shards/train/.written  ## pretrain as `make pretrain`, the training data read from tar shards (configs/pretrain_shards.yaml)
 	$(BIN)/mammut fit --config configs/pretrain_shards.yaml $(ARGS)
+
+pretrain-shards-mixture: data data-sources $(DEMO)/shards/train/.written  ## the flawed sources' mixture read from shards (configs/pretrain_shards_mixture.yaml; ARGS="--data.mixing=adaptive")
+	$(BIN)/mammut fit --config configs/pretrain_shards.yaml --config configs/pretrain_shards_mixture.yaml $(ARGS)
 
 finetune-vqa: data  ## fine-tune the pretrained model for VQA (CKPT=... to choose the checkpoint)
 	@test -n "$(CKPT)" || { echo "no checkpoint in runs/pretrain: run 'make pretrain' first, or pass CKPT=path/to.ckpt"; exit 1; }

@@ -1,5 +1,6 @@
-"""A callback for the spawned ranks of a DDP test: each rank writes, per step, the source its mixer
-drew and the weights it drew with, to ``<folder>/rank<r>.json`` at the end of training."""
+"""Callbacks for tests of source mixing. ``SourceTrace``, for the spawned ranks of a DDP test: each
+rank writes, per step, the source its mixer drew, the weights it drew with and the progress rule's
+recent loss of each source, to ``<folder>/rank<r>.json`` at the end of training."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class SourceTrace(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         mixer = source_mixer(trainer)
-        self.steps.append({"step": trainer.global_step, "source": mixer.drawn, "weights": mixer.weighting.weights()})
+        self.steps.append({"step": trainer.global_step, "source": mixer.drawn, "weights": mixer.weighting.weights(),
+                           "recent_losses": dict(mixer.weighting.fast)})
 
     def on_train_end(self, trainer, pl_module):
         self.folder.mkdir(parents=True, exist_ok=True)

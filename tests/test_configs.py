@@ -23,6 +23,7 @@ OVERLAYS = {"configs/finetune_vqa_peft.yaml": "configs/finetune_vqa.yaml",
             "configs/finetune_vqa_lora.yaml": "configs/finetune_vqa.yaml",
             "configs/pretrain_fusion.yaml": "configs/pretrain.yaml",
             "configs/pretrain_mixture.yaml": "configs/pretrain.yaml",
+            "configs/pretrain_shards_mixture.yaml": "configs/pretrain_shards.yaml",
             "configs/finetune_detection_selftrain.yaml": "configs/finetune_detection.yaml",
             "configs/finetune_detection_text.yaml": "configs/finetune_detection.yaml"}
 
