@@ -196,6 +196,12 @@ def test_target_gain_adds_up_to_the_targets_loss_decrease_and_prefers_the_clean_
     assert weights[0][1] == pytest.approx(0.5) and weights[-1][1] > 0.5
 
 
+def test_target_gain_refuses_steps_of_several_batches(noise_source, tmp_path):
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2 makes a step of several batches"):
+        run("fit", noise_source, tmp_path, *ADAPTIVE, *TARGET, "--trainer.max_steps=2",
+            "--trainer.accumulate_grad_batches=2")
+
+
 def test_target_gain_weighs_sources_by_their_gain_and_resumes():
     settings = LearningProgressSettings(rule="target_gain", warmup=3, floor=0.05)
     weights = LearningProgressWeights({"helps": 1, "idle": 1, "harms": 1}, settings=settings)

@@ -36,7 +36,14 @@ class SourceFeedback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         mixer = source_mixer(trainer)
-        if mixer is None or not trainer.is_global_zero:
+        if mixer is None:
+            return
+        if _probes(mixer) and trainer.accumulate_grad_batches > 1:
+            # A step would then train on several batches, perhaps of several sources: none is its own.
+            raise ValueError("data.adaptive.rule=target_gain credits each optimizer step to the one source it "
+                             f"trained on; trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} "
+                             "makes a step of several batches: use 1, or rule: progress")
+        if not trainer.is_global_zero:
             return
         layout = {"source mixing": {
             "weights": ["Multiline", [f"train/sources/{name}/weight" for name in mixer.sources]],
