@@ -43,7 +43,7 @@ def test_each_stage_records_its_final_validation_and_command(finished):
     logged = final_values(finished / "vqa" / "version_0")
     assert vqa["metrics"]["vqa/accuracy"] == logged["val/vqa/accuracy"][1]
     assert vqa["baselines"]["vqa/accuracy"] == logged["val_baseline/vqa/accuracy"][1]
-    assert vqa["step"] == logged["val/vqa/accuracy"][0] and vqa["minutes"] > 0
+    assert vqa["step"] == logged["val/vqa/accuracy"][0] and vqa["minutes"] > 0 and vqa["cpu_minutes"] > 0
     assert "pretrain/image_to_text/R@1" in pretrain["metrics"]
     # VQA started from the pretraining stage's final checkpoint, and the command says so as a user types it.
     assert vqa["command"].startswith("mammut fit --config configs/finetune_vqa.yaml --model.init_from=")

@@ -12,7 +12,9 @@ demo world, as a user would: pretraining, then each fine-tuning recipe from its 
 and the baselines that need runs of their own. Every headline number in the README and the task
 pages comes from this file. Each run's command is as a user types it; the runs log to
 `runs/results/<stage>/version_0` (TensorBoard). A stage not yet run says so; `make results` runs
-what is missing and resumes a stage that was stopped part-way.
+what is missing and resumes a stage that was stopped part-way. Minutes are wall time; CPU minutes,
+where recorded, are the user and system time of the run's processes: on a machine left to the
+run, wall minutes are about CPU minutes over the cores, and far more mean it was shared.
 """
 
 
@@ -25,8 +27,13 @@ def percent_or_number(tag: str, value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def minutes(result: StageResult) -> str:
+    """Wall minutes, and in brackets the CPU minutes of the run's processes where recorded."""
+    return f"{result.minutes:.1f}" + (f" ({result.cpu_minutes:.1f})" if result.cpu_minutes is not None else "")
+
+
 def headline_table(stages: list[Stage], results: dict[str, StageResult]) -> str:
-    rows = ["| run | result (baseline) | minutes | command |", "|---|---|---|---|"]
+    rows = ["| run | result (baseline) | minutes (CPU minutes) | command |", "|---|---|---|---|"]
     for stage in stages:
         result = results.get(stage.name)
         if result is None:
@@ -40,14 +47,14 @@ def headline_table(stages: list[Stage], results: dict[str, StageResult]) -> str:
             value = percent_or_number(tag, result.metrics[tag])
             baseline = result.baselines.get(tag)
             shown.append(f"{label} {value}" + (f" ({percent_or_number(tag, baseline)})" if baseline is not None else ""))
-        rows.append(f"| {stage.title} | {'; '.join(shown)} | {result.minutes:.1f} | `{result.command}` |")
+        rows.append(f"| {stage.title} | {'; '.join(shown)} | {minutes(result)} | `{result.command}` |")
     return "\n".join(rows)
 
 
 def stage_section(stage: Stage, result: StageResult) -> str:
     lines = [f"### {stage.name}: {stage.title}", "",
              f"`{result.command}`", "",
-             f"{result.minutes:.1f} minutes; finished {result.finished} on {result.machine}.", "",
+             f"{minutes(result)} minutes (CPU minutes); finished {result.finished} on {result.machine}.", "",
              "| metric | model | baseline |", "|---|---|---|"]
     for tag in sorted(result.metrics):
         baseline = result.baselines.get(tag)

@@ -4,13 +4,16 @@ A stage logs to ``<runs>/<name>/version_0``. When it ends, ``<runs>/<name>/done.
 its final val metrics (and their baselines), the command, its minutes and when it finished; a
 stage with that file is not run again. A stage stopped part-way (a kill, a reboot, a session's
 end) restarts from its ``last.ckpt`` with ``--ckpt_path``, so the chain can be run in pieces: its
-minutes are the sum of its attempts' wall time.
+minutes are the sum of its attempts' wall time. Its CPU minutes (the run's processes, loader
+workers included) are recorded too: wall minutes well above CPU minutes over the cores mean the
+machine was shared with other work while the stage ran.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import resource
 import shlex
 import subprocess
 import sys
@@ -37,6 +40,7 @@ class StageResult:
     baselines: dict[str, float]            # "task/metric" -> its baseline, where the run logs one
     step: int                              # the TensorBoard step of that validation
     machine: str                           # where it ran (a chain run in pieces may span machines)
+    cpu_minutes: float | None = None       # user + system time of its processes (None: not recorded)
 
     @classmethod
     def read(cls, path: Path) -> StageResult:
@@ -91,10 +95,10 @@ class ChainRunner:
         attempts = json.loads(attempts_file.read_text()) if attempts_file.exists() else []
         log.info("%s: %s%s", stage.name, "resuming from " + str(resume) if resuming else "starting",
                  f" (attempt {len(attempts) + 1})")
-        began = time.monotonic()
+        began, cpu_before = time.monotonic(), _children_cpu_seconds()
         completed = subprocess.run([*self.mammut, *arguments, *logging_to, *self.extra, *resuming], check=False)
         attempts.append({"seconds": round(time.monotonic() - began, 1), "exit": completed.returncode,
-                         "resumed": bool(resuming)})
+                         "resumed": bool(resuming), "cpu_seconds": round(_children_cpu_seconds() - cpu_before, 1)})
         attempts_file.parent.mkdir(parents=True, exist_ok=True)
         attempts_file.write_text(json.dumps(attempts, indent=1))
         if completed.returncode != 0:
@@ -112,9 +116,17 @@ class ChainRunner:
         result = StageResult(
             name=stage.name, command=shlex.join(["mammut", *arguments]),
             minutes=round(sum(a["seconds"] for a in attempts) / 60, 1),
+            cpu_minutes=(round(sum(a["cpu_seconds"] for a in attempts) / 60, 1)
+                         if all("cpu_seconds" in a for a in attempts) else None),
             finished=datetime.now(timezone.utc).isoformat(timespec="minutes"),
             metrics=metrics, baselines=baselines, step=max(step for step, _ in values.values()),
             machine=describe_machine())
         self.done_file(stage).write_text(json.dumps(result.__dict__, indent=1))
         log.info("%s: done in %.1f minutes", stage.name, result.minutes)
         return result
+
+
+def _children_cpu_seconds() -> float:
+    """User and system time of this process's finished children and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
