@@ -13,7 +13,7 @@ from mammut.data.demo import generate
 from mammut.data.tokenizer import main as train_tokenizer
 
 # Tests run on the CPU, with few threads so that parallel processes do not thrash: at most 2, and
-# under pytest-xdist (`make test`) the cores shared out among the workers, 1 each on 2 cores.
+# under pytest-xdist (`make test`) the cores shared out among the workers, at least 1 each.
 # Processes the tests start (ranks, CLI runs) are told the same through OMP_NUM_THREADS.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
 
-# `make test` runs two pytest-xdist workers with --dist loadgroup: each test goes to whichever worker
+# `make test` runs pytest-xdist workers with --dist loadgroup: each test goes to whichever worker
 # is free, except the tests of one file that share a module-scoped fixture (a training run, two
 # spawned ranks), which go to one worker so that it is made once, and the files below.
 ONE_WORKER_FILES = {
