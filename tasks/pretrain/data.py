@@ -104,9 +104,7 @@ class ImageTextDataModule(TaskDataModule):
         if mixing == "adaptive" and not train_sources:
             raise ValueError("data.mixing=adaptive weighs data.train_sources, and none are set")
         self.mixing_settings = LearningProgressSettings(**(adaptive or {}))
-        if mixing == "adaptive" and self.mixing_settings.rule == "target_gain" and not adaptive_target:
-            raise ValueError("data.adaptive.rule=target_gain credits each source with its steps' gain on a target "
-                             "set: name one in data.adaptive_target (annotations, images)")
+        self.check_adaptive_target(mixing)
         self.source_records: dict[str, list[CaptionRecord]] = {}
         self.mixer: SourceMixer | None = None
         for split, sets in (("val", val_zeroshot), ("test", test_zeroshot)):
@@ -185,6 +183,11 @@ class ImageTextDataModule(TaskDataModule):
                    for name, records in self.source_records.items()}
         return self.source_mixer(loaders, {name: s["weight"] for name, s in h.train_sources.items()},
                                  adaptive=h.mixing == "adaptive", steps_per_epoch=h.steps_per_epoch)
+
+    def check_adaptive_target(self, mixing: str) -> None:
+        if mixing == "adaptive" and self.mixing_settings.rule == "target_gain" and not self.hparams.adaptive_target:
+            raise ValueError("data.adaptive.rule=target_gain credits each source with its steps' gain on a target "
+                             "set: name one in data.adaptive_target (annotations, images)")
 
     def source_mixer(self, loaders: dict[str, DataLoader], priors: dict[str, float], adaptive: bool,
                      steps_per_epoch: int | None) -> SourceMixer:

@@ -86,9 +86,7 @@ class ShardTextDataModule(ImageTextDataModule):
         if mixing == "adaptive" and source_weights is None:
             raise ValueError("data.mixing=adaptive weighs the '::'-separated patterns of data.train_shards as "
                              "sources: give each its starting weight in data.source_weights")
-        if mixing == "adaptive" and self.mixing_settings.rule == "target_gain" and not self.hparams.adaptive_target:
-            raise ValueError("data.adaptive.rule=target_gain credits each source with its steps' gain on a target "
-                             "set: name one in data.adaptive_target (annotations, images)")
+        self.check_adaptive_target(mixing)
         if source_names is not None:
             if len(source_names) != len(train_shards.split("::")):
                 raise ValueError(f"data.source_names has {len(source_names)} names for "
@@ -162,7 +160,12 @@ class ShardTextDataModule(ImageTextDataModule):
         if batches == 0:
             raise ValueError(f"data.train_num_samples={h.train_num_samples} is less than one batch of "
                              f"{h.batch_size} on each of {world_size} device(s)")
-        return ShardCaptionDataset(self.sources(), self.tokenizer, image_transform(self.image_size, train=True),
+        return self.stream(self.sources(), batches, rank, world_size)
+
+    def stream(self, sources: list[ShardSource], batches: int, rank: int, world_size: int) -> ShardCaptionDataset:
+        """This rank's stream of training batches from ``sources``, ``batches`` of them per epoch."""
+        h = self.hparams
+        return ShardCaptionDataset(sources, self.tokenizer, image_transform(self.image_size, train=True),
                                    self.context_length, h.batch_size, batches, h.caption_field, h.resampled,
                                    h.shuffle_buffer, h.seed, rank, world_size, h.skip_bad_samples)
 
@@ -202,10 +205,7 @@ class ShardTextDataModule(ImageTextDataModule):
         for source in sources:
             counts = source.sample_counts
             samples = sum(counts) if counts and None not in counts else h.train_num_samples * source.weight / total_weight
-            dataset = ShardCaptionDataset([source], self.tokenizer, image_transform(self.image_size, train=True),
-                                          self.context_length, h.batch_size,
-                                          max(1, int(samples) // (h.batch_size * world_size)), h.caption_field,
-                                          h.resampled, h.shuffle_buffer, h.seed, rank, world_size, h.skip_bad_samples)
+            dataset = self.stream([source], max(1, int(samples) // (h.batch_size * world_size)), rank, world_size)
             loaders[source.name] = DataLoader(dataset, batch_size=h.batch_size, num_workers=h.num_workers,
                                               collate_fn=self.collate_train)
         return self.source_mixer(loaders, {source.name: source.weight for source in sources}, adaptive=True,
