@@ -25,7 +25,12 @@ def chain(tiny_demo, runs, *stages: str, more: tuple[str, ...] = ()) -> int:
     quick = [*TINY_MODEL, *data_arguments(tiny_demo, joint=False), "--trainer.precision=32-true",
              "--trainer.enable_progress_bar=false", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
              "--trainer.log_every_n_steps=1", *more]
-    return results_main(["--stages", *stages, "--runs", str(runs), "--out", str(runs / "results.md"), "--", *quick])
+    return results_main(["--stages", *stages, "--runs", str(runs), "--records", str(runs / "records"),
+                         "--out", str(runs / "results.md"), "--", *quick])
+
+
+def record(runs, stage: str) -> dict:
+    return json.loads((runs / "records" / f"{stage}.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,7 @@ def finished(tiny_demo, tmp_path_factory):
 
 
 def test_each_stage_records_its_final_validation_and_command(finished):
-    pretrain = json.loads((finished / "pretrain" / "done.json").read_text())
-    vqa = json.loads((finished / "vqa" / "done.json").read_text())
+    pretrain, vqa = record(finished, "pretrain"), record(finished, "vqa")
     logged = final_values(finished / "vqa" / "version_0")
     assert vqa["metrics"]["vqa/accuracy"] == logged["val/vqa/accuracy"][1]
     assert vqa["baselines"]["vqa/accuracy"] == logged["val_baseline/vqa/accuracy"][1]
@@ -52,22 +56,42 @@ def test_each_stage_records_its_final_validation_and_command(finished):
 
 def test_the_results_file_shows_every_stage_done_or_not(finished):
     text = (finished / "results.md").read_text()
-    vqa = json.loads((finished / "vqa" / "done.json").read_text())
+    vqa = record(finished, "vqa")
     accuracy = percent_or_number("vqa/accuracy", vqa["metrics"]["vqa/accuracy"])
     baseline = percent_or_number("vqa/accuracy", vqa["baselines"]["vqa/accuracy"])
     assert f"VQA accuracy {accuracy} ({baseline})" in text
-    assert "2 of 11 runs finished" in text
+    assert f"2 of {len(CHAIN)} runs finished" in text
     assert "| open-vocabulary detection (`make finetune-detection`) | not run yet |" in text
     assert vqa["machine"] in text and vqa["command"] in text
 
 
 def test_a_finished_stage_is_not_run_again_and_a_stopped_one_resumes(finished, tiny_demo):
     attempts = lambda stage: json.loads((finished / stage / "attempts.json").read_text())  # noqa: E731
-    (finished / "vqa" / "done.json").unlink()  # as if the run had been stopped after its last save
+    (finished / "records" / "vqa.json").unlink()  # as if the run had been stopped after its last save
     assert chain(tiny_demo, finished, "vqa") == 0
     assert len(attempts("pretrain")) == 1
     assert [a["resumed"] for a in attempts("vqa")] == [False, True]
-    assert (finished / "vqa" / "done.json").exists()
+    assert (finished / "records" / "vqa.json").exists()
+
+
+def test_a_stage_whose_start_checkpoint_is_elsewhere_asks_for_redo_which_forgets_its_followers(tmp_path):
+    """Records outlive the runs (another machine, a fresh clone): a fine-tuning stage whose pretraining
+    checkpoint is gone says how to run the two again; --redo forgets the stage and every stage after it."""
+    records = tmp_path / "records"
+    records.mkdir()
+    for stage in ("pretrain", "vqa", "detection_scratch"):
+        (records / f"{stage}.json").write_text(json.dumps(dict(
+            name=stage, command="mammut fit", minutes=1.0, finished="2026-12-06T10:00+00:00", metrics={"a": 0.5},
+            baselines={}, step=10, machine="another machine")))
+    runner = ChainRunner(tmp_path / "runs", records)
+    by_name = {stage.name: stage for stage in CHAIN}
+    with pytest.raises(RuntimeError, match="not on this machine.*on another machine.*--redo pretrain"):
+        runner.run(by_name["video_qa"], by_name["pretrain"])
+    (tmp_path / "runs" / "vqa" / "version_0").mkdir(parents=True)
+    assert runner.forget(["pretrain"]) == [stage.name for stage in CHAIN if stage.name == "pretrain"
+                                           or stage.init_from == "pretrain"]
+    assert sorted(path.name for path in records.iterdir()) == ["detection_scratch.json"]
+    assert not (tmp_path / "runs" / "vqa").exists()
 
 
 def test_a_failing_stage_stops_the_chain_and_names_itself(tiny_demo, tmp_path, capsys, monkeypatch):

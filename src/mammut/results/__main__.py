@@ -3,6 +3,12 @@
     python -m mammut.results                         # every stage, then docs/results.md
     python -m mammut.results --stages pretrain vqa   # these (and the stages they start from)
     python -m mammut.results --write-only            # the file from the stages done so far
+    python -m mammut.results --redo pretrain         # pretraining and every stage from it, again
+
+Each finished stage leaves its record in docs/results/<stage>.json, and is not run again; records
+are kept in the repository so that the chain can be finished in pieces, on other days or
+machines (each record names its machine). A fine-tuning stage needs its pretraining stage's
+checkpoint on this machine: where that is gone, ``--redo pretrain`` runs them all again.
 
 Run it from the repository root (the recipes' paths are relative to it). Settings after ``--``
 go to every stage's ``mammut fit``, e.g. ``-- --trainer.max_steps=20`` for a quick trial of the
@@ -29,12 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", nargs="+", choices=[stage.name for stage in CHAIN], default=None,
                         help="run these stages (and those they start from); default: all")
     parser.add_argument("--runs", type=Path, default=Path("runs/results"), help="where the stages log (default: %(default)s)")
+    parser.add_argument("--records", type=Path, default=Path("docs/results"),
+                        help="where each finished stage's record is kept (default: %(default)s)")
+    parser.add_argument("--redo", nargs="+", choices=[stage.name for stage in CHAIN], default=[],
+                        help="forget these stages (record and run) and those that start from them, then run")
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the results file (default: %(default)s)")
     parser.add_argument("--write-only", action="store_true", help="write the results file from the finished stages only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M")
 
-    runner = ChainRunner(args.runs, extra)
+    runner = ChainRunner(args.runs, args.records, extra)
+    if args.redo:
+        logging.info("forgotten, to run again: %s", ", ".join(runner.forget(args.redo)))
     stages = select(args.stages)
     by_name = {stage.name: stage for stage in CHAIN}
     try:

@@ -11,8 +11,12 @@ Written by `make results` (`python -m mammut.results`), which runs the chain bel
 demo world, as a user would: pretraining, then each fine-tuning recipe from its final checkpoint,
 and the baselines that need runs of their own. Every headline number in the README and the task
 pages comes from this file. Each run's command is as a user types it; the runs log to
-`runs/results/<stage>/version_0` (TensorBoard). A stage not yet run says so; `make results` runs
-what is missing and resumes a stage that was stopped part-way. Minutes are wall time; CPU minutes,
+`runs/results/<stage>/version_0` (TensorBoard), and each finished run leaves its record in
+`docs/results/<stage>.json`, which this file is written from. A stage not yet run says so; `make
+results` runs what is missing and resumes a stage that was stopped part-way, so the chain may be
+finished in pieces, on other days or machines: each run names its machine. `python -m
+mammut.results --redo pretrain` runs pretraining and every stage from it again (the fine-tuning
+stages need its checkpoint on the machine they run on). Minutes are wall time; CPU minutes,
 where recorded, are the user and system time of the run's processes: on a machine left to the
 run, wall minutes are about CPU minutes over the cores, and far more mean it was shared.
 """

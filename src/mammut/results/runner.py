@@ -1,10 +1,13 @@
 """Run the chain's stages one after another, each resumable, and keep what each one measured.
 
-A stage logs to ``<runs>/<name>/version_0``. When it ends, ``<runs>/<name>/done.json`` records
-its final val metrics (and their baselines), the command, its minutes and when it finished; a
-stage with that file is not run again. A stage stopped part-way (a kill, a reboot, a session's
-end) restarts from its ``last.ckpt`` with ``--ckpt_path``, so the chain can be run in pieces: its
-minutes are the sum of its attempts' wall time. Its CPU minutes (the run's processes, loader
+A stage logs to ``<runs>/<name>/version_0``. When it ends, ``<records>/<name>.json`` records its
+final val metrics (and their baselines), the command, its minutes, the machine and when it
+finished; a stage with a record is not run again. Records live apart from the runs (by default in
+the repository, beside docs/results.md), so the chain can be run in pieces, on different days or
+machines; a stage that starts from another needs that stage's checkpoint on this machine, and
+``forget`` clears a stage and those that start from it to run them again. A stage stopped
+part-way (a kill, a reboot, a session's end) restarts from its ``last.ckpt`` with
+``--ckpt_path``: its minutes are the sum of its attempts' wall time. Its CPU minutes (the run's processes, loader
 workers included) are recorded too: wall minutes well above CPU minutes over the cores mean the
 machine was shared with other work while the stage ran.
 """
@@ -15,6 +18,7 @@ import json
 import logging
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +29,7 @@ from pathlib import Path
 from mammut.machine import describe_machine
 from mammut.run_logs import final_values
 
-from .stages import Stage
+from .stages import CHAIN, Stage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class StageResult:
 
 
 class ChainRunner:
-    """Runs stages with ``mammut fit`` under ``runs`` (one folder per stage).
+    """Runs stages with ``mammut fit`` under ``runs`` (one folder per stage), their records in ``records``.
 
     ``extra``: settings added to every stage's command (e.g. a smaller model for a quick check);
     ``mammut``: the command that runs mammut (this interpreter's, by default).
@@ -56,15 +60,15 @@ class ChainRunner:
 
     MAMMUT = [sys.executable, "-c", "import sys; from mammut.cli import main; sys.exit(main())"]
 
-    def __init__(self, runs: Path, extra: list[str] | None = None, mammut: list[str] | None = None):
-        self.runs, self.extra = Path(runs), list(extra or [])
+    def __init__(self, runs: Path, records: Path, extra: list[str] | None = None, mammut: list[str] | None = None):
+        self.runs, self.records, self.extra = Path(runs), Path(records), list(extra or [])
         self.mammut = mammut or self.MAMMUT
 
     def folder(self, stage: Stage) -> Path:
         return self.runs / stage.name / "version_0"
 
     def done_file(self, stage: Stage) -> Path:
-        return self.runs / stage.name / "done.json"
+        return self.records / f"{stage.name}.json"
 
     def result(self, stage: Stage) -> StageResult | None:
         done = self.done_file(stage)
@@ -82,9 +86,13 @@ class ChainRunner:
             return done
         start_checkpoint = None
         if stage.init_from:
-            if start is None or self.result(start) is None or not self.checkpoint(start).exists():
+            if start is None or (started := self.result(start)) is None:
                 raise RuntimeError(f"stage {stage.name!r} starts from stage {stage.init_from!r}, which has not "
-                                   f"finished (its done.json and last.ckpt under {self.runs / stage.init_from})")
+                                   f"finished (no {self.done_file(start) if start else stage.init_from})")
+            if not self.checkpoint(start).exists():
+                raise RuntimeError(f"stage {stage.name!r} starts from {self.checkpoint(start)}, which is not on this "
+                                   f"machine (stage {start.name!r} finished {started.finished} on {started.machine}); "
+                                   f"--redo {start.name} runs it and the stages that start from it again")
             start_checkpoint = self.checkpoint(start)
         arguments = stage.arguments(str(start_checkpoint) if start_checkpoint else None)
         logging_to = [f"--trainer.logger.init_args.save_dir={self.runs}", f"--trainer.logger.init_args.name={stage.name}",
@@ -121,9 +129,24 @@ class ChainRunner:
             finished=datetime.now(timezone.utc).isoformat(timespec="minutes"),
             metrics=metrics, baselines=baselines, step=max(step for step, _ in values.values()),
             machine=describe_machine())
-        self.done_file(stage).write_text(json.dumps(result.__dict__, indent=1))
+        self.done_file(stage).parent.mkdir(parents=True, exist_ok=True)
+        self.done_file(stage).write_text(json.dumps(result.__dict__, indent=1) + "\n")
         log.info("%s: done in %.1f minutes", stage.name, result.minutes)
         return result
+
+
+    def forget(self, names: list[str]) -> list[str]:
+        """Deletes the records and runs of the stages ``names`` and of every stage that starts from
+        one of them (their results came from the run forgotten); returns the stages forgotten."""
+        forgotten = set(names)
+        for stage in CHAIN:  # in chain order, a stage after the one it starts from
+            if stage.init_from in forgotten:
+                forgotten.add(stage.name)
+        for stage in CHAIN:
+            if stage.name in forgotten:
+                self.done_file(stage).unlink(missing_ok=True)
+                shutil.rmtree(self.runs / stage.name, ignore_errors=True)
+        return [stage.name for stage in CHAIN if stage.name in forgotten]
 
 
 def _children_cpu_seconds() -> float:
