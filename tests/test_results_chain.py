@@ -107,3 +107,15 @@ def test_stage_selection_brings_the_stages_a_run_starts_from():
     assert [stage.name for stage in select(None)] == [stage.name for stage in CHAIN]
     with pytest.raises(ValueError, match="unknown stage"):
         select(["vqa_from_nowhere"])
+
+
+def test_redo_runs_what_it_forgets_and_refuses_write_only(tiny_demo, tmp_path, capsys, monkeypatch):
+    os.chdir(REPO)
+    monkeypatch.setattr(ChainRunner, "MAMMUT", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a run that fails
+    arguments = ["--runs", str(tmp_path), "--records", str(tmp_path / "records"), "--out", str(tmp_path / "results.md")]
+    # multitask starts from nothing; pretraining, forgotten, is run again first (and here fails).
+    assert results_main(["--stages", "multitask", "--redo", "pretrain", *arguments]) == 1
+    assert "stage 'pretrain' stopped with exit status" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        results_main(["--redo", "pretrain", "--write-only", *arguments])
+    assert "cannot go with --write-only" in capsys.readouterr().err

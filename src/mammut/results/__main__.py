@@ -44,10 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M")
 
+    if args.redo and args.write_only:
+        parser.error("--redo forgets stages to run them again; it cannot go with --write-only")
     runner = ChainRunner(args.runs, args.records, extra)
-    if args.redo:
-        logging.info("forgotten, to run again: %s", ", ".join(runner.forget(args.redo)))
     stages = select(args.stages)
+    if args.redo:
+        forgotten = runner.forget(args.redo)
+        logging.info("forgotten, to run again: %s", ", ".join(forgotten))
+        stages = select(None if args.stages is None else [*args.stages, *forgotten])
     by_name = {stage.name: stage for stage in CHAIN}
     try:
         if not args.write_only:

@@ -56,9 +56,11 @@ def headline_table(stages: list[Stage], results: dict[str, StageResult]) -> str:
 
 
 def stage_section(stage: Stage, result: StageResult) -> str:
+    spent = f"{result.minutes:.1f} minutes" + (f" ({result.cpu_minutes:.1f} CPU minutes)"
+                                               if result.cpu_minutes is not None else "")
     lines = [f"### {stage.name}: {stage.title}", "",
              f"`{result.command}`", "",
-             f"{minutes(result)} minutes (CPU minutes); finished {result.finished} on {result.machine}.", "",
+             f"{spent}; finished {result.finished} on {result.machine}.", "",
              "| metric | model | baseline |", "|---|---|---|"]
     for tag in sorted(result.metrics):
         baseline = result.baselines.get(tag)

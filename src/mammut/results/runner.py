@@ -6,7 +6,7 @@ finished; a stage with a record is not run again. Records live apart from the ru
 the repository, beside docs/results.md), so the chain can be run in pieces, on different days or
 machines; a stage that starts from another needs that stage's checkpoint on this machine, and
 ``forget`` clears a stage and those that start from it to run them again. A stage stopped
-part-way (a kill, a reboot, a session's end) restarts from its ``last.ckpt`` with
+part-way (a kill, a reboot, a closed terminal) restarts from its ``last.ckpt`` with
 ``--ckpt_path``: its minutes are the sum of its attempts' wall time. Its CPU minutes (the run's processes, loader
 workers included) are recorded too: wall minutes well above CPU minutes over the cores mean the
 machine was shared with other work while the stage ran.
@@ -145,7 +145,8 @@ class ChainRunner:
         for stage in CHAIN:
             if stage.name in forgotten:
                 self.done_file(stage).unlink(missing_ok=True)
-                shutil.rmtree(self.runs / stage.name, ignore_errors=True)
+                if (self.runs / stage.name).exists():  # else its last.ckpt would resume the run forgotten
+                    shutil.rmtree(self.runs / stage.name)
         return [stage.name for stage in CHAIN if stage.name in forgotten]
 
 
