@@ -179,12 +179,17 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
         """How many loaders ``val_dataloader`` / ``test_dataloader`` return for ``split``."""
         return 1
 
+    def data_parallel_rank(self) -> tuple[int, int]:
+        """(rank, ranks) among the data-parallel replicas, each of which trains on its own shard of the data."""
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
+        return shard.get("rank", 0), shard.get("num_replicas", 1)
+
     def train_loader(self, dataset: Dataset, collate_fn: Callable) -> DataLoader:
         batch_size = self.hparams.batch_size
         # Each data-parallel rank draws its own shard of every epoch's permutation.
-        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
-        sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, on_epoch=getattr(dataset, "set_epoch", None),
-                                         **shard)
+        rank, ranks = self.data_parallel_rank()
+        sampler = ResumableRandomSampler(len(dataset), self.hparams.seed, num_replicas=ranks, rank=rank,
+                                         on_epoch=getattr(dataset, "set_epoch", None))
         # With drop_last, a shard smaller than one batch would train nothing and still "succeed".
         if len(dataset) == 0:
             raise ValueError("the training set is empty: nothing to train on")
@@ -219,7 +224,7 @@ class TaskDataModule(SizesTheModel, L.LightningDataModule):
         if self.trainer is None:
             return {}
         batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        ranks = (self.trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
+        _, ranks = self.data_parallel_rank()
         return {"epoch": self.trainer.current_epoch, "samples_done": batches_done * self.hparams.batch_size * ranks}
 
     def load_state_dict(self, state: dict) -> None:

@@ -6,6 +6,7 @@ every step."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import pytest
@@ -101,6 +102,22 @@ def test_a_resumed_mixer_draws_the_same_batches_with_the_same_weights(steps_befo
     resumed = _adaptive_mixer()
     resumed.load_state_dict(saved)
     assert before + _observed_run(resumed, 120 - steps_before) == whole
+
+
+def test_a_mixer_resumed_on_other_ranks_carries_each_sources_samples_over(caplog):
+    def mixer(layout):
+        return SourceMixer(sources(a=40, b=40), LearningProgressWeights({"a": 1, "b": 1}, adaptive=False), seed=0,
+                           layout=layout)
+    saved = mixer((2, 1))
+    for _, _batch in zip(range(10), saved):
+        pass
+    resumed = mixer((1, 1))
+    with caplog.at_level(logging.WARNING):
+        resumed.load_state_dict(json.loads(json.dumps(saved.state_dict())))
+    # Two ranks had each read these batches; on one rank the same samples are twice its batches.
+    assert resumed.batches_read == {name: 2 * read for name, read in saved.batches_read.items()}
+    assert sum(saved.batches_read.values()) == 10
+    assert "saved with 2 ranks × 1 workers on 1 × 1" in caplog.text
 
 
 def test_bad_sources_and_settings_are_refused():
@@ -332,3 +349,7 @@ def test_shard_sources_are_their_patterns_and_bad_settings_are_refused(tiny_demo
     with pytest.raises(ValueError, match="1 names for 2 '::'-separated patterns"):
         ShardTextDataModule(root=str(tiny_demo), train_shards="a/*.tar::b/*.tar", source_weights=[1, 2],
                             source_names=["only"])
+    with pytest.raises(ValueError, match="without weights the '::'-separated patterns of data.train_shards are one"):
+        ShardTextDataModule(root=str(tiny_demo), train_shards="a/*.tar::b/*.tar", source_names=["a", "b"])
+    with pytest.raises(ValueError, match="3 weights for 2 '::'-separated patterns"):
+        ShardTextDataModule(root=str(tiny_demo), train_shards="a/*.tar::b/*.tar", source_weights=[1, 2, 3])

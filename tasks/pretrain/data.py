@@ -182,7 +182,8 @@ class ImageTextDataModule(TaskDataModule):
         loaders = {name: self.train_loader(self.dataset_of(records, train=True), self.collate_train)
                    for name, records in self.source_records.items()}
         return self.source_mixer(loaders, {name: s["weight"] for name, s in h.train_sources.items()},
-                                 adaptive=h.mixing == "adaptive", steps_per_epoch=h.steps_per_epoch)
+                                 adaptive=h.mixing == "adaptive", steps_per_epoch=h.steps_per_epoch,
+                                 layout=(self.data_parallel_rank()[1], max(h.num_workers, 1)))
 
     def check_adaptive_target(self, mixing: str) -> None:
         if mixing == "adaptive" and self.mixing_settings.rule == "target_gain" and not self.hparams.adaptive_target:
@@ -190,12 +191,12 @@ class ImageTextDataModule(TaskDataModule):
                              "set: name one in data.adaptive_target (annotations, images)")
 
     def source_mixer(self, loaders: dict[str, DataLoader], priors: dict[str, float], adaptive: bool,
-                     steps_per_epoch: int | None) -> SourceMixer:
+                     steps_per_epoch: int | None, layout: tuple[int, int]) -> SourceMixer:
         """The mixer over the sources' loaders, continuing where the last one was (Lightning reloads
-        loaders), with the target batch of ``rule: target_gain``."""
+        loaders), with the target batch of ``rule: target_gain``; ``layout``: (ranks, workers)."""
         weighting = LearningProgressWeights(priors, adaptive=adaptive, settings=self.mixing_settings)
         previous, self.mixer = self.mixer, SourceMixer(loaders, weighting, seed=self.hparams.seed,
-                                                       steps_per_epoch=steps_per_epoch)
+                                                       steps_per_epoch=steps_per_epoch, layout=layout)
         if previous is not None:
             self.mixer.load_state_dict(previous.state_dict())
         if adaptive and self.mixing_settings.rule == "target_gain":
@@ -208,7 +209,7 @@ class ImageTextDataModule(TaskDataModule):
         h, target = self.hparams, self.hparams.adaptive_target
         records, _ = read_captions(self.path(target["annotations"]), self.path(target["images"]), "train",
                                    h.skip_bad_samples, format="coco")
-        rank, ranks = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, ranks = self.data_parallel_rank()
         size = target["size"]
         if len(records) < size * ranks:
             raise ValueError(f"data.adaptive_target ({self.path(target['annotations'])}): {len(records)} usable "

@@ -88,6 +88,9 @@ class ShardTextDataModule(ImageTextDataModule):
                              "sources: give each its starting weight in data.source_weights")
         self.check_adaptive_target(mixing)
         if source_names is not None:
+            if source_weights is None:
+                raise ValueError("data.source_names names the sources of data.source_weights; without weights the "
+                                 "'::'-separated patterns of data.train_shards are one source")
             if len(source_names) != len(train_shards.split("::")):
                 raise ValueError(f"data.source_names has {len(source_names)} names for "
                                  f"{len(train_shards.split('::'))} '::'-separated patterns of data.train_shards")
@@ -99,6 +102,9 @@ class ShardTextDataModule(ImageTextDataModule):
             raise ValueError(f"data.train_num_samples must be positive, got {train_num_samples}")
         if source_weights is not None and any(w <= 0 for w in source_weights):
             raise ValueError(f"data.source_weights must be positive, got {source_weights}")
+        if source_weights is not None and len(source_weights) != len(train_shards.split("::")):
+            raise ValueError(f"data.source_weights has {len(source_weights)} weights for "
+                             f"{len(train_shards.split('::'))} '::'-separated patterns of data.train_shards")
         self.resume_layout: tuple[int, int] | None = None  # (ranks, workers) of the run that saved resume_point
 
     # ---------------------------------------------------------------- sources
@@ -112,9 +118,6 @@ class ShardTextDataModule(ImageTextDataModule):
         groups, weights, names = self.shard_groups(), self.hparams.source_weights, self.hparams.source_names
         if weights is None:
             groups, weights = [[shard for group in groups for shard in group]], [1.0]
-        elif len(weights) != len(groups):
-            raise ValueError(f"data.source_weights has {len(weights)} weights for {len(groups)} '::'-separated "
-                             f"shard patterns in data.train_shards")
         sources = []
         for index, (shards, weight) in enumerate(zip(groups, weights)):
             name = names[index] if names else f"source{index}"
@@ -154,13 +157,17 @@ class ShardTextDataModule(ImageTextDataModule):
         return CaptionInputs(self.input_shape, captions, zero_shot=self.zero_shot_inputs())
 
     # ------------------------------------------------------------------ loading
-    def train_dataset(self, rank: int, world_size: int) -> ShardCaptionDataset:
+    def batches_per_rank(self, world_size: int) -> int:
+        """Each rank's batches in an epoch of ``train_num_samples``."""
         h = self.hparams
         batches = h.train_num_samples // (h.batch_size * world_size)
         if batches == 0:
             raise ValueError(f"data.train_num_samples={h.train_num_samples} is less than one batch of "
                              f"{h.batch_size} on each of {world_size} device(s)")
-        return self.stream(self.sources(), batches, rank, world_size)
+        return batches
+
+    def train_dataset(self, rank: int, world_size: int) -> ShardCaptionDataset:
+        return self.stream(self.sources(), self.batches_per_rank(world_size), rank, world_size)
 
     def stream(self, sources: list[ShardSource], batches: int, rank: int, world_size: int) -> ShardCaptionDataset:
         """This rank's stream of training batches from ``sources``, ``batches`` of them per epoch."""
@@ -171,8 +178,7 @@ class ShardTextDataModule(ImageTextDataModule):
 
     def train_dataloader(self) -> DataLoader | SourceMixer:
         h = self.hparams
-        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
-        rank, world_size = shard.get("rank", 0), shard.get("num_replicas", 1)
+        rank, world_size = self.data_parallel_rank()
         if h.mixing == "adaptive":
             return self.adaptive_mixer(rank, world_size)
         dataset = self.train_dataset(rank, world_size)
@@ -181,14 +187,14 @@ class ShardTextDataModule(ImageTextDataModule):
         layout = (world_size, max(h.num_workers, 1))
         saved = self.resume_layout or layout
         batches_done = samples_done // (h.batch_size * saved[0])
-        if batches_done >= h.train_num_samples // (h.batch_size * saved[0]):
+        if batches_done >= self.batches_per_rank(saved[0]):
             dataset.set_epoch(epoch + 1)  # saved at the end of its epoch: Lightning goes on with the next
         elif batches_done:
             dataset.resume(epoch, batches_done, same_layout=saved == layout)
             log.info("resuming epoch %d after %d batches per rank%s", epoch, batches_done,
                      "" if saved == layout else f"; saved with {saved[0]} ranks × {saved[1]} workers, now "
                      f"{layout[0]} × {layout[1]}: the rest of the epoch is drawn afresh")
-        loader = DataLoader(dataset, batch_size=h.batch_size, num_workers=h.num_workers, collate_fn=self.collate_train)
+        loader = self.shard_loader(dataset)
         # Lightning tells the epoch to a loader's sampler; an iterable dataset's loader has only a
         # placeholder sampler, which passes it on to the dataset.
         loader.sampler.set_epoch = dataset.set_epoch
@@ -206,13 +212,15 @@ class ShardTextDataModule(ImageTextDataModule):
             counts = source.sample_counts
             samples = sum(counts) if counts and None not in counts else h.train_num_samples * source.weight / total_weight
             dataset = self.stream([source], max(1, int(samples) // (h.batch_size * world_size)), rank, world_size)
-            loaders[source.name] = DataLoader(dataset, batch_size=h.batch_size, num_workers=h.num_workers,
-                                              collate_fn=self.collate_train)
+            loaders[source.name] = self.shard_loader(dataset)
         return self.source_mixer(loaders, {source.name: source.weight for source in sources}, adaptive=True,
-                                 steps_per_epoch=self.steps_per_rank(world_size))
+                                 steps_per_epoch=self.batches_per_rank(world_size),
+                                 layout=(world_size, max(h.num_workers, 1)))
 
-    def steps_per_rank(self, world_size: int) -> int:
-        return self.hparams.train_num_samples // (self.hparams.batch_size * world_size)
+    def shard_loader(self, dataset: ShardCaptionDataset) -> DataLoader:
+        """Batches of a shard stream; the stream itself splits the shards among ranks and workers."""
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+                          collate_fn=self.collate_train)
 
     # Mid-epoch resume: the position as TaskDataModule records it, with the layout it was saved in.
     # With adaptive mixing Lightning saves the mixer's position with the loader itself.
@@ -221,7 +229,7 @@ class ShardTextDataModule(ImageTextDataModule):
             return {}
         state = super().state_dict()
         if state:
-            ranks = (self.trainer.distributed_sampler_kwargs or {}).get("num_replicas", 1)
+            _, ranks = self.data_parallel_rank()
             state["layout"] = [ranks, max(self.hparams.num_workers, 1)]
         return state
 

@@ -49,19 +49,23 @@ class SourceMixer:
     """Yields one source's batch per step; ``len()`` steps per epoch.
 
     Args:
-        loaders: each source's training DataLoader, sharded for this rank by a ``ResumableRandomSampler``.
+        loaders: each source's training DataLoader for this rank: sharded by a
+            ``ResumableRandomSampler``, or a stream of tar shards that splits itself.
         weighting: the sources' weights (priors, and the adaptive rule if any).
         seed: seeds the draws; the same on every rank.
         steps_per_epoch: steps in one epoch of the mixer; by default the sources' batches together.
+        layout: (ranks, loader workers) of this run, saved with the state, so that a run resumed
+            with another layout carries each source's position over by the samples it had read.
     """
 
     def __init__(self, loaders: Mapping[str, DataLoader], weighting: LearningProgressWeights, seed: int = 0,
-                 steps_per_epoch: int | None = None):
+                 steps_per_epoch: int | None = None, layout: tuple[int, int] = (1, 1)):
         if sorted(loaders) != weighting.names:
             raise ValueError(f"sources {sorted(loaders)} but weights for {weighting.names}")
-        self.sources, self.weighting, self.seed = weighting.names, weighting, seed
+        self.sources, self.weighting, self.seed, self.layout = weighting.names, weighting, seed, tuple(layout)
         self._streams = {name: LoaderStream(name, loaders[name], kind="source") for name in self.sources}
-        self.steps_per_epoch = steps_per_epoch or sum(s.batches_per_epoch for s in self._streams.values())
+        self.steps_per_epoch = (sum(s.batches_per_epoch for s in self._streams.values())
+                                if steps_per_epoch is None else steps_per_epoch)
         if self.steps_per_epoch <= 0:
             raise ValueError(f"steps_per_epoch must be positive, got {self.steps_per_epoch}")
         self.epoch, self.steps_done = 0, 0
@@ -102,7 +106,7 @@ class SourceMixer:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "steps_done": self.steps_done, "batches_read": self.batches_read,
                 "drawn": self.drawn, "weighting": self.weighting.state_dict(), "seed": self.seed,
-                "priors": dict(self.weighting.priors), "adaptive": self.weighting.adaptive}
+                "priors": dict(self.weighting.priors), "adaptive": self.weighting.adaptive, "layout": list(self.layout)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         setup = {key: state.get(key) for key in ("seed", "priors", "adaptive")}
@@ -113,8 +117,14 @@ class SourceMixer:
             raise ValueError(f"the checkpoint's mixer read sources {sorted(state['batches_read'])}; this run has "
                              f"{self.sources}")
         self.weighting.load_state_dict(state["weighting"])
+        saved_layout = tuple(state.get("layout", self.layout))
+        if saved_layout != self.layout:
+            log.warning("resuming the source mixer saved with %d ranks × %d workers on %d × %d: each source goes on "
+                        "after the samples it had given, the rest of its epoch drawn afresh", *saved_layout, *self.layout)
         for name, stream in self._streams.items():
-            stream.seek(state["batches_read"][name])
+            # Batches per rank scale with the ranks; the samples read (all ranks together) carry over.
+            stream.seek(state["batches_read"][name] * saved_layout[0] // self.layout[0],
+                        same_layout=saved_layout == self.layout)
         self.epoch, self.steps_done, self.drawn = state["epoch"], state["steps_done"], state["drawn"]
 
     def _epoch_uniforms(self) -> list[float]:

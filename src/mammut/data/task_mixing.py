@@ -92,10 +92,11 @@ class LoaderStream:
         self.loader = loader
         self.batches_per_epoch = len(loader)
         self.batches_read = 0  # since the first batch of its sampler's epoch 0
+        self.same_layout = True  # False: resumed with other ranks or workers than the run saved
         self._batches: Iterator | None = None
 
-    def seek(self, batches_read: int) -> None:
-        self.batches_read, self._batches = batches_read, None
+    def seek(self, batches_read: int, same_layout: bool = True) -> None:
+        self.batches_read, self.same_layout, self._batches = batches_read, same_layout, None
 
     def next_batch(self) -> Any:
         epoch, batches_done = divmod(self.batches_read, self.batches_per_epoch)
@@ -117,7 +118,7 @@ class LoaderStream:
             sampler.resume(epoch, batches_done * self.loader.batch_size * sampler.num_replicas)
         else:  # a stream of shards: its batches per rank; 0 also clears an older offset
             self.loader.dataset.set_epoch(epoch)
-            self.loader.dataset.resume(epoch, batches_done)
+            self.loader.dataset.resume(epoch, batches_done, same_layout=self.same_layout or batches_done == 0)
         return iter(self.loader)
 
 
