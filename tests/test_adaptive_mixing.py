@@ -219,7 +219,7 @@ def test_target_gain_refuses_steps_of_several_batches(noise_source, tmp_path):
             "--trainer.accumulate_grad_batches=2")
 
 
-def test_target_gain_weighs_sources_by_their_gain_and_resumes():
+def test_target_gain_weighs_sources_by_their_gain_and_resumes(caplog):
     settings = LearningProgressSettings(rule="target_gain", warmup=3, floor=0.05)
     weights = LearningProgressWeights({"helps": 1, "idle": 1, "harms": 1}, settings=settings)
     for step in range(3):
@@ -238,10 +238,17 @@ def test_target_gain_weighs_sources_by_their_gain_and_resumes():
     restored = LearningProgressWeights({"helps": 1, "idle": 1, "harms": 1}, settings=settings)
     restored.load_state_dict(json.loads(json.dumps(weights.state_dict())))
     assert restored.weights() == now
+    # A non-finite gain (an overflowed target loss) is left out and said, not averaged in.
+    with caplog.at_level(logging.WARNING):
+        weights.observe_gain("harms", float("nan"), step=9)
+    assert weights.weights() == now and "source harms: a non-finite gain" in caplog.text
     with pytest.raises(ValueError, match="rule must be one of"):
         LearningProgressSettings(rule="bandit")
     with pytest.raises(ValueError, match="rule 'target_gain' weighs data sources"):
         TaskWeighting({"pretrain": 1.0, "vqa": 1.0}, "adaptive", adaptive=settings)
+    TaskWeighting({"pretrain": 1.0, "vqa": 1.0}, "loss_balanced", adaptive=settings)  # the rule is not used there
+    with pytest.raises(ValueError, match="target_gain measures each source's steps on a target set"):
+        SourceMixer(sources(a=4, b=4), LearningProgressWeights({"a": 1, "b": 1}, settings=settings))
 
 
 def test_adaptive_task_weighting_keeps_the_sum_and_favours_the_task_still_learning():

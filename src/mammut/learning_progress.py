@@ -1,4 +1,5 @@
-"""Mixing weights that follow learning progress: more of what the model is still learning from.
+"""Mixing weights that follow what the model is still learning from: its learning progress on each
+stream, or (sources only) what each source's steps do for a held-out target set.
 
 Used for the sources of one task's training data (``mammut.data.source_mixing.SourceMixer``:
 the probability of drawing each source's next batch) and for the tasks of a joint run
@@ -39,8 +40,8 @@ trusts (``data.adaptive_target``): the target's loss just before the step minus 
 
 the finite-difference form of DoGE's generalization estimate (Fan et al. 2023, "DoGE: Domain
 Reweighting with Generalization Estimation", Sec. 2: a domain's weight follows the inner product
-of its gradient with the target's) and Graves et al.'s prediction gain measured on held-out data
-(Sec. 3.1, "self prediction gain"). Each gain is averaged per source over steps as the slow mean
+of its gradient with the target's) and Graves et al.'s "target prediction gain" (Sec. 3.1: the
+loss on a target task before and after a step on the task drawn). Each gain is averaged per source over steps as the slow mean
 above (``b_s^k``), and
 
     w_i = floor + (1 - n * floor) * softmax_i(log prior_i + gain_i / (mean_j |gain_j| * temperature))
@@ -50,11 +51,14 @@ A gain can be negative: a step that makes the target worse lowers its source's w
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 MIXINGS = ("fixed", "adaptive")
 RULES = ("progress", "target_gain")
@@ -67,11 +71,13 @@ class LearningProgressSettings:
     Args:
         floor: the least weight of any stream (a fraction of the total, below 1 / streams).
         temperature: how sharply the weights follow progress; larger is closer to the priors.
-        fast_decay: the weight of the past in the recent loss, per step (it spans about 1 / (1 - b) steps).
-        slow_decay: the same for the older loss it is compared with.
-        warmup: steps of each stream before its weight changes.
-        signal: which part of the task's loss measures progress: ``loss`` (the whole) or a part
-            the task logs, e.g. ``contrastive_loss`` for pretraining.
+        fast_decay: the weight of the past in the recent loss, per step (it spans about 1 / (1 - b)
+            steps); ``progress`` only.
+        slow_decay: the same for the older loss it is compared with; with ``target_gain``, for the
+            mean gain.
+        warmup: losses (``progress``) or gains (``target_gain``) of each stream before its weight changes.
+        signal: which part of the task's loss is measured: ``loss`` (the whole) or a part the task
+            logs, e.g. ``contrastive_loss`` for pretraining; with ``target_gain``, of the target's loss.
         rule: ``progress``, each stream's own loss decrease; or ``target_gain``, each source's
             steps' gain on a held-out target batch (source mixing only; the data module names the
             target set).
@@ -131,6 +137,7 @@ class LearningProgressWeights:
         self.gain: dict[str, float] = {}  # ``target_gain``: each source's mean gain on the target
         self.gains_seen = dict.fromkeys(self.names, 0)
         self.last_gain_step: dict[str, int] = {}
+        self.gains_dropped = dict.fromkeys(self.names, 0)  # non-finite, left out of the means
 
     def observe(self, losses: Mapping[str, float], step: int | None = None) -> None:
         """Take in this step's loss of each stream that trained (the same values on every rank).
@@ -164,7 +171,11 @@ class LearningProgressWeights:
         """Take in the target's loss decrease that training step ``step``, on ``name``'s data, gave."""
         if name not in self.gains_seen:
             raise KeyError(f"no stream {name!r}; the streams are {self.names}")
-        if not math.isfinite(gain):
+        if not math.isfinite(gain):  # a target loss that overflowed must not poison the mean
+            self.gains_dropped[name] += 1
+            if self.gains_dropped[name] == 1:
+                log.warning("source %s: a non-finite gain on the target set at step %d is left out (and any later "
+                            "ones, unannounced); check data.adaptive_target", name, step)
             return
         if self.gains_seen[name] == 0:
             self.gain[name] = gain

@@ -33,6 +33,7 @@ class SourceFeedback(L.Callback):
     def __init__(self):
         self._before: float | None = None  # the target's loss before this step
         self._after: tuple[int, float] | None = None  # (global step, the target's loss then)
+        self._target: tuple[object, object] | None = None  # (the mixer's target batch, it on the device)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         mixer = source_mixer(trainer)
@@ -84,28 +85,26 @@ class SourceFeedback(L.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 
-    @staticmethod
-    def _probe(trainer: L.Trainer, pl_module: L.LightningModule, mixer: SourceMixer) -> float:
+    def _probe(self, trainer: L.Trainer, pl_module: L.LightningModule, mixer: SourceMixer) -> float:
         """The target batch's loss (the signal part), averaged over the ranks."""
-        target = trainer.strategy.batch_to_device(mixer.target, pl_module.device)
-        value = pl_module.probe_loss(target)[mixer.weighting.settings.signal].float()
+        if self._target is None or self._target[0] is not mixer.target:  # moved once per mixer, not per step
+            self._target = (mixer.target, trainer.strategy.batch_to_device(mixer.target, pl_module.device))
+        value = _part(pl_module.probe_loss(self._target[1]), mixer.weighting.settings.signal)
         if trainer.world_size > 1:
             value = trainer.strategy.reduce(value, reduce_op="mean")
         return float(value)
 
 
 def _probes(mixer: SourceMixer) -> bool:
-    if mixer.weighting.settings.rule != "target_gain" or not mixer.weighting.adaptive:
-        return False
-    if mixer.target is None:
-        raise ValueError("data.adaptive.rule=target_gain measures each source's steps on a target set, and the data "
-                         "module gave none: set data.adaptive_target")
-    return True
+    return mixer.weighting.settings.rule == "target_gain" and mixer.weighting.adaptive
 
 
 def _signal(outputs: dict, name: str) -> torch.Tensor:
     """The step's loss part ``name`` (``loss``: the whole) of its one task."""
-    parts = {key.split("/", 1)[1]: value for key, value in outputs.get("parts", {}).items()}
+    return _part({key.split("/", 1)[1]: value for key, value in outputs.get("parts", {}).items()}, name)
+
+
+def _part(parts: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     if name not in parts:
         raise ValueError(f"data.adaptive.signal={name!r} is no loss part of this task; its parts are {sorted(parts)}")
     return parts[name].detach().float()

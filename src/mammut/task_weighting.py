@@ -47,7 +47,7 @@ class TaskWeighting:
             raise ValueError(f"task_weighting must be one of {WEIGHTINGS}, got {mode!r}")
         if alpha < 0:
             raise ValueError(f"the loss-balance exponent must be 0 or more, got {alpha}")
-        if adaptive is not None and adaptive.rule != "progress":
+        if mode == "adaptive" and adaptive is not None and adaptive.rule != "progress":
             # Every task trains at every step, so no step can be credited to one task alone.
             raise ValueError(f"adaptive task weighting follows each task's learning progress (rule: progress); "
                              f"rule {adaptive.rule!r} weighs data sources")

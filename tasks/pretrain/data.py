@@ -195,12 +195,11 @@ class ImageTextDataModule(TaskDataModule):
         """The mixer over the sources' loaders, continuing where the last one was (Lightning reloads
         loaders), with the target batch of ``rule: target_gain``; ``layout``: (ranks, workers)."""
         weighting = LearningProgressWeights(priors, adaptive=adaptive, settings=self.mixing_settings)
+        target = self.target_batch() if adaptive and self.mixing_settings.rule == "target_gain" else None
         previous, self.mixer = self.mixer, SourceMixer(loaders, weighting, seed=self.hparams.seed,
-                                                       steps_per_epoch=steps_per_epoch, layout=layout)
+                                                       steps_per_epoch=steps_per_epoch, layout=layout, target=target)
         if previous is not None:
             self.mixer.load_state_dict(previous.state_dict())
-        if adaptive and self.mixing_settings.rule == "target_gain":
-            self.mixer.target = self.target_batch()
         return self.mixer
 
     def target_batch(self):

@@ -2,8 +2,8 @@
 
 Web pretraining data is a mixture of sources of unequal worth (a clean captioned set, noisy
 alt-text, redundant near-duplicates); each source here is its own DataLoader, and the mixer
-draws the source of each step's batch with probabilities that are fixed or follow learning
-progress (``mammut.learning_progress``; ``data.mixing: fixed | adaptive``). A batch holds one
+draws the source of each step's batch with probabilities that are fixed or adapt to what the
+model still learns from each (``mammut.learning_progress``; ``data.mixing: fixed | adaptive``). A batch holds one
 source's samples, so its loss is that source's loss: the adaptive rule needs no per-sample loss.
 
 - Rank-consistent. Step ``k`` of epoch ``e`` draws with the uniform number ``u[k]`` of a
@@ -56,12 +56,17 @@ class SourceMixer:
         steps_per_epoch: steps in one epoch of the mixer; by default the sources' batches together.
         layout: (ranks, loader workers) of this run, saved with the state, so that a run resumed
             with another layout carries each source's position over by the samples it had read.
+        target: ``rule: target_gain``: this rank's batch of the target set, whose loss before and
+            after each step credits the source drawn (``mammut.source_feedback``).
     """
 
     def __init__(self, loaders: Mapping[str, DataLoader], weighting: LearningProgressWeights, seed: int = 0,
-                 steps_per_epoch: int | None = None, layout: tuple[int, int] = (1, 1)):
+                 steps_per_epoch: int | None = None, layout: tuple[int, int] = (1, 1), target: Any = None):
         if sorted(loaders) != weighting.names:
             raise ValueError(f"sources {sorted(loaders)} but weights for {weighting.names}")
+        if weighting.adaptive and weighting.settings.rule == "target_gain" and target is None:
+            raise ValueError("data.adaptive.rule=target_gain measures each source's steps on a target set, and none "
+                             "was given: set data.adaptive_target")
         self.sources, self.weighting, self.seed, self.layout = weighting.names, weighting, seed, tuple(layout)
         self._streams = {name: LoaderStream(name, loaders[name], kind="source") for name in self.sources}
         self.steps_per_epoch = (sum(s.batches_per_epoch for s in self._streams.values())
@@ -70,7 +75,7 @@ class SourceMixer:
             raise ValueError(f"steps_per_epoch must be positive, got {self.steps_per_epoch}")
         self.epoch, self.steps_done = 0, 0
         self.drawn: str | None = None  # the source of the last batch given
-        self.target: Any = None  # ``rule: target_gain``: this rank's batch of the target set, set by the data module
+        self.target = target
         self._uniforms: tuple[int, list[float]] | None = None
 
     def __len__(self) -> int:
