@@ -81,7 +81,8 @@ class ImageTextDataModule(TaskDataModule):
                 ``train_images``; each training batch is drawn from one source
                 (``mammut.data.source_mixing``), and each source's weight and loss are logged.
             mixing: with ``train_sources``: ``fixed`` draws the sources by their weights;
-                ``adaptive`` moves the weights towards the sources whose loss is still falling
+                ``adaptive`` moves the weights by the rule of ``adaptive``: towards the sources
+                whose steps help a target set most, or whose loss still falls
                 (``mammut.learning_progress``; docs/adaptive-mixing.md).
             adaptive: the adaptive rule's settings (``LearningProgressSettings``: floor,
                 temperature, decays, warmup, signal, rule, probe_every).

@@ -1,8 +1,8 @@
 """Pretraining sources with the flaws of web data, beside the demo world's clean captions.
 
-Web pretraining data mixes sources of unequal worth. Two are written here, in the demo's own
-formats (COCO captions JSON and JPEG folders), to pretrain on beside the clean training split
-(``configs/pretrain_mixture.yaml``):
+Web pretraining data mixes sources of unequal worth. Two such sources are written here, in the
+demo's own formats (COCO captions JSON and JPEG folders), to pretrain on beside the clean
+training split (``configs/pretrain_mixture.yaml``), and a held-out target set to weigh them by:
 
 - ``sources/noisy``: alt-text. One caption per image, as a web page gives; for ``noisy_share``
   of the images (40%) the caption is another image's, and ``cut_share`` of the others (20%) are
@@ -20,7 +20,8 @@ changes no other file of the demo world:
 
     python -m mammut.data.demo.web_sources --out data/demo     # make data-sources
     python -m mammut.data.write_shards --captions data/demo/sources/noisy/captions.json \\
-        --images data/demo/sources/noisy/images --out data/demo/shards/noisy    # the same as tar shards
+        --images data/demo/sources/noisy/images --out data/demo/shards/noisy \\
+        --first-shard 100    # the same as tar shards, numbered apart (configs/pretrain_shards_mixture.yaml)
 """
 
 from __future__ import annotations
