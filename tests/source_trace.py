@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
-from mammut.source_feedback import source_mixer
+from mammut.source_feedback import training_mixer
 
 
 class SourceTrace(Callback):
@@ -17,7 +17,7 @@ class SourceTrace(Callback):
         self.folder, self.steps = Path(folder), []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        mixer = source_mixer(trainer)
+        mixer = training_mixer(trainer)
         self.steps.append({"step": trainer.global_step, "source": mixer.drawn, "weights": mixer.weighting.weights(),
                            "recent_losses": dict(mixer.weighting.fast)})
 
@@ -34,7 +34,7 @@ class TargetLossAtEnds(Callback):
         self.path, self.ends = Path(path), []
 
     def _target_loss(self, trainer, pl_module) -> float:
-        mixer = source_mixer(trainer)
+        mixer = training_mixer(trainer)
         target = trainer.strategy.batch_to_device(mixer.target, pl_module.device)
         return float(pl_module.probe_loss(target)[mixer.weighting.settings.signal])
 

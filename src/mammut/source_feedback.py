@@ -24,7 +24,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from mammut.data.source_mixing import SourceMixer
 
 
-def source_mixer(trainer: L.Trainer) -> SourceMixer | None:
+def training_mixer(trainer: L.Trainer) -> SourceMixer | None:
+    """The run's source mixer, where its training loader is one."""
     loader = trainer.train_dataloader
     return loader if isinstance(loader, SourceMixer) else None
 
@@ -36,7 +37,7 @@ class SourceFeedback(L.Callback):
         self._target: tuple[object, object] | None = None  # (the mixer's target batch, it on the device)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        mixer = source_mixer(trainer)
+        mixer = training_mixer(trainer)
         if mixer is None:
             return
         if _probes(mixer) and trainer.accumulate_grad_batches > 1:
@@ -56,7 +57,7 @@ class SourceFeedback(L.Callback):
                 logger.experiment.add_custom_scalars(layout)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int):
-        mixer = source_mixer(trainer)
+        mixer = training_mixer(trainer)
         self._before = None
         if mixer is None or not _probes(mixer) or trainer.global_step % mixer.weighting.settings.probe_every:
             return
@@ -66,7 +67,7 @@ class SourceFeedback(L.Callback):
             self._before = self._probe(trainer, pl_module, mixer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
-        mixer = source_mixer(trainer)
+        mixer = training_mixer(trainer)
         if mixer is None or not isinstance(outputs, dict) or mixer.drawn is None:
             return  # a step skipped for bad samples (one rank alone) trained no source
         signal = _signal(outputs, mixer.weighting.settings.signal)
