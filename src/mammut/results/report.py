@@ -9,8 +9,9 @@ HEADER = """# Results
 
 Written by `make results` (`python -m mammut.results`), which runs the chain below from a fresh
 demo world, as a user would: pretraining, then each fine-tuning recipe from its final checkpoint,
-and the baselines that need runs of their own. Every headline number in the README and the task
-pages comes from this file. Each run's command is as a user types it; the runs log to
+and the baselines that need runs of their own. The README and the task pages quote their
+headline numbers from this file where the run is here, and otherwise name the date and machine
+of the run they quote. Each run's command is as a user types it; the runs log to
 `runs/results/<stage>/version_0` (TensorBoard), and each finished run leaves its record in
 `docs/results/<stage>.json`, which this file is written from. A stage not yet run says so; `make
 results` runs what is missing and resumes a stage that was stopped part-way, so the chain may be
