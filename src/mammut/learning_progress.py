@@ -41,8 +41,8 @@ trusts (``data.adaptive_target``): the target's loss just before the step minus 
 the finite-difference form of DoGE's generalization estimate (Fan et al. 2023, "DoGE: Domain
 Reweighting with Generalization Estimation", Sec. 2: a domain's weight follows the inner product
 of its gradient with the target's) and Graves et al.'s "target prediction gain" (Sec. 3.1: the
-loss on a target task before and after a step on the task drawn). Each gain is averaged per source over steps as the slow mean
-above (``b_s^k``), and
+loss on a target task before and after a step on the task drawn). Each gain is averaged per
+source over steps as the slow mean above (``b_s^k``), and
 
     w_i = floor + (1 - n * floor) * softmax_i(log prior_i + gain_i / (mean_j |gain_j| * temperature))
 

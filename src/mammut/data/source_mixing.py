@@ -3,8 +3,9 @@
 Web pretraining data is a mixture of sources of unequal worth (a clean captioned set, noisy
 alt-text, redundant near-duplicates); each source here is its own DataLoader, and the mixer
 draws the source of each step's batch with probabilities that are fixed or adapt to what the
-model still learns from each (``mammut.learning_progress``; ``data.mixing: fixed | adaptive``). A batch holds one
-source's samples, so its loss is that source's loss: the adaptive rule needs no per-sample loss.
+model still learns from each (``mammut.learning_progress``; ``data.mixing: fixed | adaptive``).
+A batch holds one source's samples, so its loss is that source's loss: the adaptive rule needs
+no per-sample loss.
 
 - Rank-consistent. Step ``k`` of epoch ``e`` draws with the uniform number ``u[k]`` of a
   generator seeded by ``(seed, e)`` alone, and with weights computed from losses averaged over
@@ -124,8 +125,9 @@ class SourceMixer:
         self.weighting.load_state_dict(state["weighting"])
         saved_layout = tuple(state.get("layout", self.layout))
         if saved_layout != self.layout:
-            log.warning("resuming the source mixer saved with %d ranks × %d workers on %d × %d: each source goes on "
-                        "after the samples it had given, the rest of its epoch drawn afresh", *saved_layout, *self.layout)
+            log.warning("resuming the source mixer saved with %d ranks × %d workers on %d × %d: each source goes "
+                        "on after the samples it had given, the rest of its epoch drawn afresh",
+                        *saved_layout, *self.layout)
         for name, stream in self._streams.items():
             # Batches per rank scale with the ranks; the samples read (all ranks together) carry over.
             stream.seek(state["batches_read"][name] * saved_layout[0] // self.layout[0],
