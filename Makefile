@@ -122,7 +122,8 @@ multitask: data  ## pretraining and VQA trained jointly, from scratch, in one ru
 
 # Hours on 2 CPU cores (docs/results.md says how many): run it where it can take them. It can be
 # stopped at any point; run again, it skips the finished stages (their records in docs/results/)
-# and resumes the stopped one. ARGS="--redo pretrain" runs pretraining and the stages from it again.
+# and resumes the stopped one. ARGS="--redo pretrain" runs pretraining and the stages from it again;
+# ARGS="--study cause" (or fusion, detection) runs a study that changes one thing at a time.
 results: data  ## run every recipe and baseline as a user would and write docs/results.md (ARGS="--stages pretrain vqa")
 	$(BIN)/python -m mammut.results $(ARGS)
 

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from mammut.results.__main__ import main as results_main
-from mammut.results.report import percent_or_number
-from mammut.results.runner import ChainRunner
-from mammut.results.stages import CHAIN, select
+from mammut.results.report import percent_or_number, results_markdown
+from mammut.results.runner import ChainRunner, StageResult
+from mammut.results.stages import ALL_STAGES, CHAIN, STUDIES, Stage, select
 from mammut.run_logs import final_values
 
 from conftest import REPO
@@ -119,3 +119,71 @@ def test_redo_runs_what_it_forgets_and_refuses_write_only(tiny_demo, tmp_path, c
     with pytest.raises(SystemExit):
         results_main(["--redo", "pretrain", "--write-only", *arguments])
     assert "cannot go with --write-only" in capsys.readouterr().err
+
+
+def test_a_study_runs_its_stages_with_the_chain_stages_they_start_from_and_compare_with():
+    assert [stage.name for stage in select(None, ["fusion"])] == [
+        "pretrain", "vqa", "video_qa", "pretrain_fusion", "vqa_fusion", "vqa_fusion_iterative", "video_qa_fusion",
+        "pretrain_fusion_large", "vqa_fusion_large"]
+    assert [stage.name for stage in select(["vqa_seed1"], ["detection"])] == [
+        "pretrain", "detection", "detection_scratch", "pretrain_seed1", "vqa_seed1", "pretrain_cpe", "detection_cpe",
+        "detection_random_prompts", "detection_text"]
+    with pytest.raises(ValueError, match="unknown stage.*'fuzion'"):
+        select(None, ["fuzion"])
+    names = [stage.name for stage in ALL_STAGES]
+    assert len(names) == len(set(names))
+    for position, stage in enumerate(ALL_STAGES):  # forget and the runs rely on a start coming first
+        assert stage.init_from is None or stage.init_from in names[:position], stage.name
+
+
+def test_forgetting_pretraining_forgets_the_study_runs_from_it_but_not_other_pretrainings(tmp_path):
+    records = tmp_path / "records"
+    records.mkdir()
+    for stage in ("pretrain", "vqa_best", "detection_text", "pretrain_seed1", "vqa_seed1"):
+        (records / f"{stage}.json").write_text("{}")
+    forgotten = ChainRunner(tmp_path / "runs", records).forget(["pretrain"])
+    assert {"vqa_best", "detection_text", "detection_random_prompts"} <= set(forgotten)
+    assert "pretrain_seed1" not in forgotten and "vqa_seed1" not in forgotten
+    assert sorted(path.stem for path in records.iterdir()) == ["pretrain_seed1", "vqa_seed1"]
+
+
+def test_a_stage_from_the_best_checkpoint_loads_the_one_best_file(tmp_path):
+    runner = ChainRunner(tmp_path / "runs", tmp_path / "records")
+    pretrain = CHAIN[0]
+    folder = runner.folder(pretrain) / "checkpoints"
+    folder.mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="0 best checkpoints"):
+        runner.checkpoint(pretrain, "best")
+    for name in ("last.ckpt", "step700.ckpt", "best-step600.ckpt"):
+        (folder / name).write_bytes(b"")
+    assert runner.checkpoint(pretrain, "best") == folder / "best-step600.ckpt"
+    assert runner.checkpoint(pretrain) == folder / "last.ckpt"
+
+
+def test_a_stage_prepares_what_it_needs_before_its_run_and_a_failed_preparation_names_itself(
+        tiny_demo, tmp_path, monkeypatch):
+    monkeypatch.setattr(ChainRunner, "MAMMUT", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a run that fails
+    tokenizer = tmp_path / "tokenizer_captions.json"
+    stage = Stage("pretrain_captok", "t", ("configs/pretrain.yaml",), prepare=(
+        ("mammut.data.tokenizer", "--captions", str(tiny_demo / "annotations/captions_train.json"),
+         "--out", str(tokenizer)),))
+    runner = ChainRunner(tmp_path / "runs", tmp_path / "records")
+    with pytest.raises(RuntimeError, match="stopped with exit status 2"):
+        runner.run(stage, None)
+    assert tokenizer.exists()  # prepared before the run
+    failing = Stage("x", "t", ("configs/pretrain.yaml",), prepare=(("mammut.data.tokenizer", "--captions", "nowhere.json",
+                                                                     "--out", str(tmp_path / "t.json")),))
+    with pytest.raises(RuntimeError, match="stage 'x': its preparation `python -m mammut.data.tokenizer"):
+        runner.run(failing, None)
+
+
+def test_the_results_file_shows_each_study_beside_the_chain_runs_it_compares_with():
+    result = StageResult(name="pretrain_seed1", command="mammut fit --seed_everything=1", minutes=12.0,
+                         finished="2026-12-07T12:00+00:00", metrics={"pretrain/image_to_text/R@1": 0.5}, baselines={},
+                         step=800, machine="a machine")
+    text = results_markdown(list(CHAIN), list(STUDIES), {"pretrain_seed1": result})
+    cause = text[text.index("### cause"):text.index("### fusion")]
+    assert "`make results ARGS=\"--study cause\"`. 1 of" in cause
+    assert cause.index("| `pretrain`: pretraining (`make pretrain`) | not run yet") < cause.index(
+        "| `pretrain_seed1`: pretraining, seed 1 | image→text R@1 50.0%")
+    assert "#### pretrain_seed1: pretraining, seed 1" in cause and "0 of 13 runs finished" in text

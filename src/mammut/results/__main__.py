@@ -4,6 +4,7 @@
     python -m mammut.results --stages pretrain vqa   # these (and the stages they start from)
     python -m mammut.results --write-only            # the file from the stages done so far
     python -m mammut.results --redo pretrain         # pretraining and every stage from it, again
+    python -m mammut.results --study fusion          # a study's stages (and the chain stages they start from)
 
 Each finished stage leaves its record in docs/results/<stage>.json, and is not run again; records
 are kept in the repository so that the chain can be finished in pieces, on other days or
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from .report import results_markdown
 from .runner import ChainRunner
-from .stages import CHAIN, select
+from .stages import ALL_STAGES, CHAIN, STUDIES, select
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(prog="python -m mammut.results", description=__doc__.splitlines()[0])
-    parser.add_argument("--stages", nargs="+", choices=[stage.name for stage in CHAIN], default=None,
-                        help="run these stages (and those they start from); default: all")
+    parser.add_argument("--stages", nargs="+", choices=[stage.name for stage in ALL_STAGES], default=None,
+                        help="run these stages (and those they start from); default: the whole chain")
+    parser.add_argument("--study", nargs="+", choices=[study.name for study in STUDIES], default=[],
+                        help="run these studies' stages too (and those they start from)")
     parser.add_argument("--runs", type=Path, default=Path("runs/results"), help="where the stages log (default: %(default)s)")
     parser.add_argument("--records", type=Path, default=Path("docs/results"),
                         help="where each finished stage's record is kept (default: %(default)s)")
-    parser.add_argument("--redo", nargs="+", choices=[stage.name for stage in CHAIN], default=[],
+    parser.add_argument("--redo", nargs="+", choices=[stage.name for stage in ALL_STAGES], default=[],
                         help="forget these stages (record and run) and those that start from them, then run")
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the results file (default: %(default)s)")
     parser.add_argument("--write-only", action="store_true", help="write the results file from the finished stages only")
@@ -47,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.redo and args.write_only:
         parser.error("--redo forgets stages to run them again; it cannot go with --write-only")
     runner = ChainRunner(args.runs, args.records, extra)
-    stages = select(args.stages)
+    stages = select(args.stages, args.study)
     if args.redo:
         forgotten = runner.forget(args.redo)
         logging.info("forgotten, to run again: %s", ", ".join(forgotten))
-        stages = select(None if args.stages is None else [*args.stages, *forgotten])
-    by_name = {stage.name: stage for stage in CHAIN}
+        chosen = args.stages is not None or args.study
+        stages = select([*(args.stages or []), *forgotten] if chosen else None, args.study)
+    by_name = {stage.name: stage for stage in ALL_STAGES}
     try:
         if not args.write_only:
             for stage in stages:
@@ -67,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(runner: ChainRunner, out: Path) -> None:
-    results = {stage.name: done for stage in CHAIN if (done := runner.result(stage)) is not None}
-    out.write_text(results_markdown(list(CHAIN), results))
+    results = {stage.name: done for stage in ALL_STAGES if (done := runner.result(stage)) is not None}
+    out.write_text(results_markdown(list(CHAIN), list(STUDIES), results))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 from mammut.machine import describe_machine
 from mammut.run_logs import final_values
 
-from .stages import CHAIN, Stage
+from .stages import ALL_STAGES, Stage
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,17 @@ class ChainRunner:
         done = self.done_file(stage)
         return StageResult.read(done) if done.exists() else None
 
-    def checkpoint(self, stage: Stage) -> Path:
-        """The stage's final state: what the stages that start from it load."""
-        return self.folder(stage) / "checkpoints" / "last.ckpt"
+    def checkpoint(self, stage: Stage, which: str = "last") -> Path:
+        """The stage's final state (``last``), or its best by its checkpoint monitor (``best``, the
+        recipes' ``best-step<N>.ckpt``): what the stages that start from it load."""
+        folder = self.folder(stage) / "checkpoints"
+        if which == "last":
+            return folder / "last.ckpt"
+        best = sorted(folder.glob("best-*.ckpt"))
+        if len(best) != 1:
+            raise RuntimeError(f"stage {stage.name!r} has {len(best)} best checkpoints (best-*.ckpt) in {folder}, "
+                               "not one")
+        return best[0]
 
     def run(self, stage: Stage, start: Stage | None) -> StageResult:
         """Runs ``stage`` (resuming it if it was stopped part-way) unless it is done; ``start``: the
@@ -93,7 +101,10 @@ class ChainRunner:
                 raise RuntimeError(f"stage {stage.name!r} starts from {self.checkpoint(start)}, which is not on this "
                                    f"machine (stage {start.name!r} finished {started.finished} on {started.machine}); "
                                    f"--redo {start.name} runs it and the stages that start from it again")
-            start_checkpoint = self.checkpoint(start)
+            start_checkpoint = self.checkpoint(start, stage.init_checkpoint)
+        for command in stage.prepare:  # quick and deterministic: run again at every attempt
+            if subprocess.run([sys.executable, "-m", *command], check=False).returncode != 0:
+                raise RuntimeError(f"stage {stage.name!r}: its preparation `python -m {shlex.join(command)}` failed")
         arguments = stage.arguments(str(start_checkpoint) if start_checkpoint else None)
         logging_to = [f"--trainer.logger.init_args.save_dir={self.runs}", f"--trainer.logger.init_args.name={stage.name}",
                       "--trainer.logger.init_args.version=0"]
@@ -122,7 +133,7 @@ class ChainRunner:
         if not metrics:
             raise RuntimeError(f"stage {stage.name!r} finished without a validation in {self.folder(stage)}")
         result = StageResult(
-            name=stage.name, command=shlex.join(["mammut", *arguments]),
+            name=stage.name, command=" && ".join([*stage.preparations(), shlex.join(["mammut", *arguments])]),
             minutes=round(sum(a["seconds"] for a in attempts) / 60, 1),
             cpu_minutes=(round(sum(a["cpu_seconds"] for a in attempts) / 60, 1)
                          if all("cpu_seconds" in a for a in attempts) else None),
@@ -134,20 +145,19 @@ class ChainRunner:
         log.info("%s: done in %.1f minutes", stage.name, result.minutes)
         return result
 
-
     def forget(self, names: list[str]) -> list[str]:
         """Deletes the records and runs of the stages ``names`` and of every stage that starts from
         one of them (their results came from the run forgotten); returns the stages forgotten."""
         forgotten = set(names)
-        for stage in CHAIN:  # in chain order, a stage after the one it starts from
+        for stage in ALL_STAGES:  # a stage comes after the one it starts from
             if stage.init_from in forgotten:
                 forgotten.add(stage.name)
-        for stage in CHAIN:
+        for stage in ALL_STAGES:
             if stage.name in forgotten:
                 self.done_file(stage).unlink(missing_ok=True)
                 if (self.runs / stage.name).exists():  # else its last.ckpt would resume the run forgotten
                     shutil.rmtree(self.runs / stage.name)
-        return [stage.name for stage in CHAIN if stage.name in forgotten]
+        return [stage.name for stage in ALL_STAGES if stage.name in forgotten]
 
 
 def _children_cpu_seconds() -> float:

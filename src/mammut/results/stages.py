@@ -6,10 +6,16 @@ last step, as ``make finetune-vqa CKPT=...`` takes it). Baselines that need a ru
 (from random weights, a single frame, each task alone) are stages too; those computed from the
 data (majority answer, most frequent caption, chance, class prior) are logged by every run
 beside its metrics.
+
+A study is a further set of stages that asks one question of the chain's runs, each stage
+changing one thing against the chain stage it is compared with (a seed, the tokenizer, token
+fusion, a detection ingredient). Studies run only when asked for (``--study``); their tables are
+written beside the chain's.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 
 
@@ -19,9 +25,16 @@ class Stage:
     title: str                       # what the run is, as a table row says it
     configs: tuple[str, ...]         # recipe, then overlays
     overrides: tuple[str, ...] = ()  # command-line settings beyond the recipe
-    init_from: str | None = None     # the stage whose final checkpoint it starts from
+    init_from: str | None = None     # the stage whose checkpoint it starts from
+    init_checkpoint: str = "last"    # which of its checkpoints: "last" (its final state) or "best" (by its monitor)
+    # Commands the stage needs first, each ``python -m <module> <arguments>`` (e.g. a tokenizer to train).
+    prepare: tuple[tuple[str, ...], ...] = ()
     # The metrics the headline table quotes: (label, tag). Every other val scalar is in the stage's own table.
     headline: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def preparations(self) -> list[str]:
+        """The ``prepare`` commands as a user types them."""
+        return [shlex.join(["python", "-m", *command]) for command in self.prepare]
 
     def arguments(self, checkpoint: str | None) -> list[str]:
         """``mammut fit`` arguments of the run (without where it logs)."""
@@ -34,6 +47,8 @@ PRETRAIN_HEADLINE = (("imageâ†’text R@1", "pretrain/image_to_text/R@1"), ("textâ
                      ("CIDEr-D", "pretrain/CIDEr-D"), ("zero-shot top-1", "pretrain/zeroshot/demo/top1"))
 VQA_HEADLINE = (("VQA accuracy", "vqa/accuracy"),)
 JOINT_HEADLINE = PRETRAIN_HEADLINE[:3] + VQA_HEADLINE  # configs/multitask.yaml validates no zero-shot set
+DETECTION_HEADLINE = (("AP", "detection/AP"), ("AP novel", "detection/AP_novel"), ("AP base", "detection/AP_base"))
+VIDEO_QA_HEADLINE = (("accuracy", "video_qa/accuracy"),)
 
 CHAIN: tuple[Stage, ...] = (
     Stage("pretrain", "pretraining (`make pretrain`)", ("configs/pretrain.yaml",), headline=PRETRAIN_HEADLINE),
@@ -43,16 +58,16 @@ CHAIN: tuple[Stage, ...] = (
           ("configs/finetune_vqa.yaml", "configs/finetune_vqa_lora.yaml"), init_from="pretrain", headline=VQA_HEADLINE),
     Stage("detection", "open-vocabulary detection (`make finetune-detection`)", ("configs/finetune_detection.yaml",),
           init_from="pretrain",
-          headline=(("AP", "detection/AP"), ("AP novel", "detection/AP_novel"), ("AP base", "detection/AP_base"))),
+          headline=DETECTION_HEADLINE),
     Stage("detection_scratch", "detection from random weights (baseline)", ("configs/finetune_detection.yaml",),
-          headline=(("AP", "detection/AP"), ("AP novel", "detection/AP_novel"), ("AP base", "detection/AP_base"))),
+          headline=DETECTION_HEADLINE),
     Stage("video_caption", "video captioning (`make finetune-video`, first half)",
           ("configs/finetune_video_caption.yaml",), init_from="pretrain",
           headline=(("CIDEr-D", "video_caption/CIDEr-D"),)),
     Stage("video_qa", "video QA (`make finetune-video`, second half)", ("configs/finetune_video_qa.yaml",),
-          init_from="pretrain", headline=(("accuracy", "video_qa/accuracy"),)),
+          init_from="pretrain", headline=VIDEO_QA_HEADLINE),
     Stage("video_qa_single_frame", "video QA from a single frame (baseline)", ("configs/finetune_video_qa.yaml",),
-          overrides=("--data.single_frame=true",), init_from="pretrain", headline=(("accuracy", "video_qa/accuracy"),)),
+          overrides=("--data.single_frame=true",), init_from="pretrain", headline=VIDEO_QA_HEADLINE),
     Stage("multitask", "pretraining and VQA jointly, from random weights (`make multitask`)",
           ("configs/multitask.yaml",), headline=JOINT_HEADLINE),
     Stage("multitask_fixed", "the joint run with fixed task weights", ("configs/multitask.yaml",),
@@ -68,13 +83,115 @@ CHAIN: tuple[Stage, ...] = (
 )
 
 
-def select(names: list[str] | None) -> list[Stage]:
-    """The chain's stages of ``names`` (all when None), in chain order, with the stages they start from."""
-    by_name = {stage.name: stage for stage in CHAIN}
-    if names is None:
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    question: str                    # what it measures, and against which chain stages
+    compare: tuple[str, ...]         # chain stages its table shows first, for comparison
+    stages: tuple[Stage, ...]
+
+
+CAPTIONS_TOKENIZER = ("mammut.data.tokenizer", "--captions", "data/demo/annotations/captions_train.json",
+                      "--out", "data/demo/tokenizer_captions.json")
+WITH_CAPTIONS_TOKENIZER = "--data.tokenizer=tokenizer_captions.json"  # relative to the data root
+
+
+def _from_checkpoints(suffix: str, start: str, *overrides: str, prepare: tuple = ()) -> tuple[Stage, ...]:
+    """VQA and detection, each by its recipe, from the checkpoint of stage ``start``."""
+    return (Stage(f"vqa_{suffix}", f"VQA (`make finetune-vqa`) from `{start}`", ("configs/finetune_vqa.yaml",),
+                  overrides=overrides, init_from=start, prepare=prepare, headline=VQA_HEADLINE),
+            Stage(f"detection_{suffix}", f"detection (`make finetune-detection`) from `{start}`",
+                  ("configs/finetune_detection.yaml",), overrides=overrides, init_from=start, prepare=prepare,
+                  headline=DETECTION_HEADLINE))
+
+
+STUDIES: tuple[Study, ...] = (
+    Study("cause", "what moves VQA and detection from the default pretraining checkpoint",
+          "Pretraining checkpoints that differ from `pretrain` in one thing each (the seed of the random "
+          "initialisation and data order, the tokenizer, the precision, the steps, the best against the last "
+          "checkpoint), each fine-tuned by the unchanged VQA and detection recipes. Two seeds of each tokenizer "
+          "tell the tokenizer's effect from the initialisation's draw.",
+          ("pretrain", "vqa", "detection", "pretrain_1000"),
+          (Stage("pretrain_seed1", "pretraining, seed 1", ("configs/pretrain.yaml",),
+                 overrides=("--seed_everything=1",), headline=PRETRAIN_HEADLINE),
+           *_from_checkpoints("seed1", "pretrain_seed1"),
+           Stage("pretrain_captok", "pretraining with the caption-only tokenizer", ("configs/pretrain.yaml",),
+                 overrides=(WITH_CAPTIONS_TOKENIZER,), prepare=(CAPTIONS_TOKENIZER,), headline=PRETRAIN_HEADLINE),
+           *_from_checkpoints("captok", "pretrain_captok", WITH_CAPTIONS_TOKENIZER, prepare=(CAPTIONS_TOKENIZER,)),
+           Stage("pretrain_captok_seed1", "pretraining with the caption-only tokenizer, seed 1",
+                 ("configs/pretrain.yaml",), overrides=(WITH_CAPTIONS_TOKENIZER, "--seed_everything=1"),
+                 prepare=(CAPTIONS_TOKENIZER,), headline=PRETRAIN_HEADLINE),
+           *_from_checkpoints("captok_seed1", "pretrain_captok_seed1", WITH_CAPTIONS_TOKENIZER,
+                              prepare=(CAPTIONS_TOKENIZER,)),
+           Stage("vqa_best", "VQA from `pretrain`'s best checkpoint (by mean R@1) in place of its last",
+                 ("configs/finetune_vqa.yaml",), init_from="pretrain", init_checkpoint="best", headline=VQA_HEADLINE),
+           *_from_checkpoints("1000", "pretrain_1000"),
+           Stage("pretrain_fp32", "pretraining in fp32 (the recipe: bf16 mixed precision)", ("configs/pretrain.yaml",),
+                 overrides=("--trainer.precision=32-true",), headline=PRETRAIN_HEADLINE),
+           Stage("vqa_fp32", "VQA from `pretrain_fp32`", ("configs/finetune_vqa.yaml",), init_from="pretrain_fp32",
+                 headline=VQA_HEADLINE))),
+    Study("fusion", "compact token fusion at equal steps",
+          "The recipes with a TokenLearner (docs/token-fusion.md) against the same recipes without: pretraining "
+          "(R@1, CIDEr-D), VQA from its checkpoint, video QA with 8 learned tokens in place of the tube tokens, "
+          "and a larger model with fusion at no more training FLOPs per step than the demo model.",
+          ("pretrain", "vqa", "video_qa"),
+          (Stage("pretrain_fusion", "pretraining with 8 learned tokens after ViT block 0",
+                 ("configs/pretrain.yaml", "configs/pretrain_fusion.yaml"), headline=PRETRAIN_HEADLINE),
+           Stage("vqa_fusion", "VQA with 8 learned tokens, from `pretrain_fusion`", ("configs/finetune_vqa.yaml",),
+                 overrides=("--model.architecture=configs/model/demo_fusion.yaml",), init_from="pretrain_fusion",
+                 headline=VQA_HEADLINE),
+           Stage("vqa_fusion_iterative", "VQA with 8 learned tokens and iterative fusion with the question, "
+                 "from `pretrain_fusion`", ("configs/finetune_vqa.yaml",),
+                 overrides=("--model.architecture=configs/model/demo_fusion.yaml",
+                            "--model.architecture.decoder_fusion=iterative"),
+                 init_from="pretrain_fusion", headline=VQA_HEADLINE),
+           Stage("video_qa_fusion", "video QA with 8 learned tokens in place of 106 tube tokens, from "
+                 "`pretrain_fusion`", ("configs/finetune_video_qa.yaml",),
+                 overrides=("--model.architecture=configs/model/demo_video_fusion.yaml",), init_from="pretrain_fusion",
+                 headline=VIDEO_QA_HEADLINE),
+           Stage("pretrain_fusion_large", "pretraining a larger model (ViT 8 blocks, decoder 6) with 8 learned tokens",
+                 ("configs/pretrain.yaml", "configs/pretrain_fusion.yaml"),
+                 overrides=("--model.architecture=configs/model/demo_fusion_large.yaml",), headline=PRETRAIN_HEADLINE),
+           Stage("vqa_fusion_large", "VQA with the larger model with fusion, from `pretrain_fusion_large`",
+                 ("configs/finetune_vqa.yaml",),
+                 overrides=("--model.architecture=configs/model/demo_fusion_large.yaml",),
+                 init_from="pretrain_fusion_large", headline=VQA_HEADLINE))),
+    Study("detection", "what each ingredient gives the novel classes",
+          "Each detection ingredient on its own (docs/detection.md), against the plain recipe from the same "
+          "`pretrain` checkpoint: cropped positional embeddings in pretraining, a random prompt template per "
+          "step, the text side tuned. Self-training has its own command (`make finetune-detection-selftrain`).",
+          ("detection", "detection_scratch"),
+          (Stage("pretrain_cpe", "pretraining with cropped positional embeddings (RO-ViT)", ("configs/pretrain.yaml",),
+                 overrides=("--model.architecture=configs/model/demo_cpe.yaml",), headline=PRETRAIN_HEADLINE),
+           Stage("detection_cpe", "detection from `pretrain_cpe`", ("configs/finetune_detection.yaml",),
+                 init_from="pretrain_cpe", headline=DETECTION_HEADLINE),
+           Stage("detection_random_prompts", "detection with a random prompt template per step",
+                 ("configs/finetune_detection.yaml",), overrides=("--model.train_prompts=random",),
+                 init_from="pretrain", headline=DETECTION_HEADLINE),
+           Stage("detection_text", "detection with the text side tuned at a tenth of the learning rate",
+                 ("configs/finetune_detection.yaml", "configs/finetune_detection_text.yaml"), init_from="pretrain",
+                 headline=DETECTION_HEADLINE))),
+)
+
+# Every stage, each after the stage it starts from: the chain's, then each study's.
+ALL_STAGES: tuple[Stage, ...] = CHAIN + tuple(stage for study in STUDIES for stage in study.stages)
+
+
+def select(names: list[str] | None, studies: list[str] = ()) -> list[Stage]:
+    """The stages of ``names`` and of the ``studies`` (the whole chain when neither is given), in
+    order, with the stages they start from; a study brings the chain stages it compares with too."""
+    by_name = {stage.name: stage for stage in ALL_STAGES}
+    by_study = {study.name: study for study in STUDIES}
+    if names is None and not studies:
         return list(CHAIN)
-    unknown = [name for name in names if name not in by_name]
+    unknown = [name for name in names or () if name not in by_name] + [name for name in studies if name not in by_study]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; the chain has {list(by_name)}")
-    wanted = set(names) | {by_name[name].init_from for name in names if by_name[name].init_from}
-    return [stage for stage in CHAIN if stage.name in wanted]
+        raise ValueError(f"unknown stage(s) or stud(ies) {unknown}; the chain has {[s.name for s in CHAIN]}, "
+                         f"the studies {list(by_study)}")
+    wanted = set(names or ()) | {stage for name in studies
+                                 for stage in (*by_study[name].compare, *(s.name for s in by_study[name].stages))}
+    while starts := {by_name[name].init_from for name in wanted if by_name[name].init_from} - wanted:
+        wanted |= starts
+    return [stage for stage in ALL_STAGES if stage.name in wanted]
