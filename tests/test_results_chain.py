@@ -8,17 +8,17 @@ import os
 import sys
 
 import pytest
+import torch
 
 from mammut.results.__main__ import main as results_main
 from mammut.results.report import percent_or_number, results_markdown
 from mammut.results.runner import ChainRunner, StageResult
 from mammut.results.stages import ALL_STAGES, CHAIN, STUDIES, Stage, select
+from torch.utils.tensorboard import SummaryWriter
 from mammut.run_logs import final_values
 
 from conftest import REPO
 from tiny_run import TINY_MODEL, data_arguments
-
-pytestmark = pytest.mark.slow
 
 
 def chain(tiny_demo, runs, *stages: str, more: tuple[str, ...] = ()) -> int:
@@ -42,6 +42,7 @@ def finished(tiny_demo, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_each_stage_records_its_final_validation_and_command(finished):
     pretrain, vqa = record(finished, "pretrain"), record(finished, "vqa")
     logged = final_values(finished / "vqa" / "version_0")
@@ -54,6 +55,7 @@ def test_each_stage_records_its_final_validation_and_command(finished):
     assert vqa["command"].endswith(str(finished / "pretrain" / "version_0" / "checkpoints" / "last.ckpt"))
 
 
+@pytest.mark.slow
 def test_the_results_file_shows_every_stage_done_or_not(finished):
     text = (finished / "results.md").read_text()
     vqa = record(finished, "vqa")
@@ -65,6 +67,7 @@ def test_the_results_file_shows_every_stage_done_or_not(finished):
     assert vqa["machine"] in text and vqa["command"] in text
 
 
+@pytest.mark.slow
 def test_a_finished_stage_is_not_run_again_and_a_stopped_one_resumes(finished, tiny_demo):
     attempts = lambda stage: json.loads((finished / stage / "attempts.json").read_text())  # noqa: E731
     (finished / "records" / "vqa.json").unlink()  # as if the run had been stopped after its last save
@@ -88,12 +91,13 @@ def test_a_stage_whose_start_checkpoint_is_elsewhere_asks_for_redo_which_forgets
     with pytest.raises(RuntimeError, match="not on this machine.*on another machine.*--redo pretrain"):
         runner.run(by_name["video_qa"], by_name["pretrain"])
     (tmp_path / "runs" / "vqa" / "version_0").mkdir(parents=True)
-    assert runner.forget(["pretrain"]) == [stage.name for stage in CHAIN if stage.name == "pretrain"
+    assert runner.forget(["pretrain"]) == [stage.name for stage in ALL_STAGES if stage.name == "pretrain"
                                            or stage.init_from == "pretrain"]
     assert sorted(path.name for path in records.iterdir()) == ["detection_scratch.json"]
     assert not (tmp_path / "runs" / "vqa").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_stage_stops_the_chain_and_names_itself(tiny_demo, tmp_path, capsys, monkeypatch):
     os.chdir(REPO)
     monkeypatch.setattr(ChainRunner, "MAMMUT", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a run that fails
@@ -109,6 +113,7 @@ def test_stage_selection_brings_the_stages_a_run_starts_from():
         select(["vqa_from_nowhere"])
 
 
+@pytest.mark.slow
 def test_redo_runs_what_it_forgets_and_refuses_write_only(tiny_demo, tmp_path, capsys, monkeypatch):
     os.chdir(REPO)
     monkeypatch.setattr(ChainRunner, "MAMMUT", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a run that fails
@@ -139,27 +144,15 @@ def test_a_study_runs_its_stages_with_the_chain_stages_they_start_from_and_compa
 def test_forgetting_pretraining_forgets_the_study_runs_from_it_but_not_other_pretrainings(tmp_path):
     records = tmp_path / "records"
     records.mkdir()
-    for stage in ("pretrain", "vqa_best", "detection_text", "pretrain_seed1", "vqa_seed1"):
+    for stage in ("pretrain", "detection_text", "pretrain_seed1", "vqa_seed1"):
         (records / f"{stage}.json").write_text("{}")
     forgotten = ChainRunner(tmp_path / "runs", records).forget(["pretrain"])
-    assert {"vqa_best", "detection_text", "detection_random_prompts"} <= set(forgotten)
+    assert {"detection_text", "detection_random_prompts"} <= set(forgotten)
     assert "pretrain_seed1" not in forgotten and "vqa_seed1" not in forgotten
     assert sorted(path.stem for path in records.iterdir()) == ["pretrain_seed1", "vqa_seed1"]
 
 
-def test_a_stage_from_the_best_checkpoint_loads_the_one_best_file(tmp_path):
-    runner = ChainRunner(tmp_path / "runs", tmp_path / "records")
-    pretrain = CHAIN[0]
-    folder = runner.folder(pretrain) / "checkpoints"
-    folder.mkdir(parents=True)
-    with pytest.raises(RuntimeError, match="0 best checkpoints"):
-        runner.checkpoint(pretrain, "best")
-    for name in ("last.ckpt", "step700.ckpt", "best-step600.ckpt"):
-        (folder / name).write_bytes(b"")
-    assert runner.checkpoint(pretrain, "best") == folder / "best-step600.ckpt"
-    assert runner.checkpoint(pretrain) == folder / "last.ckpt"
-
-
+@pytest.mark.slow
 def test_a_stage_prepares_what_it_needs_before_its_run_and_a_failed_preparation_names_itself(
         tiny_demo, tmp_path, monkeypatch):
     monkeypatch.setattr(ChainRunner, "MAMMUT", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a run that fails
@@ -187,3 +180,51 @@ def test_the_results_file_shows_each_study_beside_the_chain_runs_it_compares_wit
     assert cause.index("| `pretrain`: pretraining (`make pretrain`) | not run yet") < cause.index(
         "| `pretrain_seed1`: pretraining, seed 1 | image→text R@1 50.0%")
     assert "#### pretrain_seed1: pretraining, seed 1" in cause and "0 of 13 runs finished" in text
+
+
+def test_a_run_whose_final_state_was_never_validated_is_not_recorded(tmp_path):
+    """A stage that trains past its last validation (max_steps not a multiple of val_check_interval)
+    would record an earlier state's metrics under its title: refused, with the fix."""
+    stage = Stage("pretrain_1000", "t", ("configs/pretrain.yaml",), prepare=(("mammut.data.tokenizer", "--out", "t.json"),))
+    runner = ChainRunner(tmp_path / "runs", tmp_path / "records")
+    folder = runner.folder(stage)
+    with SummaryWriter(str(folder)) as writer:
+        writer.add_scalar("val/pretrain/CIDEr-D", 2.5, 799)
+    runner.checkpoint(stage).parent.mkdir(parents=True)
+    attempts = [{"seconds": 60.0, "exit": 0, "resumed": False, "cpu_seconds": 120.0}]
+    torch.save({"global_step": 1000}, runner.checkpoint(stage))
+    with pytest.raises(RuntimeError, match="trained to step 1000, but its last validation was logged at step 799.*"
+                                           "val_check_interval"):
+        runner._record(stage, ["fit", "--config", "configs/pretrain.yaml"], attempts)
+    torch.save({"global_step": 800}, runner.checkpoint(stage))
+    result = runner._record(stage, ["fit", "--config", "configs/pretrain.yaml"], attempts)
+    assert result.step == 799 and result.metrics == {"pretrain/CIDEr-D": 2.5}
+    assert result.command == "python -m mammut.data.tokenizer --out t.json && mammut fit --config configs/pretrain.yaml"
+
+
+def test_every_stage_names_files_that_exist():
+    for stage in ALL_STAGES:
+        files = [*stage.configs, *(value.split("=", 1)[1] for value in stage.overrides if value.endswith(".yaml"))]
+        for file in files:
+            assert (REPO / file).is_file(), (stage.name, file)
+
+
+def test_redo_runs_a_named_study_stage_and_leaves_the_forgotten_others_to_their_study(tmp_path, capsys, caplog,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(ChainRunner, "MAMMUT", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a run that fails
+    records = tmp_path / "records"
+    records.mkdir()
+    for stage in [*CHAIN, *STUDIES[0].stages]:
+        (records / f"{stage.name}.json").write_text(json.dumps(dict(
+            name=stage.name, command="mammut fit", minutes=1.0, finished="2026-12-07T10:00+00:00", metrics={"a": 0.5},
+            baselines={}, step=10, machine="this machine")))
+    arguments = ["--runs", str(tmp_path / "runs"), "--records", str(records), "--out", str(tmp_path / "results.md")]
+    # vqa_seed1 is run again (and, its start's checkpoint being elsewhere, stops saying so).
+    assert results_main(["--redo", "vqa_seed1", *arguments]) == 1
+    assert "stage 'vqa_seed1' starts from" in capsys.readouterr().err
+    assert not (records / "vqa_seed1.json").exists() and (records / "pretrain_seed1.json").exists()
+    # pretrain_1000 is run again (here it fails); the cause study's runs from it wait for their study.
+    with caplog.at_level("INFO"):
+        assert results_main(["--redo", "pretrain_1000", *arguments]) == 1
+    assert "stage 'pretrain_1000' stopped with exit status" in capsys.readouterr().err
+    assert "to run with their study (--study): vqa_1000, detection_1000" in caplog.text

@@ -4,7 +4,7 @@
     python -m mammut.results --stages pretrain vqa   # these (and the stages they start from)
     python -m mammut.results --write-only            # the file from the stages done so far
     python -m mammut.results --redo pretrain         # pretraining and every stage from it, again
-    python -m mammut.results --study fusion          # a study's stages (and the chain stages they start from)
+    python -m mammut.results --study fusion          # a study (and the chain stages it starts from, compares with)
 
 Each finished stage leaves its record in docs/results/<stage>.json, and is not run again; records
 are kept in the repository so that the chain can be finished in pieces, on other days or
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", nargs="+", choices=[stage.name for stage in ALL_STAGES], default=None,
                         help="run these stages (and those they start from); default: the whole chain")
     parser.add_argument("--study", nargs="+", choices=[study.name for study in STUDIES], default=[],
-                        help="run these studies' stages too (and those they start from)")
+                        help="run these studies' stages too (and the chain stages they start from and compare with)")
     parser.add_argument("--runs", type=Path, default=Path("runs/results"), help="where the stages log (default: %(default)s)")
     parser.add_argument("--records", type=Path, default=Path("docs/results"),
                         help="where each finished stage's record is kept (default: %(default)s)")
@@ -53,9 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     stages = select(args.stages, args.study)
     if args.redo:
         forgotten = runner.forget(args.redo)
-        logging.info("forgotten, to run again: %s", ", ".join(forgotten))
-        chosen = args.stages is not None or args.study
-        stages = select([*(args.stages or []), *forgotten] if chosen else None, args.study)
+        # Run again what was named, the chain's stages, and those of the studies asked for; a study's
+        # stage that started from a forgotten run waits for its study.
+        asked = {stage.name for stage in CHAIN} | {stage.name for study in STUDIES if study.name in args.study
+                                                   for stage in study.stages} | set(args.redo)
+        again = [name for name in forgotten if name in asked]
+        logging.info("forgotten, to run again: %s", ", ".join(again))
+        if waiting := [name for name in forgotten if name not in asked]:
+            logging.info("forgotten, to run with their study (--study): %s", ", ".join(waiting))
+        named = args.stages if args.stages is not None else [] if args.study else [stage.name for stage in CHAIN]
+        stages = select([*named, *again], args.study)
     by_name = {stage.name: stage for stage in ALL_STAGES}
     try:
         if not args.write_only:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from mammut.checkpointing import read_checkpoint
 from mammut.machine import describe_machine
 from mammut.run_logs import final_values
 
@@ -74,17 +75,9 @@ class ChainRunner:
         done = self.done_file(stage)
         return StageResult.read(done) if done.exists() else None
 
-    def checkpoint(self, stage: Stage, which: str = "last") -> Path:
-        """The stage's final state (``last``), or its best by its checkpoint monitor (``best``, the
-        recipes' ``best-step<N>.ckpt``): what the stages that start from it load."""
-        folder = self.folder(stage) / "checkpoints"
-        if which == "last":
-            return folder / "last.ckpt"
-        best = sorted(folder.glob("best-*.ckpt"))
-        if len(best) != 1:
-            raise RuntimeError(f"stage {stage.name!r} has {len(best)} best checkpoints (best-*.ckpt) in {folder}, "
-                               "not one")
-        return best[0]
+    def checkpoint(self, stage: Stage) -> Path:
+        """The stage's final state: what the stages that start from it load."""
+        return self.folder(stage) / "checkpoints" / "last.ckpt"
 
     def run(self, stage: Stage, start: Stage | None) -> StageResult:
         """Runs ``stage`` (resuming it if it was stopped part-way) unless it is done; ``start``: the
@@ -101,10 +94,10 @@ class ChainRunner:
                 raise RuntimeError(f"stage {stage.name!r} starts from {self.checkpoint(start)}, which is not on this "
                                    f"machine (stage {start.name!r} finished {started.finished} on {started.machine}); "
                                    f"--redo {start.name} runs it and the stages that start from it again")
-            start_checkpoint = self.checkpoint(start, stage.init_checkpoint)
-        for command in stage.prepare:  # quick and deterministic: run again at every attempt
+            start_checkpoint = self.checkpoint(start)
+        for command, typed in zip(stage.prepare, stage.preparations()):  # quick and deterministic: run every attempt
             if subprocess.run([sys.executable, "-m", *command], check=False).returncode != 0:
-                raise RuntimeError(f"stage {stage.name!r}: its preparation `python -m {shlex.join(command)}` failed")
+                raise RuntimeError(f"stage {stage.name!r}: its preparation `{typed}` failed")
         arguments = stage.arguments(str(start_checkpoint) if start_checkpoint else None)
         logging_to = [f"--trainer.logger.init_args.save_dir={self.runs}", f"--trainer.logger.init_args.name={stage.name}",
                       "--trainer.logger.init_args.version=0"]
@@ -132,13 +125,19 @@ class ChainRunner:
                      if tag.startswith("val_baseline/")}
         if not metrics:
             raise RuntimeError(f"stage {stage.name!r} finished without a validation in {self.folder(stage)}")
+        validated = max(step for step, _ in values.values())
+        trained = read_checkpoint(self.checkpoint(stage))["global_step"]
+        if trained - validated > 1:  # a validation after optimizer step n is logged at step n - 1 or n
+            raise RuntimeError(f"stage {stage.name!r} trained to step {trained}, but its last validation was logged at "
+                               f"step {validated}: its final state was never measured. Give it a "
+                               "--trainer.val_check_interval that divides its --trainer.max_steps.")
         result = StageResult(
             name=stage.name, command=" && ".join([*stage.preparations(), shlex.join(["mammut", *arguments])]),
             minutes=round(sum(a["seconds"] for a in attempts) / 60, 1),
             cpu_minutes=(round(sum(a["cpu_seconds"] for a in attempts) / 60, 1)
                          if all("cpu_seconds" in a for a in attempts) else None),
             finished=datetime.now(timezone.utc).isoformat(timespec="minutes"),
-            metrics=metrics, baselines=baselines, step=max(step for step, _ in values.values()),
+            metrics=metrics, baselines=baselines, step=validated,
             machine=describe_machine())
         self.done_file(stage).parent.mkdir(parents=True, exist_ok=True)
         self.done_file(stage).write_text(json.dumps(result.__dict__, indent=1) + "\n")
