@@ -46,7 +46,7 @@ $(DEMO)/classification/info.json: | $(DEMO)/video/train_qa.json
 
 data: $(DEMO)/tokenizer.json $(DEMO)/classification/info.json  ## write the demo world (images, captions, VQA, detection, video clips, classification) and train its tokenizer
 
-pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100")
+pretrain: data  ## pretrain MaMMUT on the demo world (configs/pretrain.yaml; ARGS="--trainer.max_steps=100 --trainer.val_check_interval=50")
 	$(BIN)/mammut fit --config $(CONFIG) $(ARGS)
 
 # The demo's training split as img2dataset-layout tar shards (with parquet and stats files);

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import lightning as L
 import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
 from conftest import REPO
-from mammut.cli import main
+from mammut.cli import main, warn_if_the_final_state_goes_unscored
 from mammut.model import PRESETS
 from mammut.tasks.detection import DetectionDataModule
 from mammut.tasks.pretrain import ImageTextDataModule
@@ -42,7 +43,30 @@ def print_config(*args: str, capsys, monkeypatch) -> str:
 def test_recipe_parses(recipe, capsys, monkeypatch):
     base = OVERLAYS.get(str(recipe))
     configs = [*(["--config", base] if base else []), "--config", str(recipe)]
-    assert "class_path: mammut.tasks." in print_config(*configs, capsys=capsys, monkeypatch=monkeypatch)
+    printed = print_config(*configs, capsys=capsys, monkeypatch=monkeypatch)
+    assert "class_path: mammut.tasks." in printed
+    # Its last step is validated: the metrics it ends with are its final weights'.
+    assert not warn_if_the_final_state_goes_unscored(steps_and_validation(yaml.safe_load(printed)["trainer"]))
+
+
+def steps_and_validation(trainer: dict, **changes) -> L.Trainer:
+    """A Trainer with a recipe's steps and validation settings (and ``changes``), nothing else."""
+    settings = {key: trainer[key] for key in ("max_steps", "val_check_interval", "check_val_every_n_epoch",
+                                              "accumulate_grad_batches") if key in trainer} | changes
+    return L.Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False)
+
+
+def test_a_run_ending_between_validations_is_warned_of(caplog):
+    recipe = yaml.safe_load((REPO / "configs/pretrain.yaml").read_text())["trainer"]
+    with caplog.at_level("WARNING", logger="mammut"):
+        assert warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1000))
+    assert "max_steps 1000 is not a multiple of val_check_interval 400: the last validation comes after batch 800" \
+        in caplog.text
+    assert not warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1200))
+    # The interval counts training batches: 2 per step make step 200 batch 400.
+    assert not warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1000,
+                                                                          accumulate_grad_batches=2))
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -70,6 +70,7 @@ class MammutCLI(LightningCLI):
 
     def before_fit(self) -> None:
         quiet_loader_resume_warning(self.datamodule)
+        warn_if_the_final_state_goes_unscored(self.trainer)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -118,6 +119,25 @@ def warn_if_bf16_is_emulated(precision, accelerator) -> bool:
     logging.getLogger("mammut").warning(
         "precision %s on a CPU without native bf16 (no AVX-512 BF16 or AMX): its bf16 matmuls are emulated and "
         "run far slower than fp32. Add --trainer.precision=32-true.", precision)
+    return True
+
+
+def warn_if_the_final_state_goes_unscored(trainer: L.Trainer) -> bool:
+    """Warn when training ends between two validations (``max_steps`` not a multiple of an int
+    ``val_check_interval``): the run's last metrics would then be those of an earlier state, and its
+    final weights never scored. Returns whether it warned."""
+    interval = trainer.val_check_interval
+    if trainer.check_val_every_n_epoch is not None or not isinstance(interval, int) or trainer.max_steps <= 0:
+        return False
+    batches = trainer.max_steps * trainer.accumulate_grad_batches  # the interval counts training batches
+    if batches % interval == 0:
+        return False
+    last = (f"the last validation comes after batch {batches - batches % interval} of {batches}"
+            if batches > interval else "the run never validates")
+    logging.getLogger("mammut").warning(
+        "max_steps %d is not a multiple of val_check_interval %d: %s, and its final weights are never scored. Set a "
+        "val_check_interval that divides max_steps, or score last.ckpt afterwards with `mammut validate "
+        "--ckpt_path=...`.", trainer.max_steps, interval, last)
     return True
 
 
