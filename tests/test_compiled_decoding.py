@@ -6,6 +6,7 @@ from torch._dynamo.utils import counters
 
 from mammut.model import GenerationConfig, Mammut, generate
 from mammut.model.compiled_decoding import WeightsSnapshot, compiled_decoding
+from mammut.model.text_decoder import TextDecoder
 
 from conftest import needs_compiler
 from test_model import random_tokens, tiny_config
@@ -22,6 +23,19 @@ def make_model(seed):
 @pytest.fixture
 def g():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def without_autotuning(monkeypatch):
+    """Plain inductor for the tests of what the graphs decode. Autotuning only picks the fastest of
+    equivalent GEMM kernels, and timing them all for every graph costs most of these tests' time;
+    the bf16 test below keeps it, as users run it."""
+    plain = torch.compile(TextDecoder.continue_decoding, dynamic=False, fullgraph=True)
+    monkeypatch.setattr(compiled_decoding, "step", plain)
+    torch._dynamo.reset_code(TextDecoder.continue_decoding.__code__)
+    yield
+    torch._dynamo.reset_code(TextDecoder.continue_decoding.__code__)
+    compiled_decoding.built_from = None
 
 
 @pytest.mark.parametrize("with_prefix", [False, True])
@@ -80,7 +94,7 @@ def assert_same_tokens(compiled, eager):
 
 @pytest.mark.slow
 @needs_compiler
-def test_compiled_generation_gives_the_tokens_of_eager_generation(g):
+def test_compiled_generation_gives_the_tokens_of_eager_generation(g, without_autotuning):
     model = make_model(0)
     images = torch.randn(3, 3, 32, 32, generator=g)
     visual = model.encode_image(images)
@@ -95,7 +109,7 @@ def test_compiled_generation_gives_the_tokens_of_eager_generation(g):
 
 @pytest.mark.slow
 @needs_compiler
-def test_compiled_generation_follows_the_weights_as_they_change(g):
+def test_compiled_generation_follows_the_weights_as_they_change(g, without_autotuning):
     """Compiled graphs hold frozen weights; a stale graph would keep the old captions."""
     model, other = make_model(0), make_model(1)
     visual = model.encode_image(torch.randn(4, 3, 32, 32, generator=g))
@@ -127,7 +141,7 @@ def test_compiled_generation_follows_the_weights_as_they_change(g):
 
 @pytest.mark.slow
 @needs_compiler
-def test_the_graph_holds_the_weights_it_was_compiled_with(g, monkeypatch):
+def test_the_graph_holds_the_weights_it_was_compiled_with(g, monkeypatch, without_autotuning):
     """Why the weights check exists, and proof that generation runs the frozen graph: with the
     check disabled, a changed model keeps decoding with its old weights after the prompt."""
     model, other = make_model(0), make_model(1)
@@ -165,7 +179,7 @@ def test_compiled_step_under_bf16_autocast_gives_the_logits_of_the_eager_step(g)
 
 @pytest.mark.slow
 @needs_compiler
-def test_past_the_recompile_limit_the_step_runs_eagerly_with_the_same_tokens(g):
+def test_past_the_recompile_limit_the_step_runs_eagerly_with_the_same_tokens(g, without_autotuning):
     model = make_model(2)
     config = GenerationConfig(max_new_tokens=6, min_new_tokens=6, compile=True)
     graphs = counters["stats"]["unique_graphs"]
