@@ -3,6 +3,7 @@ the strategies of configs/strategy/."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -23,8 +24,13 @@ from tiny_run import TINY_MODEL, data_arguments
 
 def on_two_ranks(function, folder: Path, *args) -> list:
     """``function(rank, *args)`` on ranks 0 and 1 (a picklable, module-level function); returns
-    what each rank returned, in rank order."""
-    mp.spawn(_run_rank, args=(function, str(folder), args), nprocs=2)
+    what each rank returned, in rank order.
+
+    The ranks are forked from a fresh server process that has imported torch, Lightning and
+    mammut once for all the calls of this test process (seconds of imports per rank otherwise),
+    and that has run nothing: no threads to inherit, unlike a fork of the test process itself."""
+    multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "lightning", "mammut.cli"])
+    mp.start_processes(_run_rank, args=(function, str(folder), args), nprocs=2, start_method="forkserver")
     return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 

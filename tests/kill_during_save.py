@@ -1,18 +1,25 @@
 """Run ``mammut fit`` and kill the process with SIGKILL in the middle of one checkpoint save.
 
-    python kill_during_save.py SAVE POINT [mammut fit arguments...]
+    python kill_during_save.py JOBS.json
 
-SAVE counts checkpoint writes from 1; POINT is where in that write the process dies:
-``write:K`` before the K-th chunk is written, ``fsync`` before the data is flushed to disk,
+JOBS.json lists runs, each ``{"save": SAVE, "point": POINT, "tmpdir": DIR, "args": [mammut fit
+arguments...]}``. SAVE counts checkpoint writes from 1; POINT is where in that write the process
+dies: ``write:K`` before the K-th chunk is written, ``fsync`` before the data is flushed to disk,
 ``replace`` before the staged file is renamed over the checkpoint, ``replaced`` just after.
 Nothing is mocked: the save is the real one, and SIGKILL gives it no chance to clean up.
+
+Each run is a child forked from this process once it has imported mammut (a few seconds of
+imports paid once), before it has run anything; the exit status of each is written to
+JOBS.json's ``.status`` file, in order: the negative signal number, as subprocess gives it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+import tempfile
 
 from mammut import checkpointing
 from mammut.cli import main
@@ -63,5 +70,22 @@ def run(save: int, point: str, args: list[str]) -> None:
     main(args)
 
 
+def run_in_child(job: dict) -> int:
+    pid = os.fork()
+    if pid == 0:
+        os.environ["TMPDIR"] = job["tmpdir"]
+        tempfile.tempdir = None  # read TMPDIR again
+        try:
+            run(job["save"], job["point"], job["args"])
+        finally:
+            os._exit(1)  # not killed: the test fails on this status
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
 if __name__ == "__main__":
-    run(int(sys.argv[1]), sys.argv[2], sys.argv[3:])
+    jobs_file = sys.argv[1]
+    with open(jobs_file) as f:
+        statuses = [run_in_child(job) for job in json.load(f)]
+    with open(jobs_file + ".status", "w") as f:
+        json.dump(statuses, f)

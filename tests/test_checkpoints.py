@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -167,24 +168,45 @@ def test_a_damaged_checkpoint_fails_naming_the_file(tiny_demo, trained, tmp_path
 
 
 # Saves of a run checkpointing every step: 1 step1.ckpt, 2 last.ckpt, 3 step2.ckpt, 4 last.ckpt, ...
-@pytest.mark.parametrize("save, point", [(4, "write:1"), (4, "write:5"), (4, "fsync"), (4, "replace"),
-                                         (4, "replaced"), (3, "write:3")])
-def test_a_kill_at_any_point_of_a_save_leaves_a_checkpoint_that_resumes(tiny_demo, tmp_path, save, point):
+KILLS = [(4, "write:1"), (4, "write:5"), (4, "fsync"), (4, "replace"), (4, "replaced"), (3, "write:3")]
+
+
+@pytest.fixture(scope="module")
+def killed(tiny_demo, tmp_path_factory) -> dict[tuple[int, str], tuple[int, Path]]:
+    """Each of KILLS: a 4-step run killed at that point of that save, as (exit status, its logs'
+    folder). One process imports mammut and forks a run per kill (tests/kill_during_save.py)."""
+    root = tmp_path_factory.mktemp("killed")
     # The system's temporary folder on another filesystem, as a node-local /tmp on a cluster.
-    elsewhere = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path
+    elsewhere = Path("/dev/shm") if Path("/dev/shm").is_dir() else root
     temporary = elsewhere / f"mammut-test-{os.getpid()}"
-    temporary.mkdir(exist_ok=True)
-    arguments = ["fit", "--config", str(REPO / "configs/pretrain.yaml"), *TINY_MODEL,
-                 f"--data.root={tiny_demo}", "--data.batch_size=8", "--data.num_workers=0",
-                 "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.max_steps=4",
-                 "--trainer.limit_val_batches=0", f"--trainer.logger.init_args.save_dir={tmp_path}",
-                 "--trainer.logger.init_args.version=killed", *recipe_checkpoints_every_step(tmp_path)]
-    killed = subprocess.run([sys.executable, str(REPO / "tests/kill_during_save.py"), str(save), point, *arguments],
-                            cwd=REPO / "tests", env={**os.environ, "TMPDIR": str(temporary)},
-                            capture_output=True, text=True, timeout=600)
+    jobs, folders = [], []
+    for n, (save, point) in enumerate(KILLS):
+        folder = root / str(n)
+        folder.mkdir()
+        (temporary / str(n)).mkdir(parents=True, exist_ok=True)
+        arguments = ["fit", "--config", str(REPO / "configs/pretrain.yaml"), *TINY_MODEL,
+                     f"--data.root={tiny_demo}", "--data.batch_size=8", "--data.num_workers=0",
+                     "--trainer.precision=32-true", "--trainer.enable_progress_bar=false", "--trainer.max_steps=4",
+                     "--trainer.limit_val_batches=0", f"--trainer.logger.init_args.save_dir={folder}",
+                     "--trainer.logger.init_args.version=killed", *recipe_checkpoints_every_step(folder)]
+        jobs.append({"save": save, "point": point, "tmpdir": str(temporary / str(n)), "args": arguments})
+        folders.append(folder)
+    jobs_file = root / "jobs.json"
+    jobs_file.write_text(json.dumps(jobs))
+    with open(root / "output.txt", "w") as output:  # every run's, for a failure's first error
+        done = subprocess.run([sys.executable, str(REPO / "tests/kill_during_save.py"), str(jobs_file)],
+                              cwd=REPO / "tests", stdout=output, stderr=subprocess.STDOUT, timeout=900)
     shutil.rmtree(temporary, ignore_errors=True)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    folder = tmp_path / "pretrain" / "killed" / "checkpoints"
+    assert done.returncode == 0, (root / "output.txt").read_text()[-3000:]
+    statuses = json.loads((root / "jobs.json.status").read_text())
+    return {kill: (status, folder) for kill, status, folder in zip(KILLS, statuses, folders)}
+
+
+@pytest.mark.parametrize("save, point", KILLS)
+def test_a_kill_at_any_point_of_a_save_leaves_a_checkpoint_that_resumes(tiny_demo, tmp_path, killed, save, point):
+    status, logs = killed[save, point]
+    assert status == -9, f"not killed (exit status {status}); see {logs.parent / 'output.txt'}"
+    folder = logs / "pretrain" / "killed" / "checkpoints"
     for checkpoint in folder.glob("*.ckpt"):
         read_checkpoint(checkpoint)  # every file under a checkpoint's name is whole
     last = folder / "last.ckpt"
