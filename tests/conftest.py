@@ -11,6 +11,8 @@ import torch
 
 from mammut.data.demo import generate
 from mammut.data.tokenizer import main as train_tokenizer
+from mammut.model.compiled_decoding import compiled_decoding
+from mammut.model.text_decoder import TextDecoder
 
 # Tests run on the CPU, with few threads so that parallel processes do not thrash: at most 2, and
 # under pytest-xdist (`make test`) the cores shared out among the workers, at least 1 each.
@@ -81,3 +83,16 @@ def tiny_demo(tmp_path_factory) -> Path:
                      "--video-qa", str(root / "video/train_qa.json"),
                      "--instances", str(root / "annotations/instances_train.json")])
     return root
+
+
+@pytest.fixture
+def without_autotuning(monkeypatch):
+    """Plain inductor for the tests of what the graphs decode. Autotuning only picks the fastest of
+    equivalent GEMM kernels, and timing them all for every graph costs most of these tests' time;
+    tests/test_compiled_decoding.py keeps it in its bf16 test, as users run it."""
+    plain = torch.compile(TextDecoder.continue_decoding, dynamic=False, fullgraph=True)
+    monkeypatch.setattr(compiled_decoding, "step", plain)
+    torch._dynamo.reset_code(TextDecoder.continue_decoding.__code__)
+    yield
+    torch._dynamo.reset_code(TextDecoder.continue_decoding.__code__)
+    compiled_decoding.built_from = None

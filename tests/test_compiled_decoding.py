@@ -6,7 +6,6 @@ from torch._dynamo.utils import counters
 
 from mammut.model import GenerationConfig, Mammut, generate
 from mammut.model.compiled_decoding import WeightsSnapshot, compiled_decoding
-from mammut.model.text_decoder import TextDecoder
 
 from conftest import needs_compiler
 from test_model import random_tokens, tiny_config
@@ -23,19 +22,6 @@ def make_model(seed):
 @pytest.fixture
 def g():
     return torch.Generator().manual_seed(0)
-
-
-@pytest.fixture
-def without_autotuning(monkeypatch):
-    """Plain inductor for the tests of what the graphs decode. Autotuning only picks the fastest of
-    equivalent GEMM kernels, and timing them all for every graph costs most of these tests' time;
-    the bf16 test below keeps it, as users run it."""
-    plain = torch.compile(TextDecoder.continue_decoding, dynamic=False, fullgraph=True)
-    monkeypatch.setattr(compiled_decoding, "step", plain)
-    torch._dynamo.reset_code(TextDecoder.continue_decoding.__code__)
-    yield
-    torch._dynamo.reset_code(TextDecoder.continue_decoding.__code__)
-    compiled_decoding.built_from = None
 
 
 @pytest.mark.parametrize("with_prefix", [False, True])

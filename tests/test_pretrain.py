@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import warnings
 
 import lightning as L
@@ -12,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from mammut.cli import run_cli
 from mammut.model import MammutConfig
 from mammut.tasks.pretrain import ImageTextDataModule, PretrainModule
 
@@ -135,7 +134,7 @@ def test_validate_and_predict_from_a_checkpoint(tiny_demo, tmp_path, capsys):
 
 @pytest.mark.slow
 @needs_compiler
-def test_predict_with_the_compiled_decoding_step_captions_alike(tiny_demo, tmp_path, capsys):
+def test_predict_with_the_compiled_decoding_step_captions_alike(tiny_demo, tmp_path, capsys, without_autotuning):
     run("fit", tiny_demo, tmp_path, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
         "--trainer.logger.init_args.version=run")
     last = log_dir(tmp_path) / "checkpoints" / "last.ckpt"
@@ -150,10 +149,11 @@ def test_predict_with_the_compiled_decoding_step_captions_alike(tiny_demo, tmp_p
     assert captions["true"] == captions["false"]
 
 
-def test_print_config_resolves_overrides():
-    result = subprocess.run(
-        [sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / "configs/pretrain.yaml"),
-         "--model.lr=3e-4", "--trainer.max_steps=200", "--print_config"],
-        capture_output=True, text=True, check=True, cwd=REPO)
-    assert "lr: 0.0003" in result.stdout
-    assert "max_steps: 200" in result.stdout
+def test_print_config_resolves_overrides(capsys):
+    with pytest.raises(SystemExit) as printed:
+        run_cli(["fit", "--config", str(REPO / "configs/pretrain.yaml"), "--model.lr=3e-4",
+                 "--trainer.max_steps=200", "--print_config"])
+    assert printed.value.code == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.0003" in out
+    assert "max_steps: 200" in out
