@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,15 +25,19 @@ from tiny_run import TINY_MODEL, data_arguments
 
 
 def on_two_ranks(function, folder: Path, *args) -> list:
-    """``function(rank, *args)`` on ranks 0 and 1 (a picklable, module-level function); returns
-    what each rank returned, in rank order.
-
-    The ranks are forked from a fresh server process that has imported torch, Lightning and
-    mammut once for all the calls of this test process (seconds of imports per rank otherwise),
-    and that has run nothing: no threads to inherit, unlike a fork of the test process itself."""
-    multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "lightning", "mammut.cli"])
+    """``function(rank, *args)`` on ranks 0 and 1 (a picklable, module-level function), each forked
+    from the server process of ``forkserver()``; returns what each rank returned, in rank order."""
+    forkserver()
     mp.start_processes(_run_rank, args=(function, str(folder), args), nprocs=2, start_method="forkserver")
     return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def forkserver() -> multiprocessing.context.ForkServerContext:
+    """Processes forked from a fresh server that has imported torch, Lightning and mammut once for
+    all the ranks this test process starts (seconds of imports per rank otherwise), and that has
+    run nothing: no threads to inherit, unlike a fork of the test process itself."""
+    multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "lightning", "mammut.cli"])
+    return multiprocessing.get_context("forkserver")
 
 
 def _run_rank(rank: int, function, folder: str, args: tuple) -> None:
@@ -44,11 +50,11 @@ def _run_rank(rank: int, function, folder: str, args: tuple) -> None:
 
 
 def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: str, timeout: float = 240,
-                         config: str | list[str] = "configs/pretrain.yaml") -> None:
-    """``mammut fit`` of ``config`` with a tiny model on two CPU processes, launched by Lightning as
-    a user would launch it, with ``configs/strategy/<strategy>.yaml``; validation is off."""
-    command = [
-        sys.executable, "-m", "mammut.cli", "fit",
+                         config: str | list[str] = "configs/pretrain.yaml", launcher: str = "external") -> None:
+    """``mammut fit`` of ``config`` with a tiny model on two CPU processes, launched by ``launcher``
+    (``mammut_on_processes``), with ``configs/strategy/<strategy>.yaml``; validation is off."""
+    arguments = [
+        "fit",
         *(argument for c in ([config] if isinstance(config, str) else config) for argument in ("--config", str(REPO / c))),
         "--config", str(REPO / "configs/strategy" / f"{strategy}.yaml"), *TINY_MODEL,
         *data_arguments(data_root, joint="multitask" in str(config), batch_size=4), "--trainer.limit_val_batches=0",
@@ -56,11 +62,66 @@ def fit_on_two_processes(data_root: Path, out: Path, strategy: str, *overrides: 
         "--trainer.accelerator=cpu", "--trainer.devices=2",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *overrides,
     ]
-    # Each process gets one thread: two of them share the test machine's cores.
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    (out / "stderr.txt").write_text(result.stderr)  # both ranks' whole output, for a failure's first error
+    result = mammut_on_processes(arguments, 2, out / "stderr.txt", timeout, launcher)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def mammut_on_processes(arguments: list[str], processes: int, output: Path, timeout: float,
+                        launcher: str = "external") -> subprocess.CompletedProcess:
+    """``mammut <arguments>`` on ``processes`` CPU processes of one thread each (they share the test
+    machine's cores); every rank's output, stdout and stderr, in ``output`` and the result's stderr.
+
+    ``launcher="lightning"``: one ``python -m mammut.cli`` process, which Lightning's launcher runs
+    again for each further rank, as ``mammut fit --trainer.devices=N`` runs for a user.
+    ``"external"``: every rank started at once and told its rank as torchrun or a cluster's
+    scheduler tells it (LOCAL_RANK, RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), each forked from
+    ``forkserver()``, not a fresh interpreter.
+    """
+    if launcher == "lightning":
+        env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-m", "mammut.cli", *arguments], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=timeout)
+        output.write_text(result.stderr)
+        return result
+    port = _free_port()
+    logs = [output.with_name(f"{output.name}.rank{rank}") for rank in range(processes)]
+    ranks = [forkserver().Process(target=_mammut_rank, args=(rank, processes, port, arguments, str(log)))
+             for rank, log in enumerate(logs)]
+    for rank in ranks:
+        rank.start()
+    deadline = time.monotonic() + timeout
+    for rank in ranks:
+        rank.join(max(0.0, deadline - time.monotonic()))
+    hung = [rank for rank in ranks if rank.is_alive()]
+    for rank in hung:
+        rank.kill()
+        rank.join()
+    text = "".join(log.read_text() if log.exists() else "" for log in logs)
+    output.write_text(text)
+    if hung:
+        raise subprocess.TimeoutExpired(["mammut", *arguments], timeout, stderr=text)
+    returncode = next((rank.exitcode for rank in ranks if rank.exitcode), 0)
+    return subprocess.CompletedProcess(["mammut", *arguments], returncode, "", text)
+
+
+def _mammut_rank(rank: int, processes: int, port: int, arguments: list[str], log: str) -> None:
+    with open(log, "w") as file:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+    os.chdir(REPO)
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if processes > 1:
+        os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(processes),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from mammut.cli import main
+    main(arguments)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def strategy_from_config(name: str) -> Strategy:

@@ -4,9 +4,7 @@ runs that train on them and record which samples each step saw."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -15,6 +13,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 from mammut.data.write_shards import main as write_shards
 
 from conftest import REPO
+from distributed import mammut_on_processes
 from tiny_run import TINY_MODEL
 
 
@@ -63,8 +62,8 @@ def fit_on_shards(demo: Path, out: Path, shards: str, *overrides: str, strategy:
     if record is not None:
         text += f"    - class_path: shard_runs.RecordBatches\n      init_args: {{path: {record}}}\n"
     callbacks.write_text(text)
-    command = [
-        sys.executable, "-m", "mammut.cli", "fit", "--config", str(REPO / "configs/pretrain_shards.yaml"),
+    arguments = [
+        "fit", "--config", str(REPO / "configs/pretrain_shards.yaml"),
         *(["--config", str(REPO / "configs/strategy" / f"{strategy}.yaml")] if strategy else []),
         "--config", str(callbacks), *TINY_MODEL, f"--data.root={demo}", f"--data.train_shards={shards}",
         "--data.batch_size=4", "--data.eval_batch_size=12", "--data.test_annotations=null",
@@ -72,8 +71,5 @@ def fit_on_shards(demo: Path, out: Path, shards: str, *overrides: str, strategy:
         "--trainer.log_every_n_steps=1", "--trainer.accelerator=cpu", f"--trainer.devices={processes}",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}", *overrides,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    (out / "stderr.txt").write_text(result.stderr)
-    return result
+    return mammut_on_processes(arguments, processes, out / "stderr.txt", timeout)
 

@@ -72,7 +72,7 @@ def test_fsdp2_trains_the_vqa_peft_prefix_and_validates(tiny_demo, tmp_path):
                          "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3",
                          "--model.peft.visual_layers=[0,1]", "--trainer.logger.init_args.version=peft",
                          "--model.adapter_checkpoints=false",  # full checkpoints: FSDP2 shards them
-                         config=["configs/finetune_vqa.yaml", "configs/finetune_vqa_peft.yaml"])
+                         config=["configs/finetune_vqa.yaml", "configs/finetune_vqa_peft.yaml"], launcher="lightning")
     logs = scalars(tmp_path / "finetune_vqa_peft" / "peft")
     assert [step for step, _ in logs["train/loss"]] == [0, 1, 2]
     assert len(logs["val/vqa/accuracy"]) == 1
@@ -88,7 +88,8 @@ def test_ddp_ranks_draw_their_own_shards_and_a_rank_with_only_bad_samples_does_n
     for index in first_batch_of_rank_0 + two_of_rank_1:
         records[index].path.write_bytes(b"not a JPEG")
     fit_on_two_processes(root, tmp_path, "ddp", "--trainer.max_steps=3", "--data.skip_bad_samples=true",
-                         "--model.grad_checkpointing=true", "--trainer.logger.init_args.version=run", timeout=180)
+                         "--model.grad_checkpointing=true", "--trainer.logger.init_args.version=run", timeout=180,
+                         launcher="lightning")
     logged = scalars(tmp_path / "pretrain" / "run")
     # Rank 0 met the 4 bad images its shard holds, rank 1 its 2, all in their first batch.
     assert [value for _, value in logged["data/skipped_samples"]] == [6.0, 6.0, 6.0]
