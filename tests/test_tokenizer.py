@@ -1,5 +1,6 @@
 """CaptionTokenizer with the real tokenizers library: layout, round trip, user files, CLI."""
 
+import json
 import subprocess
 import sys
 import unicodedata
@@ -10,6 +11,7 @@ from coco_files import CAPTIONS, coco_captions, write_coco
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from mammut.data import CaptionTokenizer, DataFormatError
+from mammut.data.tokenizer import main as tokenizer_main
 
 TRAINING_TEXTS = [caption for captions in CAPTIONS.values() for caption in captions] * 10
 
@@ -193,3 +195,32 @@ def test_cli_trains_on_the_captions_of_every_given_file(tmp_path):
     assert len(tokenizer.encode("zebra", 8)) == 3
     assert len(tokenizer.encode("giraffe", 8)) == 3
     assert len(tokenizer.encode("elephant", 8)) > 3
+
+
+def test_met_by_gives_the_share_of_tokens_in_rows_the_training_never_met(tokenizer, tmp_path, capsys):
+    tokenizer_file = tmp_path / "tokenizer.json"
+    tokenizer.save(tokenizer_file)
+    met = tokenizer.token_ids("a red circle")
+    counts = torch.zeros(tokenizer.vocab_size, dtype=torch.long)
+    counts[met] = 7  # the training's text: "a red circle", and nothing else
+    checkpoint = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {"model.token_use.counts": counts}}, checkpoint)
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps({"questions": [{"question": "a red circle"}, {"question": "a blue square"}]}))
+    square = tokenizer.token_ids("a blue square")
+    assert len(set(square) - set(met)) >= 2  # "blue" and "square" are rows of their own
+
+    tokenizer_main(["--check", str(tokenizer_file), "--met-by", str(checkpoint), "--vqa", str(questions)])
+    tokens = len(met) + len(square)
+    unmet = sum(i not in met for i in square)
+    printed = capsys.readouterr().out
+    assert f"{tokens / 2:.2f} tokens a text, {unmet / tokens:.1%} of them in rows" in printed
+    assert f"({len(set(met))} of {tokenizer.vocab_size} rows met)" in printed
+
+    counts.fill_(-1)  # a file from before the counts were kept
+    torch.save({"state_dict": {"model.token_use.counts": counts}}, checkpoint)
+    with pytest.raises(DataFormatError, match="run.ckpt: it does not record which vocabulary rows"):
+        tokenizer_main(["--check", str(tokenizer_file), "--met-by", str(checkpoint), "--vqa", str(questions)])
+    torch.save({"state_dict": {"model.token_use.counts": torch.ones(9, dtype=torch.long)}}, checkpoint)
+    with pytest.raises(DataFormatError, match="the weights 9 rows"):
+        tokenizer_main(["--check", str(tokenizer_file), "--met-by", str(checkpoint), "--vqa", str(questions)])

@@ -309,8 +309,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--check", type=Path, help="an existing tokenizer.json to check instead of training one")
     parser.add_argument("--answers", type=Path, action="append", default=[],
                         help="VQAv2 annotations or video QA JSON whose answer words should each be one token; repeatable")
+    parser.add_argument("--met-by", type=Path,
+                        help="with --check: a checkpoint or weights file of a model using this tokenizer; prints "
+                             "the share of the text files' tokens whose rows its training never met")
     args = parser.parse_args(argv)
     sources = {kind: getattr(args, kind) for kind in TEXT_SOURCES if getattr(args, kind)}
+    if args.met_by and not (args.check and sources):
+        parser.error("--met-by needs --check and at least one text file (--vqa, --captions, ...)")
     if args.check:
         tokenizer = CaptionTokenizer.from_file(args.check)
     else:
@@ -327,6 +332,37 @@ def main(argv: Sequence[str] | None = None) -> None:
               else "every answer word is a single token")
         if in_pieces and args.check:
             sys.exit(1)
+    if args.met_by:
+        met = met_rows(args.met_by)
+        for kind, files in sources.items():
+            for file in files:
+                texts, tokens, unmet = unmet_share(tokenizer, TEXT_SOURCES[kind][0](file), met)
+                print(f"{file}: {tokens / max(texts, 1):.2f} tokens a text, {unmet / max(tokens, 1):.1%} of them "
+                      f"in rows the training of {args.met_by} never met ({int(met.sum())} of {len(met)} rows met)")
+
+
+def met_rows(weights: Path) -> torch.Tensor:
+    """Which vocabulary rows the training behind a checkpoint or weights file met (``TokenUse``)."""
+    from mammut.model.token_use import NOT_RECORDED
+    from mammut.model.weights_file import read_state_dict
+
+    counts = [tensor for name, tensor in read_state_dict(weights).items() if name.endswith("token_use.counts")]
+    if len(counts) != 1 or (counts[0] == NOT_RECORDED).any():
+        raise DataFormatError(f"{weights}: it does not record which vocabulary rows its training met "
+                              "(token_use.counts; files written by mammut fit keep it)")
+    return counts[0] > 0
+
+
+def unmet_share(tokenizer: CaptionTokenizer, texts: Iterable[str], met: torch.Tensor) -> tuple[int, int, int]:
+    """How many texts, tokens and tokens in rows not ``met``, over ``texts``."""
+    if tokenizer.vocab_size != len(met):
+        raise DataFormatError(f"the tokenizer has {tokenizer.vocab_size} tokens, the weights {len(met)} rows: "
+                              "they were not trained together")
+    n_texts = n_tokens = n_unmet = 0
+    for text in texts:
+        ids = torch.tensor(tokenizer.token_ids(text), dtype=torch.long)
+        n_texts, n_tokens, n_unmet = n_texts + 1, n_tokens + len(ids), n_unmet + int((~met[ids]).sum())
+    return n_texts, n_tokens, n_unmet
 
 
 def answers_of(files: Iterable[Path]) -> Iterable[str]:
