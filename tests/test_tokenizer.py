@@ -11,7 +11,7 @@ from coco_files import CAPTIONS, coco_captions, write_coco
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from mammut.data import CaptionTokenizer, DataFormatError
-from mammut.data.tokenizer import main as tokenizer_main
+from mammut.data.tokenizer import main as tokenizer_main, texts_of
 
 TRAINING_TEXTS = [caption for captions in CAPTIONS.values() for caption in captions] * 10
 
@@ -224,3 +224,12 @@ def test_met_by_gives_the_share_of_tokens_in_rows_the_training_never_met(tokeniz
     torch.save({"state_dict": {"model.token_use.counts": torch.ones(9, dtype=torch.long)}}, checkpoint)
     with pytest.raises(DataFormatError, match="the weights 9 rows"):
         tokenizer_main(["--check", str(tokenizer_file), "--met-by", str(checkpoint), "--vqa", str(questions)])
+
+
+def test_answers_only_reads_the_answers_of_vqa_and_video_qa_files_not_their_questions(tmp_path):
+    vqa = tmp_path / "annotations.json"
+    vqa.write_text(json.dumps({"annotations": [{"question_id": 1, "multiple_choice_answer": "yes",
+                                                "answers": [{"answer": "yes"}, {"answer": "no"}]}]}))
+    video = tmp_path / "video_qa.json"
+    video.write_text(json.dumps([{"video": "v0", "question": "where does it move", "answer": "up"}]))
+    assert list(texts_of({"answers_only": [vqa, video]})) == ["yes", "no", "up"]

@@ -270,6 +270,7 @@ TEXT_SOURCES = {
     "msrvtt": (_msrvtt_texts_of, "MSR-VTT videodatainfo JSON (captions)"),
     "video_qa": (_video_qa_texts_of, "MSRVTT-QA / MSVD-QA JSON (questions, answers)"),
     "instances": (_category_names_of, "COCO / LVIS instances JSON (category names)"),
+    "answers_only": (lambda file: answers_of([file]), "VQAv2 annotations or video QA JSON (answers, not questions)"),
 }
 
 

@@ -98,6 +98,14 @@ class Study:
 CAPTIONS_TOKENIZER = ("mammut.data.tokenizer", "--captions", "data/demo/annotations/captions_train.json",
                       "--out", "data/demo/tokenizer_captions.json")
 WITH_CAPTIONS_TOKENIZER = "--data.tokenizer=tokenizer_captions.json"  # relative to the data root
+# Captions and every answer word (image and video QA) whole; the questions in pieces of those words.
+CAPTIONS_ANSWERS_TOKENIZER = ("mammut.data.tokenizer", "--captions", "data/demo/annotations/captions_train.json",
+                              "--answers-only", "data/demo/vqa/v2_mscoco_train_annotations.json",
+                              "--answers-only", "data/demo/video/train_qa.json",
+                              "--answers", "data/demo/vqa/v2_mscoco_train_annotations.json",
+                              "--answers", "data/demo/video/train_qa.json",
+                              "--out", "data/demo/tokenizer_captions_answers.json")
+WITH_CAPTIONS_ANSWERS_TOKENIZER = "--data.tokenizer=tokenizer_captions_answers.json"
 SEED_1 = ("--seed_everything=1", "--data.seed=1")  # the initialisation, and the data's order and caption draws
 
 
@@ -115,9 +123,11 @@ STUDIES: tuple[Study, ...] = (
           "Pretraining checkpoints that differ from `pretrain` in one thing each (the seed of the random "
           "initialisation and of the data's order, the tokenizer, the steps, the precision), each fine-tuned by "
           "the unchanged VQA recipe, and all but fp32 by the detection recipe too. Two seeds of each tokenizer "
-          "tell the tokenizer's effect from the draw. (Best against last needs no run: pretraining validates at "
+          "tell the tokenizer's effect from the draw. A third tokenizer, of the captions and the answers, keeps "
+          "every answer word whole (as LoRA and the prefix want) and splits the questions as the caption-only "
+          "one does; it is fine-tuned by the VQA and the LoRA recipes. (Best against last needs no run: pretraining validates at "
           "steps 400 and 800, and its best checkpoint by mean R@1 was its last in the chain's run.)",
-          ("pretrain", "vqa", "detection", "pretrain_1000"),
+          ("pretrain", "vqa", "vqa_lora", "detection", "pretrain_1000"),
           (Stage("pretrain_seed1", "pretraining, seed 1", ("configs/pretrain.yaml",),
                  overrides=SEED_1, headline=PRETRAIN_HEADLINE),
            *_from_checkpoints("seed1", "pretrain_seed1"),
@@ -129,6 +139,16 @@ STUDIES: tuple[Study, ...] = (
                  prepare=(CAPTIONS_TOKENIZER,), headline=PRETRAIN_HEADLINE),
            *_from_checkpoints("captok_seed1", "pretrain_captok_seed1", WITH_CAPTIONS_TOKENIZER,
                               prepare=(CAPTIONS_TOKENIZER,)),
+           Stage("pretrain_anstok", "pretraining with the tokenizer of the captions and the answers",
+                 ("configs/pretrain.yaml",), overrides=(WITH_CAPTIONS_ANSWERS_TOKENIZER,),
+                 prepare=(CAPTIONS_ANSWERS_TOKENIZER,), headline=PRETRAIN_HEADLINE),
+           Stage("vqa_anstok", "the VQA recipe from `pretrain_anstok`", ("configs/finetune_vqa.yaml",),
+                 overrides=(WITH_CAPTIONS_ANSWERS_TOKENIZER,), init_from="pretrain_anstok",
+                 prepare=(CAPTIONS_ANSWERS_TOKENIZER,), headline=VQA_HEADLINE),
+           Stage("vqa_lora_anstok", "the LoRA recipe from `pretrain_anstok`",
+                 ("configs/finetune_vqa.yaml", "configs/finetune_vqa_lora.yaml"),
+                 overrides=(WITH_CAPTIONS_ANSWERS_TOKENIZER,), init_from="pretrain_anstok",
+                 prepare=(CAPTIONS_ANSWERS_TOKENIZER,), headline=VQA_HEADLINE),
            *_from_checkpoints("1000", "pretrain_1000"),
            Stage("pretrain_fp32", "pretraining in fp32 (the recipe: bf16 mixed precision)", ("configs/pretrain.yaml",),
                  overrides=("--trainer.precision=32-true",), headline=PRETRAIN_HEADLINE),
