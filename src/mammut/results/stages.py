@@ -125,8 +125,9 @@ STUDIES: tuple[Study, ...] = (
           "the unchanged VQA recipe, and all but fp32 by the detection recipe too. Two seeds of each tokenizer "
           "tell the tokenizer's effect from the draw. A third tokenizer, of the captions and the answers, keeps "
           "every answer word whole (as LoRA and the prefix want) and splits the questions as the caption-only "
-          "one does; it is fine-tuned by the VQA and the LoRA recipes. (Best against last needs no run: pretraining validates at "
-          "steps 400 and 800, and its best checkpoint by mean R@1 was its last in the chain's run.)",
+          "one does; it is fine-tuned by the VQA and the LoRA recipes. LoRA from the caption-only tokenizer's "
+          "checkpoint tells what answers of several tokens cost the adapters. (Best against last needs no run: "
+          "pretraining validates at steps 400 and 800, and its best checkpoint by mean R@1 was its last in the chain's run.)",
           ("pretrain", "vqa", "vqa_lora", "detection", "pretrain_1000"),
           (Stage("pretrain_seed1", "pretraining, seed 1", ("configs/pretrain.yaml",),
                  overrides=SEED_1, headline=PRETRAIN_HEADLINE),
@@ -134,6 +135,10 @@ STUDIES: tuple[Study, ...] = (
            Stage("pretrain_captok", "pretraining with the caption-only tokenizer", ("configs/pretrain.yaml",),
                  overrides=(WITH_CAPTIONS_TOKENIZER,), prepare=(CAPTIONS_TOKENIZER,), headline=PRETRAIN_HEADLINE),
            *_from_checkpoints("captok", "pretrain_captok", WITH_CAPTIONS_TOKENIZER, prepare=(CAPTIONS_TOKENIZER,)),
+           Stage("vqa_lora_captok", "the LoRA recipe from `pretrain_captok`, whose answers are several tokens",
+                 ("configs/finetune_vqa.yaml", "configs/finetune_vqa_lora.yaml"),
+                 overrides=(WITH_CAPTIONS_TOKENIZER,), init_from="pretrain_captok",
+                 prepare=(CAPTIONS_TOKENIZER,), headline=VQA_HEADLINE),
            Stage("pretrain_captok_seed1", "pretraining with the caption-only tokenizer, seed 1",
                  ("configs/pretrain.yaml",), overrides=(WITH_CAPTIONS_TOKENIZER, *SEED_1),
                  prepare=(CAPTIONS_TOKENIZER,), headline=PRETRAIN_HEADLINE),
