@@ -1,13 +1,16 @@
 """CaptionTokenizer with the real tokenizers library: layout, round trip, user files, CLI."""
 
 import json
+import shutil
 import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 
 import pytest
 import torch
 from coco_files import CAPTIONS, coco_captions, write_coco
+from conftest import REPO
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from mammut.data import CaptionTokenizer, DataFormatError
@@ -233,3 +236,31 @@ def test_answers_only_reads_the_answers_of_vqa_and_video_qa_files_not_their_ques
     video = tmp_path / "video_qa.json"
     video.write_text(json.dumps([{"video": "v0", "question": "where does it move", "answer": "up"}]))
     assert list(texts_of({"answers_only": [vqa, video]})) == ["yes", "no", "up"]
+
+
+def test_make_trains_the_demo_tokenizer_again_only_when_its_arguments_change(tmp_path):
+    """A demo world whose tokenizer was trained with other arguments (an older default's) gets
+    today's; one trained with today's arguments is left as it is."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    demo = tmp_path / "demo"
+    write_coco(demo / "annotations" / "captions_train.json", coco_captions({1: ["a zebra"] * 5, 2: ["one giraffe"] * 5}))
+    (demo / "video").mkdir()
+    (demo / "video" / "train_qa.json").write_text("[]")  # the demo world is written: make leaves it alone
+    tokenizer, arguments = demo / "tokenizer.json", demo / ".tokenizer-arguments"
+
+    def make() -> None:
+        subprocess.run(["make", "-C", str(REPO), f"DEMO={demo}", f"BIN={Path(sys.executable).parent}", str(tokenizer)],
+                       check=True, capture_output=True, timeout=120)
+
+    make()
+    assert CaptionTokenizer.from_file(tokenizer).vocab_size > 4
+    trained = tokenizer.stat().st_mtime_ns
+    make()
+    assert tokenizer.stat().st_mtime_ns == trained
+
+    tokenizer.write_text("an older default's tokenizer")
+    arguments.write_text("--captions old.json --vqa questions.json\n")
+    make()
+    assert CaptionTokenizer.from_file(tokenizer).vocab_size > 4
+    assert arguments.read_text().split() == ["--captions", f"{demo}/annotations/captions_train.json"]

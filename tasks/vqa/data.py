@@ -38,15 +38,16 @@ class QuestionData:
             self.records["predict"] = self._predict_records()
 
     def _check_answer_words(self) -> None:
-        """Warn when answer words are not single tokens: a frozen decoder (PEFT) has to be taught
-        each of their pieces, and learns them only through LoRA on the vocabulary projection."""
+        """Warn when answer words are not single tokens: full fine-tuning and LoRA on the vocabulary
+        projection learn their pieces, but a frozen decoder with a prefix alone cannot."""
         answers = {answer for record in self.records.get("train", []) for answer in record.answers}
         in_pieces = words_in_pieces(self.tokenizer, answers)
         if in_pieces:
             word, pieces = next(iter(in_pieces.items()))
             log.warning("%d answer words of the training split are several tokens of the tokenizer (e.g. %r: %s). "
-                        "Full fine-tuning learns them; for PEFT, train the tokenizer on the answers too "
-                        "(python -m mammut.data.tokenizer --vqa ... --answers ...).", len(in_pieces), word, pieces)
+                        "Full fine-tuning and LoRA learn the pieces; for the prefix alone, pretrain with a "
+                        "tokenizer whose answer words are whole (python -m mammut.data.tokenizer --captions ... "
+                        "--answers-only ... --answers ...).", len(in_pieces), word, pieces)
 
     def _predict_records(self) -> list[VQARecord]:
         name = self.predict_inputs
