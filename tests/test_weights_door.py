@@ -69,6 +69,22 @@ def test_an_image_size_change_resamples_the_position_embedding_through_every_doo
     assert target.model.vision.vit.pos_embed.shape[1] == 1 + 8 * 8
 
 
+@pytest.mark.parametrize("context_length", [20, 8])
+def test_another_context_length_keeps_the_trained_text_positions(tmp_path, context_length):
+    source = small(7)
+    path = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    target = small(8, context_length=context_length)
+    own = target.model.decoder.position_embedding.detach().clone()
+    report = target.load_weights(str(path))
+    assert "model.decoder.position_embedding" in report.placed
+    loaded, trained = target.model.decoder.position_embedding, source.model.decoder.position_embedding
+    kept = min(context_length, SMALL["context_length"])
+    assert loaded.shape == (context_length, SMALL["text_width"])
+    assert torch.equal(loaded[:kept], trained[:kept])  # not interpolated: position i is still position i
+    assert torch.equal(loaded[kept:], own[kept:])  # longer: the new positions keep their initialisation
+
+
 def test_the_model_alone_loads_through_the_same_door(tmp_path):
     source = small(5)
     path = tmp_path / "model.safetensors"

@@ -39,6 +39,7 @@ class MammutOutput:
 class Mammut(nn.Module):
     # Names of parameters that loading weights must know (``weights.load_mammut_weights``).
     POSITION_EMBEDDING = "vision.vit.pos_embed"  # resampled when weights come from another image size
+    TEXT_POSITION_EMBEDDING = "decoder.position_embedding"  # fitted when weights come from another context length
     TUBES = "vision.tubes."  # the video tubes, which start from the patch embedding when a file lacks them
     # The video path, which image-text weights do not hold: tubes and mPLUG-2's video-only blocks.
     VIDEO_PATH = (TUBES, "vision.video_blocks.")

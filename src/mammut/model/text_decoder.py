@@ -19,6 +19,7 @@ depend on generated tokens and stay cached.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,8 @@ from torch.utils.checkpoint import checkpoint
 from .attention import ContextCache, CrossAttention, KVCache, SelfAttention, StaticKVCache
 from .config import MammutConfig
 from .token_learner import TokenLearner
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,6 +163,21 @@ class TextDecoder(nn.Module):
                 is_residual = name.endswith(("proj", "fc2"))
                 nn.init.normal_(module.weight, std=residual_std if is_residual else 0.02)
                 nn.init.zeros_(module.bias)
+
+    def resize_position_embedding(self, position_embedding: Tensor) -> Tensor:
+        """A text position embedding of another context length (weights trained on shorter or
+        longer texts) fitted to this decoder's: the trained positions are kept as they are and the
+        positions past them keep their initialisation. Interpolating instead would move every
+        trained position; a causal decoder reads position i the same whatever the length."""
+        if position_embedding.shape[-1] != self.position_embedding.shape[-1]:
+            raise ValueError(f"cannot fit a text position embedding of shape {tuple(position_embedding.shape)} "
+                             f"to {tuple(self.position_embedding.shape)}: another width")
+        kept = min(len(position_embedding), self.config.context_length)
+        log.info("text position embedding: %d trained positions kept, %d start from their initialisation",
+                 kept, self.config.context_length - kept)
+        resized = self.position_embedding.detach().clone()
+        resized[:kept] = position_embedding[:kept]
+        return resized
 
     def embed(self, tokens: Tensor, start: int = 0) -> Tensor:
         T = tokens.shape[1]

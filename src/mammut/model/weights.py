@@ -10,7 +10,8 @@ does the same steps:
    map, e.g. a task's keys from before tasks were components), and a name of a layer that
    LoRA wrapped (``qkv.base_layer.weight``) matches its plain name (``qkv.weight``);
 3. shapes: a single number fits whether stored with shape () or (1,), and a tensor of another
-   shape is resampled where the target says how (a position embedding of another grid);
+   shape is resampled where the target says how (a position embedding of another grid, a text
+   position embedding of another context length);
 4. load, and report what was placed, what had no place, and what kept its initialisation.
 """
 
@@ -112,7 +113,8 @@ def load_mammut_weights(target: nn.Module, source: Source, *, model_prefix: str 
     MammutModule, ``""`` for the Mammut itself): a mammut checkpoint, state dict or safetensors
     file, or an openMaMMUT checkpoint, converted and required to fill the whole image-text model.
 
-    A position embedding of another grid is resampled to the model's; video tubes that the file
+    A position embedding of another grid is resampled to the model's, a text position embedding
+    of another context length fitted to the model's; video tubes that the file
     does not hold start from its patch embedding. ``strict``: every parameter must be filled.
     """
     model = target.get_submodule(model_prefix.rstrip(".")) if model_prefix else target  # a Mammut
@@ -131,7 +133,8 @@ def load_mammut_weights(target: nn.Module, source: Source, *, model_prefix: str 
         else (lambda key: True) if strict else (lambda key: False)
     report = load_weights(target, state, name, renames=renames, purpose=purpose,
                           required=lambda key: key != token_use and required(key),
-                          resample={model_prefix + model.POSITION_EMBEDDING: model.vision.resample_position_embedding})
+                          resample={model_prefix + model.POSITION_EMBEDDING: model.vision.resample_position_embedding,
+                                    model_prefix + model.TEXT_POSITION_EMBEDDING: model.decoder.resize_position_embedding})
     if model.vision.tubes is not None and not any(k.startswith(model_prefix + model.TUBES) for k in report.placed):
         model.vision.initialise_tubes()  # image weights: the video tubes start from their patch embedding
     if token_use not in report.placed:
