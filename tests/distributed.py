@@ -77,6 +77,8 @@ def mammut_on_processes(arguments: list[str], processes: int, output: Path, time
     scheduler tells it (LOCAL_RANK, RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), each forked from
     ``forkserver()``, not a fresh interpreter.
     """
+    if launcher not in ("lightning", "external"):
+        raise ValueError(f"launcher must be 'lightning' or 'external', got {launcher!r}")
     if launcher == "lightning":
         env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
         result = subprocess.run([sys.executable, "-m", "mammut.cli", *arguments], cwd=REPO, env=env,
