@@ -99,35 +99,6 @@ def test_only_adapters_and_prefix_train(tiny_demo, tmp_path):
         assert changed == (name in trainable or name == "model.token_use.counts"), name
 
 
-def test_the_demo_tokenizer_rule_learns_the_captions_alone_and_answers_only_covers_every_answer(tiny_demo, tmp_path):
-    """`make data` trains the tokenizer on the captions alone, which spells answer words such as
-    "yes" in pieces (full fine-tuning and LoRA learn them); one of the captions and the answers,
-    for a frozen decoder with a prefix alone, has every answer word whole."""
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    demo = tmp_path / "demo"
-    shutil.copytree(tiny_demo, demo, ignore=shutil.ignore_patterns("tokenizer.json", "images", "videos"))
-    import subprocess
-    import sys
-    result = subprocess.run(["make", "-s", f"DEMO={demo}", f"BIN={Path(sys.executable).parent}",
-                             f"STAMP={tiny_run.REPO / 'Makefile'}", str(demo / "tokenizer.json")],
-                            cwd=tiny_run.REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    from mammut.data.tokenizer import main as tokenizer_main
-    captions = str(demo / "annotations/captions_train.json")
-    captions_only = tmp_path / "captions_only.json"
-    tokenizer_main(["--captions", captions, "--out", str(captions_only)])
-    assert (demo / "tokenizer.json").read_bytes() == captions_only.read_bytes()
-    answers = [str(demo / "vqa/v2_mscoco_train_annotations.json"), str(demo / "video/train_qa.json")]
-    checks = [arg for file in answers for arg in ("--answers", file)]
-    with pytest.raises(SystemExit):
-        tokenizer_main(["--check", str(demo / "tokenizer.json"), *checks])
-    answers_whole = tmp_path / "captions_answers.json"
-    tokenizer_main(["--captions", captions, *[arg for file in answers for arg in ("--answers-only", file)],
-                    "--out", str(answers_whole)])
-    tokenizer_main(["--check", str(answers_whole), *checks])  # covered: returns
-
-
 @pytest.fixture(scope="module")
 def bases(tiny_demo, tmp_path_factory) -> tuple[Path, Path]:
     """Two tiny pretrain checkpoints of different weights: an adapter's base, and another."""

@@ -238,9 +238,10 @@ def test_answers_only_reads_the_answers_of_vqa_and_video_qa_files_not_their_ques
     assert list(texts_of({"answers_only": [vqa, video]})) == ["yes", "no", "up"]
 
 
-def test_make_trains_the_demo_tokenizer_again_only_when_its_arguments_change(tmp_path):
-    """A demo world whose tokenizer was trained with other arguments (an older default's) gets
-    today's; one trained with today's arguments is left as it is."""
+def test_make_trains_the_demo_tokenizer_on_the_captions_alone_and_again_only_when_its_arguments_change(tmp_path):
+    """`make data` trains the demo tokenizer on the captions alone. A demo world whose tokenizer
+    was trained with other arguments (an older default's) gets today's; one trained with today's
+    arguments is left as it is."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     demo = tmp_path / "demo"
@@ -254,7 +255,9 @@ def test_make_trains_the_demo_tokenizer_again_only_when_its_arguments_change(tmp
                        check=True, capture_output=True, timeout=120)
 
     make()
-    assert CaptionTokenizer.from_file(tokenizer).vocab_size > 4
+    captions_only = tmp_path / "captions_only.json"
+    tokenizer_main(["--captions", str(demo / "annotations" / "captions_train.json"), "--out", str(captions_only)])
+    assert tokenizer.read_bytes() == captions_only.read_bytes()
     trained = tokenizer.stat().st_mtime_ns
     make()
     assert tokenizer.stat().st_mtime_ns == trained
@@ -264,3 +267,19 @@ def test_make_trains_the_demo_tokenizer_again_only_when_its_arguments_change(tmp
     make()
     assert CaptionTokenizer.from_file(tokenizer).vocab_size > 4
     assert arguments.read_text().split() == ["--captions", f"{demo}/annotations/captions_train.json"]
+
+
+def test_the_demo_answer_words_are_in_pieces_of_the_caption_tokenizer_and_whole_with_answers_only(tiny_demo, tmp_path):
+    """The default tokenizer spells answer words such as "yes" in pieces (full fine-tuning and
+    LoRA learn them); one of the captions and the answers, for a frozen decoder with a prefix
+    alone, has every answer word whole, which ``--check`` confirms."""
+    captions = str(tiny_demo / "annotations" / "captions_train.json")
+    answers = [str(tiny_demo / "vqa" / "v2_mscoco_train_annotations.json"), str(tiny_demo / "video" / "train_qa.json")]
+    checks = [arg for file in answers for arg in ("--answers", file)]
+    captions_only, answers_whole = tmp_path / "captions_only.json", tmp_path / "captions_answers.json"
+    tokenizer_main(["--captions", captions, "--out", str(captions_only)])
+    with pytest.raises(SystemExit):
+        tokenizer_main(["--check", str(captions_only), *checks])
+    tokenizer_main(["--captions", captions, *[arg for file in answers for arg in ("--answers-only", file)],
+                    "--out", str(answers_whole)])
+    tokenizer_main(["--check", str(answers_whole), *checks])  # covered: returns
