@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from mammut.adapters import BaseWeights
 from mammut.checkpointing import read_checkpoint
 from mammut.data.tokenizer import CaptionTokenizer
-from mammut.model import Mammut, MammutConfig, PrefixConfig
+from mammut.model import GenerationConfig, Mammut, MammutConfig, PrefixConfig
 from mammut.model.lora import LoraConfig, add_lora, merge_lora
 from mammut.tasks.vqa import VQADataModule, VQAModule
 
@@ -168,15 +168,26 @@ def test_adapter_checkpoints_reload_merge_and_refuse_another_base(tiny_demo, tmp
     assert merge([str(adapter), "--out", str(merged), "--overwrite"]) == 0
 
 
-def test_a_vqa_run_warns_when_answers_are_split_into_pieces(tiny_demo, tmp_path, caplog):
+def test_a_vqa_run_with_a_prefix_warns_when_answers_are_split_into_pieces(tiny_demo, tmp_path, caplog):
+    """Full fine-tuning and LoRA learn an answer word's pieces; a prefix on a frozen decoder hardly
+    does, so only a run with a prefix is warned."""
     from mammut.data.tokenizer import main as tokenizer_main
+    from mammut.task import TaskContext
+    from mammut.tasks.vqa import VQATask
     captions_only = tmp_path / "captions_only.json"
     tokenizer_main(["--captions", str(tiny_demo / "annotations/captions_train.json"), "--out", str(captions_only)])
-    for tokenizer, warned in ((captions_only, True), (tiny_demo / "tokenizer.json", False)):
-        caplog.clear()
+    architecture = MammutConfig(**SMALL, vocab_size=64)
+    for tokenizer, peft, warned in ((captions_only, PrefixConfig(2, [0]), True), (captions_only, None, False),
+                                    (tiny_demo / "tokenizer.json", PrefixConfig(2, [0]), False)):
         data = VQADataModule(root=str(tiny_demo), tokenizer=str(tokenizer), num_workers=0)
         data.connect(image_size=64, context_length=24, frames=1)
         data.setup("fit")
+        inputs = data.task_inputs("vqa")
+        assert bool(inputs.answer_words_in_pieces) == (tokenizer == captions_only)
+        task = VQATask(peft=peft)
+        task.build(architecture)
+        caplog.clear()
+        task.connect(TaskContext(architecture, GenerationConfig(), inputs, data.tokenizer))
         warnings = [r.getMessage() for r in caplog.records if "answer words" in r.getMessage()]
         assert bool(warnings) == warned
         if warned:

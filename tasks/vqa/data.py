@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -15,8 +14,6 @@ from mammut.tasks.datamodule import TaskDataModule
 from mammut.tasks.vqa.task import QuestionInputs
 
 GROUPINGS = ("question_type", "answer_type")
-
-log = logging.getLogger(__name__)
 
 
 class QuestionData:
@@ -32,22 +29,8 @@ class QuestionData:
 
     def setup(self, stage: str) -> None:
         super().setup(stage)  # the training answers too when evaluating: the majority baseline needs them
-        if stage == "fit":
-            self._check_answer_words()
         if stage == "predict":
             self.records["predict"] = self._predict_records()
-
-    def _check_answer_words(self) -> None:
-        """Warn when answer words are not single tokens: full fine-tuning and LoRA on the vocabulary
-        projection learn their pieces, but a frozen decoder with a prefix alone cannot."""
-        answers = {answer for record in self.records.get("train", []) for answer in record.answers}
-        in_pieces = words_in_pieces(self.tokenizer, answers)
-        if in_pieces:
-            word, pieces = next(iter(in_pieces.items()))
-            log.warning("%d answer words of the training split are several tokens of the tokenizer (e.g. %r: %s). "
-                        "Full fine-tuning and LoRA learn the pieces; for the prefix alone, pretrain with a "
-                        "tokenizer whose answer words are whole (python -m mammut.data.tokenizer --captions ... "
-                        "--answers-only ... --answers ...).", len(in_pieces), word, pieces)
 
     def _predict_records(self) -> list[VQARecord]:
         name = self.predict_inputs
@@ -66,7 +49,8 @@ class QuestionData:
     def task_inputs(self, task: str) -> QuestionInputs:
         """Per evaluated split: each question's groups (``groupings``), and the accuracy of the
         majority baseline (the most frequent training answer of its question type); how answers
-        are scored; and the input and question of each prediction."""
+        are scored; the input and question of each prediction; and the training answer words that
+        the tokenizer spells in pieces."""
         inputs = QuestionInputs(self.input_shape, answer_scoring=self.answer_scoring)
         score = ANSWER_SCORING[self.answer_scoring]
         train = self.records.get("train")
@@ -83,6 +67,8 @@ class QuestionData:
                 inputs.majority_baseline[split] = {
                     r.question_id: score(majority.get(r.question_type, overall), r.answers) for r in records}
         inputs.predict = {r.question_id: (str(r.path), r.question) for r in self.records.get("predict", [])}
+        if train:
+            inputs.answer_words_in_pieces = words_in_pieces(self.tokenizer, (a for r in train for a in r.answers))
         return inputs
 
     def predict_dataloader(self) -> DataLoader:

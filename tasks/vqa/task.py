@@ -37,6 +37,8 @@ class QuestionInputs(TaskInputs):
     # split -> question id -> the majority baseline's score on it
     majority_baseline: dict[str, dict[int, float]] = field(default_factory=dict)
     predict: dict[int, tuple[str, str]] = field(default_factory=dict)  # question id -> (input file, question)
+    # training answer words the tokenizer spells in several tokens -> their pieces
+    answer_words_in_pieces: dict[str, list[str]] = field(default_factory=dict)
 
 
 IGNORED = -100  # the target of a question or padding position
@@ -102,6 +104,15 @@ class VQATask(Task):
         # The data says how its answers are scored: VQAv2's formula, or exact match for one reference.
         for metric in self.metrics.values():
             metric.scoring = context.inputs.answer_scoring
+        in_pieces = context.inputs.answer_words_in_pieces
+        if self.prefix is not None and in_pieces:
+            # Full fine-tuning and LoRA learn the pieces; a frozen decoder with a prefix alone has
+            # to produce fragments in orders it never produced (docs/vqa.md).
+            word, pieces = next(iter(in_pieces.items()))
+            log.warning("%d answer words of the training split are several tokens of the tokenizer (e.g. %r: %s); "
+                        "with the decoder frozen, a prefix alone hardly learns them: pretrain with a tokenizer "
+                        "whose answer words are whole (python -m mammut.data.tokenizer --captions ... "
+                        "--answers-only ... --answers ...).", len(in_pieces), word, pieces)
 
     # --------------------------------------------------------------- forward
     def encode(self, model: Mammut, images: Tensor) -> tuple[Tensor, Tensor | None]:
