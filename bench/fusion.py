@@ -38,7 +38,7 @@ from report import markdown_table, median_step_seconds, publish, random_batch, s
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-DEMO_VOCAB = 549  # the demo tokenizer's (data/demo/tokenizer.json)
+DEMO_VOCAB = 465  # the demo tokenizer's (data/demo/tokenizer.json, trained by `make data` on the captions)
 
 IMAGE_SETTINGS = [
     ("baseline: demo model (configs/model/demo.yaml)", {}),
