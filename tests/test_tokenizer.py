@@ -251,8 +251,9 @@ def test_make_trains_the_demo_tokenizer_on_the_captions_alone_and_again_only_whe
     tokenizer, arguments = demo / "tokenizer.json", demo / ".tokenizer-arguments"
 
     def make() -> None:
-        subprocess.run(["make", "-C", str(REPO), f"DEMO={demo}", f"BIN={Path(sys.executable).parent}", str(tokenizer)],
-                       check=True, capture_output=True, timeout=120)
+        # STAMP: an existing file, so that make never installs into the running interpreter's environment.
+        subprocess.run(["make", "-C", str(REPO), f"DEMO={demo}", f"BIN={Path(sys.executable).parent}",
+                        f"STAMP={REPO / 'Makefile'}", str(tokenizer)], check=True, capture_output=True, timeout=120)
 
     make()
     captions_only = tmp_path / "captions_only.json"
