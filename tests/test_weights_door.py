@@ -85,6 +85,15 @@ def test_another_context_length_keeps_the_trained_text_positions(tmp_path, conte
     assert torch.equal(loaded[kept:], own[kept:])  # longer: the new positions keep their initialisation
 
 
+def test_a_text_position_embedding_of_another_width_is_an_error_naming_the_file(tmp_path):
+    state = dict(small(9).state_dict())
+    state["model.decoder.position_embedding"] = torch.zeros(SMALL["context_length"] + 4, SMALL["text_width"] + 1)
+    path = tmp_path / "wider.ckpt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(ValueError, match=f"{path}: cannot fit a text position embedding .* another width"):
+        small(10, context_length=SMALL["context_length"] + 4).load_weights(str(path))
+
+
 def test_the_model_alone_loads_through_the_same_door(tmp_path):
     source = small(5)
     path = tmp_path / "model.safetensors"

@@ -89,7 +89,10 @@ def load_weights(target: nn.Module, state: Mapping[str, Tensor], name: str, *,
     stays unfilled; everything else is reported (and logged), not silently dropped.
     """
     own = target.state_dict()
-    fitted, skipped = conform(state, own, renames, resample)
+    try:
+        fitted, skipped = conform(state, own, renames, resample)
+    except ValueError as error:  # a tensor that cannot be resampled: say which file holds it
+        raise ValueError(f"{purpose}: {name}: {error}") from error
     # A tied weight (the output projection and the token embedding) is filled with its twin.
     filled = {own[k].data_ptr() for k in fitted if own[k].numel()}
     unfilled = sorted(base_key(k) for k in own if k not in fitted and ".lora_" not in k  # adapters start anew
