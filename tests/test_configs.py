@@ -60,12 +60,12 @@ def steps_and_validation(trainer: dict, **changes) -> L.Trainer:
 def test_a_run_ending_between_validations_is_warned_of(caplog):
     recipe = yaml.safe_load((REPO / "configs/pretrain.yaml").read_text())["trainer"]
     with caplog.at_level("WARNING", logger="mammut"):
-        assert warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1000))
-    assert "max_steps 1000 is not a multiple of val_check_interval 400: the last validation comes after batch 800" \
+        assert warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1200))
+    assert "max_steps 1200 is not a multiple of val_check_interval 500: the last validation comes after batch 1000" \
         in caplog.text
-    assert not warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1200))
-    # The interval counts training batches: 2 per step make step 200 batch 400.
-    assert not warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1000,
+    assert not warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1500))
+    # The interval counts training batches: 2 per step make step 250 batch 500.
+    assert not warn_if_the_final_state_goes_unscored(steps_and_validation(recipe, max_steps=1250,
                                                                           accumulate_grad_batches=2))
 
 

@@ -178,8 +178,8 @@ def test_the_results_file_shows_each_study_beside_the_chain_runs_it_compares_wit
     cause = text[text.index("### cause"):text.index("### fusion")]
     assert "`make results ARGS=\"--study cause\"`. 1 of" in cause
     assert cause.index("| `pretrain`: pretraining (`make pretrain`) | not run yet") < cause.index(
-        "| `pretrain_seed1`: pretraining, seed 1 | image→text R@1 50.0%")
-    assert "#### pretrain_seed1: pretraining, seed 1" in cause and "0 of 13 runs finished" in text
+        "| `pretrain_seed1`: pretraining for 800 steps, seed 1 | image→text R@1 50.0%")
+    assert "#### pretrain_seed1: pretraining for 800 steps, seed 1" in cause and "0 of 12 runs finished" in text
 
 
 def test_a_run_whose_final_state_was_never_validated_is_not_recorded(tmp_path):
@@ -223,8 +223,8 @@ def test_redo_runs_a_named_study_stage_and_leaves_the_forgotten_others_to_their_
     assert results_main(["--redo", "vqa_seed1", *arguments]) == 1
     assert "stage 'vqa_seed1' starts from" in capsys.readouterr().err
     assert not (records / "vqa_seed1.json").exists() and (records / "pretrain_seed1.json").exists()
-    # pretrain_1000 is run again (here it fails); the cause study's runs from it wait for their study.
+    # pretrain_800 is run again (here it fails); the cause study's runs from it wait for their study.
     with caplog.at_level("INFO"):
-        assert results_main(["--redo", "pretrain_1000", *arguments]) == 1
-    assert "stage 'pretrain_1000' stopped with exit status" in capsys.readouterr().err
-    assert "to run with their study (--study): vqa_1000, detection_1000" in caplog.text
+        assert results_main(["--redo", "pretrain_800", *arguments]) == 1
+    assert "stage 'pretrain_800' stopped with exit status" in capsys.readouterr().err
+    assert "to run with their study (--study): vqa_800, detection_800, vqa_lora_800" in caplog.text
