@@ -57,6 +57,17 @@ def class_name(category: Category) -> str:
     return category.name.replace("_", " ")  # LVIS names are "baseball_bat"
 
 
+def class_queries(model: Mammut, tokenizer, context_length: int, prompts: list[list[str]]) -> Tensor:
+    """(K, E) unit-norm class queries: the mean text embedding (the contrastive pass) of each
+    class's prompts, ``prompts[k]`` for class k, as many for every class."""
+    if len({len(own) for own in prompts}) > 1:
+        raise ValueError(f"every class needs as many prompts, got {[len(own) for own in prompts]}")
+    tokens = tokenizer.encode_batch([prompt for own in prompts for prompt in own], context_length)
+    embeddings = model.text_embedding(tokens.to(model.logit_scale.device))
+    mean = embeddings.view(len(prompts), -1, embeddings.shape[-1]).mean(dim=1)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
 class DetectionTask(Task):
     """Open-vocabulary detection heads on the shared model's visual tokens."""
 
@@ -130,13 +141,10 @@ class DetectionTask(Task):
         averaged over the templates, or with ``random_template`` in one template drawn per name."""
         if random_template:
             drawn = torch.randint(len(self.templates), (len(names),)).tolist()
-            prompts = [self.templates[k].format(name) for name, k in zip(names, drawn)]
+            prompts = [[self.templates[k].format(name)] for name, k in zip(names, drawn)]
         else:
-            prompts = [template.format(name) for name in names for template in self.templates]
-        tokens = self.tokenizer.encode_batch(prompts, self.context.architecture.context_length)
-        embeddings = model.text_embedding(tokens.to(model.logit_scale.device))
-        mean = embeddings.view(len(names), -1, embeddings.shape[-1]).mean(dim=1)
-        return torch.nn.functional.normalize(mean, dim=-1)
+            prompts = [[template.format(name) for template in self.templates] for name in names]
+        return class_queries(model, self.tokenizer, self.context.architecture.context_length, prompts)
 
     def detect(self, model: Mammut, images: Tensor, names: list[str], queries: Tensor | None = None) -> Detections:
         """Boxes and class logits of every patch token, for ``names`` (or their ``queries``, given)."""
