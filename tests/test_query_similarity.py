@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+import yaml
+from conftest import REPO
 from test_model import tiny_config
 
 from mammut.data.tokenizer import CaptionTokenizer
 from mammut.model import Mammut
-from mammut.tasks.detection.query_similarity import query_similarity, similarity_table
+from mammut.tasks.detection.query_similarity import RECIPE_TEMPLATES, query_similarity, similarity_table
 from mammut.tasks.detection.task import class_queries
 
 
@@ -45,3 +47,8 @@ def test_the_similarity_table_holds_each_pair_of_classes_cosine(model_and_tokeni
     table = similarity_table(names, similarity).splitlines()
     assert table[0] == "| | circle | square | star |" and len(table) == 5
     assert table[3].startswith("| square | ") and f"{similarity[1, 2].item():.3f}" in table[3]
+
+
+def test_the_default_templates_are_the_detection_recipes():
+    recipe = yaml.safe_load((REPO / "configs/finetune_detection.yaml").read_text())
+    assert RECIPE_TEMPLATES == recipe["model"]["init_args"]["templates"]
